@@ -1,0 +1,217 @@
+"""``hearth``: the command line, a thin layer over the library.
+
+Every option can also be set in the config file or a ``HEARTH_*`` variable. Library errors are
+printed as one red line and exit with status 1, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hearthlm.config import HearthConfig, load_config
+from hearthlm.errors import HearthError
+
+app = typer.Typer(
+    help="hearthlm: chat, agents, fine-tuning and evaluation on a small local model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (default ./hearth.toml).")
+]
+BackendOpt = Annotated[str | None, typer.Option(help="Backend: llamacpp or transformers.")]
+ModelOpt = Annotated[str | None, typer.Option(help="GGUF file or Hugging Face model folder.")]
+AdapterOpt = Annotated[Path | None, typer.Option(help="PEFT adapter folder to apply.")]
+TemperatureOpt = Annotated[float | None, typer.Option(help="0 is greedy.")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus mass in (0, 1].")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 disables top-k.")]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Reply length cap.")]
+RepetitionOpt = Annotated[float | None, typer.Option(help="1 disables it.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
+SystemOpt = Annotated[str | None, typer.Option(help="System message.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _config(config: Path | None, **options: Any) -> HearthConfig:
+    """Load the layered config; CLI options left unset do not override lower layers."""
+    sections = {"backend": "llm", "model": "llm", "adapter": "llm"}
+    overrides = {f"{sections.get(k, 'sampling')}.{k}": v for k, v in options.items()}
+    return load_config(config, overrides=overrides)
+
+
+def _chat_model(cfg: HearthConfig) -> Any:
+    from hearthlm.llm import ChatHearth
+
+    return ChatHearth.from_config(cfg)
+
+
+@app.command()
+def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List the models hearthlm can find, and where each was found."""
+    from hearthlm.llm.backend import available_backends
+    from hearthlm.llm.sources import list_sources
+
+    cfg = _config(config)
+    rows = list_sources(cfg.llm.cache_dir)
+    if cfg.llm.model:
+        rows.insert(
+            0,
+            {
+                "name": cfg.llm.model,
+                "kind": "configured",
+                "path": cfg.llm.model,
+                "found_by": "config",
+            },
+        )
+    if as_json:
+        print(json.dumps({"models": rows, "backends": sorted(available_backends())}, indent=2))
+        return
+    table = Table("name", "kind", "path", "found by", title="Models")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["path"], row["found_by"])
+    console.print(table)
+    console.print(f"Backends: {', '.join(sorted(available_backends()))}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    system: SystemOpt = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop sequence (repeatable).")] = None,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they come.")] = True,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Answer one prompt with the local model."""
+    cfg = _config(
+        config,
+        backend=backend,
+        model=model,
+        adapter=adapter,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    chat = _chat_model(cfg)
+    messages = _messages(system, prompt)
+    if as_json or not stream:
+        reply = chat.invoke(messages, stop=stop)
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "text": reply.content,
+                        "usage": reply.usage_metadata,
+                        "metadata": reply.response_metadata,
+                    }
+                )
+            )
+        else:
+            print(reply.content)
+        return
+    for chunk in chat.stream(messages, stop=stop):
+        print(chunk.content, end="", flush=True)
+    print()
+
+
+@app.command()
+def chat(
+    system: SystemOpt = None,
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Interactive chat that streams replies. /reset clears the history, /exit (or EOF) quits."""
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+    cfg = _config(
+        config,
+        backend=backend,
+        model=model,
+        adapter=adapter,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    model_ = _chat_model(cfg)
+    base: list[BaseMessage] = [SystemMessage(system)] if system else []
+    history = list(base)
+    err_console.print("[dim]hearth chat: /reset clears history, /exit quits[/dim]")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if line.strip() in {"/exit", "/quit"}:
+            break
+        if line.strip() == "/reset":
+            history = list(base)
+            continue
+        if not line.strip():
+            continue
+        history.append(HumanMessage(line))
+        print("bot> ", end="", flush=True)
+        parts = []
+        for chunk in model_.stream(history):
+            parts.append(chunk.content)
+            print(chunk.content, end="", flush=True)
+        print()
+        history.append(AIMessage("".join(parts)))
+
+
+@app.command()
+def demo(config: ConfigOpt = None) -> None:
+    """Answer a question and make one structured tool call on the default model, offline."""
+    from hearthlm.demo import run_demo
+
+    run_demo(_config(config), console)
+
+
+def _messages(system: str | None, prompt: str) -> list[Any]:
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    return ([SystemMessage(system)] if system else []) + [HumanMessage(prompt)]
+
+
+def main() -> None:
+    """Entry point: run the app, turning library errors into one red line and exit status 1."""
+    try:
+        app()
+    except HearthError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,208 @@
+"""Configuration: one pydantic model per part, composed into :class:`HearthConfig`.
+
+Values are layered, each layer overriding the one before:
+
+1. the defaults below;
+2. a TOML file (``--config PATH``, else ``$HEARTH_CONFIG``, else ``./hearth.toml`` if present);
+3. environment variables ``HEARTH_<SECTION>__<FIELD>``, e.g. ``HEARTH_LLM__BACKEND=transformers``;
+4. explicit overrides (CLI options, keyword arguments), as a nested dict or dotted keys.
+
+The configuration is validated once, here, and passed explicitly from then on.
+
+Example:
+    >>> cfg = load_config(overrides={"sampling.temperature": 0.0})
+    >>> cfg.llm.backend
+    'llamacpp'
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hearthlm.errors import ConfigError
+
+ENV_PREFIX = "HEARTH_"
+DEFAULT_CONFIG_FILE = "hearth.toml"
+
+# Sampling constraints live here once and are reused by the chat model's own fields.
+Temperature = Annotated[
+    float, Field(ge=0.0, description="Softmax temperature; 0 means greedy decoding.")
+]
+TopP = Annotated[
+    float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass in (0, 1]; 1 disables it.")
+]
+TopK = Annotated[int, Field(ge=0, description="Keep only the k most likely tokens; 0 disables it.")]
+MaxNewTokens = Annotated[int, Field(ge=1, description="Most tokens to generate per reply.")]
+RepetitionPenalty = Annotated[
+    float,
+    Field(gt=0.0, description="Divide the logits of tokens already seen by this; 1 disables it."),
+]
+Seed = Annotated[int | None, Field(description="Random seed for sampling; None draws one.")]
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LLMConfig(StrictModel):
+    """Which local model to run, and how."""
+
+    backend: str = Field(
+        "llamacpp", description="Inference backend: 'llamacpp' (fast chat) or 'transformers'."
+    )
+    model: str | None = Field(
+        None,
+        description="A GGUF file or a Hugging Face model folder; None is the packaged SmolLM2.",
+    )
+    adapter: Path | None = Field(
+        None, description="A PEFT adapter folder applied on top of the model."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weight dtype on the transformers backend."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to run; 'auto' takes CUDA when present."
+    )
+    context_size: int | None = Field(
+        None, ge=64, description="Context window in tokens; None uses the model's own."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for llama.cpp; None uses all cores."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where converted models are cached; None is the user cache folder."
+    )
+    truncation: Literal["error", "drop_oldest"] = Field(
+        "error",
+        description="When a chat does not fit the context: raise, or drop the oldest turns "
+        "(always reported in the response metadata).",
+    )
+
+
+class SamplingConfig(StrictModel):
+    """How tokens are chosen. The same values mean the same thing on every backend."""
+
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    max_new_tokens: MaxNewTokens = 512
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: Seed = None
+
+
+class HearthConfig(StrictModel):
+    """The whole configuration, one section per part of hearthlm."""
+
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HearthConfig:
+    """Build the configuration from defaults, a TOML file, the environment and overrides.
+
+    Args:
+        path: A TOML file. Defaults to ``$HEARTH_CONFIG``, then ``./hearth.toml`` if it exists.
+        overrides: Highest-priority values, nested (``{"llm": {"backend": "x"}}``) or dotted
+            (``{"llm.backend": "x"}``). ``None`` values are ignored, so CLI options left unset
+            do not mask lower layers.
+        environ: The environment to read; defaults to ``os.environ``.
+
+    Raises:
+        ConfigError: The file is missing or not valid TOML, or a value is invalid.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    file = _config_file(path, environ)
+    if file is not None:
+        _deep_merge(merged, _read_toml(file))
+    _deep_merge(merged, _from_environ(environ))
+    _deep_merge(merged, _nest(overrides or {}))
+    return validate_config(merged, source=str(file) if file else "defaults")
+
+
+def validate_config(data: Mapping[str, Any], source: str = "config") -> HearthConfig:
+    """Validate a nested mapping into a :class:`HearthConfig`, raising :class:`ConfigError`."""
+    try:
+        return HearthConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(exc, source) from None
+
+
+def config_error_from(exc: ValidationError, source: str = "config") -> ConfigError:
+    """Turn pydantic's report into one readable ConfigError naming each bad field."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        lines.append(f"{where} = {value!r}: {err['msg']}")
+    env_hint = "HEARTH_<SECTION>__<FIELD>"
+    return ConfigError(
+        f"invalid configuration ({source}): "
+        + "; ".join(lines)
+        + f". Fix the value in the TOML file, the {env_hint} variable, or the option."
+    )
+
+
+def _config_file(path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    if path is None and environ.get("HEARTH_CONFIG"):
+        path = environ["HEARTH_CONFIG"]
+    if path is not None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}. Create it or drop --config.")
+        return file
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {file}: {exc}. Fix its TOML syntax.") from None
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "HEARTH_CONFIG" or "__" not in key:
+            continue
+        dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+        values[dotted] = None if value.lower() in {"none", "null"} else value
+    return _nest(values)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            _deep_merge(nested, {key: _nest(value)})
+            continue
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value

@@ -1,0 +1,112 @@
+"""The backend interface and its registry.
+
+A backend turns prompt token ids into generated token ids. Everything above that (chat templates,
+detokenizing, stop sequences, tool calls, usage counts) lives in the chat model, once, so that every
+backend behaves the same. Built-in backends are registered through the ``hearthlm.backends`` entry
+point group, exactly as a plugin would register its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from hearthlm.config import LLMConfig, SamplingConfig
+from hearthlm.errors import ConfigError
+
+ENTRY_POINT_GROUP = "hearthlm.backends"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Constrains generation to JSON matching ``json_schema``.
+
+    With ``allow_text`` the model may instead answer in plain text, as long as that text does not
+    start with ``{``: this is how a tool call stays optional yet always well formed.
+    """
+
+    json_schema: dict[str, Any]
+    allow_text: bool = False
+    key: str = field(default="", compare=False)
+
+
+class Backend(ABC):
+    """A loaded model that generates token ids.
+
+    Subclasses set the attributes below in ``load`` and implement ``tokenize``, ``decode`` and
+    ``generate``. ``lock`` serialises generation, since one loaded model serves one request at a
+    time.
+    """
+
+    name: ClassVar[str]
+    model_name: str
+    context_size: int
+    chat_template: str
+    bos_token: str = ""
+    eos_token: str = ""
+    stop_token_ids: frozenset[int] = frozenset()
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    @classmethod
+    @abstractmethod
+    def load(cls, config: LLMConfig) -> Backend:
+        """Load the model that ``config`` names."""
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text``, parsing special tokens, adding none."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``, skipping special tokens."""
+
+    @abstractmethod
+    def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids until an end-of-generation token (not yielded) or until the
+        caller stops iterating. Callers hold ``lock`` while iterating."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts shown in response metadata and ``hearth models``."""
+        return {"backend": self.name, "model": self.model_name, "context_size": self.context_size}
+
+
+@cache
+def available_backends() -> dict[str, type[Backend]]:
+    """Every registered backend class by name, built-ins and plugins alike."""
+    found: dict[str, type[Backend]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend registered as ``name``.
+
+    Raises:
+        ConfigError: No backend has that name; the message lists the known ones.
+    """
+    backends = available_backends()
+    if name not in backends:
+        known = ", ".join(sorted(backends)) or "none (is hearthlm installed?)"
+        raise ConfigError(
+            f"unknown backend {name!r}. Known backends: {known}. "
+            "Set llm.backend (or --backend) to one of them."
+        )
+    return backends[name]
+
+
+def load_backend(config: LLMConfig) -> Backend:
+    """Load the backend and model that ``config`` names."""
+    return backend_class(config.backend).load(config)

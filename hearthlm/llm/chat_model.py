@@ -1,0 +1,446 @@
+"""``ChatHearth``: the local model as a LangChain chat model, the same over every backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    UsageMetadata,
+)
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, PrivateAttr, ValidationError
+
+from hearthlm.config import (
+    HearthConfig,
+    LLMConfig,
+    MaxNewTokens,
+    RepetitionPenalty,
+    SamplingConfig,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+    config_error_from,
+)
+from hearthlm.errors import ConfigError, ContextWindowError
+from hearthlm.llm.backend import Backend, Constraint, load_backend
+from hearthlm.llm.text import IncrementalDetokenizer, StopScanner, render_chat
+from hearthlm.llm.tools import (
+    call_schema,
+    parse_tool_call,
+    render_tool_call,
+    select_tools,
+    strict_schema,
+    tools_instructions,
+)
+
+_SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
+_LLM_FIELDS = tuple(LLMConfig.model_fields)
+
+
+@dataclass
+class _Prepared:
+    """A request ready for a backend: prompt ids, grammar, and what was done to fit it."""
+
+    prompt_ids: list[int]
+    constraint: Constraint | None
+    tools_active: bool
+    dropped_messages: int
+
+
+@dataclass
+class _Outcome:
+    """Filled in while a reply streams; read once it ends."""
+
+    output_tokens: int = 0
+    finish_reason: str = "stop"
+    text: list[str] = field(default_factory=list)
+
+
+class ChatHearth(BaseChatModel):
+    """A local model (llama.cpp or transformers backend) as a LangChain chat model.
+
+    Supports ``invoke``/``stream``/``batch`` and their async forms, stop sequences, token usage,
+    ``bind_tools`` and ``with_structured_output``. Tool calls and structured output are generated
+    under a JSON-schema grammar, so they are always well formed.
+
+    Example:
+        >>> chat = ChatHearth(max_new_tokens=16)  # the packaged SmolLM2 on llama.cpp, greedy
+        >>> chat.invoke("What is the capital of France?").content  # doctest: +SKIP
+        'The capital of France is Paris.'
+    """
+
+    backend: str = "llamacpp"
+    model: str | None = None
+    adapter: Path | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    context_size: int | None = None
+    threads: int | None = None
+    cache_dir: Path | None = None
+    truncation: Literal["error", "drop_oldest"] = "error"
+
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    max_new_tokens: MaxNewTokens = 512
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: Seed = None
+
+    _engine: Backend | None = PrivateAttr(default=None)
+    _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error_from(exc, "ChatHearth") from None
+        LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})  # early backend-name check
+        from hearthlm.llm.backend import backend_class
+
+        backend_class(self.backend)
+
+    @classmethod
+    def from_config(cls, config: HearthConfig) -> ChatHearth:
+        """A chat model configured by the ``llm`` and ``sampling`` sections of ``config``."""
+        return cls(**config.llm.model_dump(), **config.sampling.model_dump())
+
+    @classmethod
+    def from_backend(cls, engine: Backend, **sampling: Any) -> ChatHearth:
+        """Wrap an already loaded backend, sharing its weights (no second load)."""
+        chat = cls(backend=engine.name, **sampling)
+        chat._engine = engine
+        return chat
+
+    # -- model facts -------------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "hearthlm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (*_LLM_FIELDS, *_SAMPLING_FIELDS)}
+
+    @property
+    def llm_config(self) -> LLMConfig:
+        return LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})
+
+    @property
+    def engine(self) -> Backend:
+        """The loaded backend; the model loads on first use."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = load_backend(self.llm_config)
+            return self._engine
+
+    @property
+    def context_window(self) -> int:
+        """How many tokens prompt and reply may hold together."""
+        return self.engine.context_size
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text``, counted with the model's own tokenizer."""
+        return len(self.engine.tokenize(text))
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the full chat prompt, template and generation prompt included."""
+        specs = [convert_to_openai_tool(t) for t in tools or []]
+        return len(self._prompt_ids(self._template_messages(messages, specs, None, True)))
+
+    # -- generation --------------------------------------------------------------------------
+
+    def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
+        values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
+        values.update({k: v for k, v in overrides.items() if k in _SAMPLING_FIELDS})
+        try:
+            return SamplingConfig(**values)
+        except ValidationError as exc:
+            raise config_error_from(exc, "sampling") from None
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        prepared = self._prepare(messages, kwargs)
+        outcome = _Outcome()
+        held: list[str] = []  # text that may be the start of a tool call
+        mode = "text" if not prepared.tools_active else None  # None: not yet known
+        for delta in self._deltas(prepared, self._sampling(kwargs), stop, outcome):
+            held.append(delta)
+            if mode is None:
+                start = "".join(held).lstrip()[:1]
+                mode = ("call" if start == "{" else "text") if start else None
+            if mode != "text":
+                continue  # a tool call is released whole, once it is complete
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content="".join(held)))
+            held.clear()
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+        text = "".join(held)
+        last = AIMessageChunk(
+            content="",
+            usage_metadata=self._usage(prepared, outcome),
+            response_metadata=self._metadata(prepared, outcome),
+            chunk_position="last",
+        )
+        if text:
+            calls, invalid = parse_tool_call(text)
+            if calls:
+                last.tool_call_chunks = [
+                    {
+                        "name": c["name"],
+                        "args": json.dumps(c["args"]),
+                        "id": c["id"],
+                        "index": 0,
+                        "type": "tool_call_chunk",
+                    }
+                    for c in calls
+                ]
+                last.response_metadata["finish_reason"] = "tool_calls"
+            else:
+                last.content = text
+                last.invalid_tool_calls = invalid
+        yield ChatGenerationChunk(message=last)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        prepared = self._prepare(messages, kwargs)
+        outcome = _Outcome()
+        for _ in self._deltas(prepared, self._sampling(kwargs), stop, outcome):
+            pass
+        text = "".join(outcome.text)
+        calls, invalid = parse_tool_call(text) if prepared.tools_active else ([], [])
+        metadata = self._metadata(prepared, outcome)
+        if calls:
+            metadata["finish_reason"] = "tool_calls"
+        message = AIMessage(
+            content="" if calls else text,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=self._usage(prepared, outcome),
+            response_metadata=metadata,
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _deltas(
+        self,
+        prepared: _Prepared,
+        sampling: SamplingConfig,
+        stop: list[str] | None,
+        outcome: _Outcome,
+    ) -> Iterator[str]:
+        """Text deltas of one reply; ``outcome`` records the token count and finish reason."""
+        engine = self.engine
+        budget = min(sampling.max_new_tokens, engine.context_size - len(prepared.prompt_ids))
+        detokenizer = IncrementalDetokenizer(engine.decode)
+        scanner = StopScanner(stop)
+        with engine.lock:
+            tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
+            try:
+                for token in tokens:
+                    outcome.output_tokens += 1
+                    text = scanner.push(detokenizer.push(token))
+                    if text:
+                        outcome.text.append(text)
+                        yield text
+                    if scanner.stopped:
+                        break
+                    if outcome.output_tokens >= budget:
+                        outcome.finish_reason = "length"
+                        break
+            finally:
+                close = getattr(tokens, "close", None)
+                if close:
+                    close()
+        tail = scanner.flush()
+        if tail:
+            outcome.text.append(tail)
+            yield tail
+
+    # -- prompt building ---------------------------------------------------------------------
+
+    def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Prepared:
+        tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
+        response_format = kwargs.get("response_format")
+        constraint = None
+        if tools:
+            schema = call_schema(tools)
+            constraint = Constraint(schema, allow_text=tools_optional)
+        elif response_format is not None:
+            schema = strict_schema(_json_schema_of(response_format))
+            constraint = Constraint(schema)
+        messages = list(messages)
+        dropped = 0
+        while True:
+            rendered = self._template_messages(
+                messages, tools, response_format, tools_optional or not tools
+            )
+            ids = self._prompt_ids(rendered)
+            if len(ids) < self.context_window:
+                return _Prepared(ids, constraint, bool(tools), dropped)
+            droppable = [i for i, m in enumerate(messages[:-1]) if not isinstance(m, SystemMessage)]
+            if self.truncation != "drop_oldest" or not droppable:
+                raise ContextWindowError(
+                    f"the prompt is {len(ids)} tokens but the context window is "
+                    f"{self.context_window}. Shorten the input, raise llm.context_size, or set "
+                    "llm.truncation = 'drop_oldest' to drop the oldest turns (reported)."
+                )
+            del messages[droppable[0]]
+            dropped += 1
+
+    def _template_messages(
+        self,
+        messages: list[BaseMessage],
+        tools: list[dict[str, Any]],
+        response_format: Any,
+        tools_optional: bool,
+    ) -> list[dict[str, str]]:
+        rendered = [_to_template(m) for m in messages]
+        extra = ""
+        if tools:
+            extra = tools_instructions(tools, required=not tools_optional)
+        elif response_format is not None:
+            schema = json.dumps(_json_schema_of(response_format).get("properties", {}))
+            extra = f"Reply with only a JSON object with these fields: {schema}"
+        if extra:
+            if rendered and rendered[0]["role"] == "system":
+                rendered[0] = {"role": "system", "content": f"{rendered[0]['content']}\n\n{extra}"}
+            else:
+                rendered.insert(0, {"role": "system", "content": extra})
+        return rendered
+
+    def _prompt_ids(self, rendered: list[dict[str, str]]) -> list[int]:
+        engine = self.engine
+        prompt = render_chat(
+            engine.chat_template,
+            rendered,
+            bos_token=engine.bos_token,
+            eos_token=engine.eos_token,
+        )
+        return engine.tokenize(prompt)
+
+    def _usage(self, prepared: _Prepared, outcome: _Outcome) -> UsageMetadata:
+        n_in, n_out = len(prepared.prompt_ids), outcome.output_tokens
+        return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+
+    def _metadata(self, prepared: _Prepared, outcome: _Outcome) -> dict[str, Any]:
+        meta = {
+            **self.engine.describe(),
+            "model_name": self.engine.model_name,
+            "finish_reason": outcome.finish_reason,
+        }
+        if prepared.dropped_messages:
+            meta["dropped_messages"] = prepared.dropped_messages
+        return meta
+
+    # -- tools and structured output ---------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; replies are then either plain text or one schema-valid tool call.
+
+        Args:
+            tools: LangChain tools, pydantic models, typed functions or OpenAI tool dicts.
+            tool_choice: ``"auto"`` (default: call a tool or answer), ``"any"``/``"required"``
+                (must call one), a tool name (must call that one), or ``"none"``.
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        select_tools(formatted, tool_choice)  # validate the choice now, not at first call
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        include_raw: bool = False,
+        method: Literal["json_schema", "function_calling"] = "json_schema",
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Replies parsed into ``schema`` (a pydantic class, TypedDict or JSON schema).
+
+        ``json_schema`` constrains the reply to the schema itself; ``function_calling`` makes it a
+        forced call of a tool with that schema.
+        """
+        is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method != "json_schema":
+            raise ConfigError(
+                f"unknown method {method!r}; use 'json_schema' or 'function_calling'."
+            )
+        llm = self.bind(response_format=_json_schema_of(schema))
+        parser: Runnable[Any, Any] = (
+            PydanticOutputParser(pydantic_object=schema)
+            if is_pydantic
+            else JsonOutputParser()
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks(
+            [fallback], exception_key="parsing_error"
+        )
+
+
+def _json_schema_of(schema: Any) -> dict[str, Any]:
+    if isinstance(schema, dict) and "function" not in schema and "properties" in schema:
+        return schema
+    return dict(convert_to_openai_tool(schema)["function"]["parameters"])
+
+
+def _to_template(message: BaseMessage) -> dict[str, str]:
+    text = message.text if isinstance(message.text, str) else str(message.content)
+    if isinstance(message, SystemMessage):
+        return {"role": "system", "content": text}
+    if isinstance(message, HumanMessage):
+        return {"role": "user", "content": text}
+    if isinstance(message, AIMessage):
+        calls = [render_tool_call(c["name"], c["args"]) for c in message.tool_calls]
+        return {"role": "assistant", "content": "\n".join([text, *calls]).strip()}
+    if isinstance(message, ToolMessage):
+        name = message.name or "the tool"
+        return {"role": "user", "content": f"Result of {name}: {text}"}
+    if isinstance(message, ChatMessage):
+        return {"role": message.role, "content": text}
+    raise ConfigError(
+        f"unsupported message type {type(message).__name__}; use System, Human, AI, Tool or "
+        "ChatMessage."
+    )

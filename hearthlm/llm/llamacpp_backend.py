@@ -1,0 +1,135 @@
+"""The llama.cpp backend: runs the GGUF directly, about five times faster decoding on CPU.
+
+Tool calls and structured output use llama.cpp's own grammar engine: the JSON schema becomes GBNF.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from hearthlm.config import LLMConfig, SamplingConfig
+from hearthlm.errors import ModelLoadError
+from hearthlm.llm.backend import Backend, Constraint
+from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
+from hearthlm.llm.text import CHATML_TEMPLATE
+
+# Plain text that is not a tool call: it may not open with "{" or whitespace.
+_TEXT_RULE = "text-reply ::= [^{ \\t\\n] [^\\x00]*"
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model run by ``llama_cpp.Llama``; ``device='cuda'`` offloads every layer."""
+
+    name = "llamacpp"
+
+    def __init__(self, llm: Any, source: ModelSource) -> None:
+        super().__init__()
+        self.llm = llm
+        self.source = source
+        self.model_name = source.name
+        meta = llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        self.bos_token = _token_text(llm, llm.token_bos())
+        self.eos_token = _token_text(llm, llm.token_eos())
+        self.context_size = int(llm.n_ctx())
+        vocab = llm._model.vocab
+        import llama_cpp
+
+        self.stop_token_ids = frozenset(
+            t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
+        )
+        self._grammars: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, config: LLMConfig) -> LlamaCppBackend:
+        from llama_cpp import Llama
+
+        source = resolve_model(config.model)
+        if not source.is_gguf:
+            raise ModelLoadError(
+                f"the llamacpp backend runs GGUF files, but {source.path} is a Hugging Face "
+                "folder. Use backend 'transformers', or export a GGUF with "
+                "`hearth finetune export`."
+            )
+        lora = None
+        if config.adapter is not None:
+            lora = resolve_adapter(config.adapter)
+            if lora.suffix != ".gguf":
+                raise ModelLoadError(
+                    f"{lora} is a PEFT adapter folder; llama.cpp needs a GGUF LoRA. Export one "
+                    "with `hearth finetune export --gguf-lora`, or use backend 'transformers'."
+                )
+        threads = config.threads or os.cpu_count() or 1
+        try:
+            llm = Llama(
+                model_path=str(source.path),
+                n_ctx=config.context_size or 0,  # 0: the model's trained context
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=-1 if config.device == "cuda" else 0,
+                lora_path=str(lora) if lora else None,
+                last_n_tokens_size=config.context_size or 8192,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {source.path}: {exc}") from exc
+        backend = cls(llm, source)
+        if lora is not None:
+            backend.model_name = f"{source.name}+{lora.stem}"
+        return backend
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(self.llm.detokenize(ids)).decode("utf-8", errors="replace")
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None = None,
+    ) -> Iterator[int]:
+        if sampling.seed is not None:
+            self.llm.set_seed(sampling.seed)
+        grammar = self._grammar(constraint) if constraint else None
+        tokens = self.llm.generate(
+            prompt_ids,
+            temp=sampling.temperature,
+            top_k=sampling.top_k,  # 0 disables it, as on the transformers backend
+            top_p=sampling.top_p,
+            min_p=0.0,
+            typical_p=1.0,
+            repeat_penalty=sampling.repetition_penalty,
+            grammar=grammar,
+        )
+        try:
+            for token in tokens:
+                if token in self.stop_token_ids:
+                    return
+                yield token
+        finally:
+            tokens.close()
+
+    def _grammar(self, constraint: Constraint) -> Any:
+        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        key = constraint.key or json.dumps(constraint.json_schema, sort_keys=True)
+        key += f"|text={constraint.allow_text}"
+        if key not in self._grammars:
+            gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema))
+            if constraint.allow_text:
+                gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
+                gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"
+            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[key]
+
+
+def _token_text(llm: Any, token: int) -> str:
+    if token < 0:
+        return ""
+    return bytes(llm.detokenize([token], special=True)).decode("utf-8", errors="replace")

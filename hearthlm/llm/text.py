@@ -1,0 +1,122 @@
+"""Text plumbing shared by every backend: chat-template rendering, incremental detokenizing and
+stop sequences. Keeping it in one place is what makes the backends agree: both see the same prompt
+string and both stop on the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from hearthlm.errors import GenerationError
+
+# Used when a model ships no template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+_ENV.globals["raise_exception"] = _raise_exception
+
+
+def render_chat(
+    template: str,
+    messages: Sequence[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """Render chat messages with a model's Jinja chat template, as Hugging Face does.
+
+    Example:
+        >>> render_chat(CHATML_TEMPLATE, [{"role": "user", "content": "Hi"}])
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    try:
+        compiled = _ENV.from_string(template)
+        return compiled.render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except TemplateError as exc:
+        raise GenerationError(
+            f"the model's chat template failed on these messages: {exc}. "
+            "Check the message roles and order the model expects."
+        ) from None
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text deltas without splitting multi-byte characters.
+
+    It decodes a short window of recent tokens rather than each token alone, because a token may
+    hold half a UTF-8 character; text is released only once it no longer ends in U+FFFD.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the window decoded for context
+        self._read = 0  # end of the tokens already turned into released text
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(self._ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return after[len(before) :]
+        return ""
+
+
+class StopScanner:
+    """Finds stop sequences in streamed text and holds back text that may begin one.
+
+    ``push`` returns the text that is safe to release and whether a stop sequence was reached;
+    the stop sequence itself is never released.
+    """
+
+    def __init__(self, stops: Sequence[str] | None) -> None:
+        self._stops = [s for s in (stops or []) if s]
+        self._buffer = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if not self._stops:
+            return text
+        self._buffer += text
+        hits = [i for i in (self._buffer.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self._buffer = self._buffer[: min(hits)], ""
+            return out
+        keep = self._longest_stop_prefix_suffix()
+        out = self._buffer[: len(self._buffer) - keep]
+        self._buffer = self._buffer[len(self._buffer) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._buffer = self._buffer, ""
+        return out
+
+    def _longest_stop_prefix_suffix(self) -> int:
+        best = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(self._buffer)), best, -1):
+                if self._buffer.endswith(stop[:k]):
+                    best = k
+                    break
+        return best

@@ -1,0 +1,132 @@
+"""Tool calling on small models: tools in the prompt, calls under a JSON-schema grammar.
+
+A call is one JSON object, ``{"name": ..., "arguments": {...}}``. Decoding is constrained to the
+bound tools' names and argument schemas, so even the 135M default model emits a well-formed call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import InvalidToolCall, ToolCall
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from hearthlm.errors import ConfigError
+
+TOOL_CHOICE_AUTO = {"auto", None}
+TOOL_CHOICE_REQUIRED = {"any", "required", True}
+
+
+def format_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    """OpenAI-style function specs for LangChain tools, pydantic models, functions or dicts."""
+    return [convert_to_openai_tool(tool) for tool in tools]
+
+
+def select_tools(
+    tools: list[dict[str, Any]], tool_choice: Any
+) -> tuple[list[dict[str, Any]], bool]:
+    """The tools a reply may call, and whether a call is optional (text allowed instead)."""
+    if tool_choice == "none" or not tools:
+        return [], True
+    if tool_choice in TOOL_CHOICE_AUTO:
+        return tools, True
+    if tool_choice in TOOL_CHOICE_REQUIRED:
+        return tools, False
+    name = tool_choice
+    if isinstance(tool_choice, dict):  # {"type": "function", "function": {"name": ...}}
+        name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+    chosen = [t for t in tools if t["function"]["name"] == name]
+    if not chosen:
+        known = ", ".join(t["function"]["name"] for t in tools)
+        raise ConfigError(
+            f"tool_choice {tool_choice!r} names no bound tool. Bound tools: {known}; "
+            "or use 'auto', 'any' or 'none'."
+        )
+    return chosen, False
+
+
+def tools_instructions(tools: list[dict[str, Any]], required: bool) -> str:
+    """The system-prompt text that tells the model which tools exist and how to call one."""
+    lines = ["You can call these tools:"]
+    for spec in tools:
+        fn = spec["function"]
+        params = fn.get("parameters", {}).get("properties", {})
+        args = ", ".join(f"{k} ({v.get('type', 'any')})" for k, v in params.items())
+        lines.append(f"- {fn['name']}({args}): {fn.get('description', '').strip()}")
+    lines.append(
+        'To call a tool, reply with only a JSON object: {"name": "<tool>", "arguments": {...}}.'
+    )
+    if not required:
+        lines.append("If no tool is needed, answer in plain text.")
+    return "\n".join(lines)
+
+
+def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of one call to any of ``tools``; ``$defs`` are hoisted to the root."""
+    defs: dict[str, Any] = {}
+    variants = []
+    for spec in tools:
+        fn = spec["function"]
+        params = strict_schema(fn.get("parameters") or {"type": "object", "properties": {}})
+        defs.update(params.pop("$defs", {}))
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    schema: dict[str, Any] = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    if defs:
+        schema = {**schema, "$defs": defs}
+    return schema
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` whose objects accept no undeclared keys (small models invent them)."""
+    schema = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                node.setdefault("additionalProperties", False)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+
+    visit(schema)
+    schema.pop("title", None)
+    schema.pop("description", None)
+    return schema
+
+
+def parse_tool_call(text: str) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+    """Read a reply as a tool call. Text that is not JSON is a plain answer: no calls."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return [], []
+    call_id = f"call_{uuid.uuid4().hex[:12]}"
+    try:
+        data = json.loads(stripped)
+        name, args = data["name"], data["arguments"]
+        if not isinstance(name, str) or not isinstance(args, dict):
+            raise TypeError("name must be a string and arguments an object")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return [], [
+            InvalidToolCall(
+                name=None, args=stripped, id=call_id, error=str(exc), type="invalid_tool_call"
+            )
+        ]
+    return [ToolCall(name=name, args=args, id=call_id, type="tool_call")], []
+
+
+def render_tool_call(name: str, args: dict[str, Any]) -> str:
+    """How an earlier call appears in the prompt: the same JSON the model is asked to write."""
+    return json.dumps({"name": name, "arguments": args}, ensure_ascii=False)

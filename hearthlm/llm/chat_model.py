@@ -19,6 +19,7 @@ from langchain_core.messages import (
     ChatMessage,
     HumanMessage,
     SystemMessage,
+    ToolCallChunk,
     ToolMessage,
     UsageMetadata,
 )
@@ -26,7 +27,7 @@ from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from hearthlm.config import (
     HearthConfig,
@@ -104,6 +105,12 @@ class ChatHearth(BaseChatModel):
     max_new_tokens: MaxNewTokens = 512
     repetition_penalty: RepetitionPenalty = 1.0
     seed: Seed = None
+    max_structured_tokens: int = Field(
+        1024,
+        ge=16,
+        description="Token cap for tool calls and structured replies, which max_new_tokens "
+        "must not cut short: a cut JSON object is useless.",
+    )
 
     _engine: Backend | None = PrivateAttr(default=None)
     _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -151,6 +158,11 @@ class ChatHearth(BaseChatModel):
             if self._engine is None:
                 self._engine = load_backend(self.llm_config)
             return self._engine
+
+    def load(self) -> ChatHearth:
+        """Load the model now rather than on first use; returns ``self``."""
+        _ = self.engine
+        return self
 
     @property
     def context_window(self) -> int:
@@ -202,29 +214,21 @@ class ChatHearth(BaseChatModel):
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
         text = "".join(held)
+        metadata = self._metadata(prepared, outcome)
+        calls, invalid = parse_tool_call(text) if text else ([], [])
+        if calls:
+            metadata["finish_reason"] = "tool_calls"
         last = AIMessageChunk(
-            content="",
+            content="" if calls else text,
+            tool_call_chunks=[
+                ToolCallChunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+                for i, c in enumerate(calls)
+            ],
+            invalid_tool_calls=invalid,
             usage_metadata=self._usage(prepared, outcome),
-            response_metadata=self._metadata(prepared, outcome),
+            response_metadata=metadata,
             chunk_position="last",
         )
-        if text:
-            calls, invalid = parse_tool_call(text)
-            if calls:
-                last.tool_call_chunks = [
-                    {
-                        "name": c["name"],
-                        "args": json.dumps(c["args"]),
-                        "id": c["id"],
-                        "index": 0,
-                        "type": "tool_call_chunk",
-                    }
-                    for c in calls
-                ]
-                last.response_metadata["finish_reason"] = "tool_calls"
-            else:
-                last.content = text
-                last.invalid_tool_calls = invalid
         yield ChatGenerationChunk(message=last)
 
     def _generate(
@@ -261,7 +265,12 @@ class ChatHearth(BaseChatModel):
     ) -> Iterator[str]:
         """Text deltas of one reply; ``outcome`` records the token count and finish reason."""
         engine = self.engine
-        budget = min(sampling.max_new_tokens, engine.context_size - len(prepared.prompt_ids))
+        room = engine.context_size - len(prepared.prompt_ids)
+        constraint = prepared.constraint
+        structured_budget = max(sampling.max_new_tokens, self.max_structured_tokens)
+        budget = min(sampling.max_new_tokens, room)
+        if constraint is not None and not constraint.allow_text:
+            budget = min(structured_budget, room)
         detokenizer = IncrementalDetokenizer(engine.decode)
         scanner = StopScanner(stop)
         with engine.lock:
@@ -275,6 +284,12 @@ class ChatHearth(BaseChatModel):
                         yield text
                     if scanner.stopped:
                         break
+                    if (
+                        constraint is not None
+                        and constraint.allow_text
+                        and "".join(outcome.text).lstrip().startswith("{")
+                    ):
+                        budget = min(structured_budget, room)  # the reply became a tool call
                     if outcome.output_tokens >= budget:
                         outcome.finish_reason = "length"
                         break
@@ -405,9 +420,7 @@ class ChatHearth(BaseChatModel):
             )
         llm = self.bind(response_format=_json_schema_of(schema))
         parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema)
-            if is_pydantic
-            else JsonOutputParser()
+            PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
         )
         if not include_raw:
             return llm | parser

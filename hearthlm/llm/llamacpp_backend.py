@@ -34,7 +34,8 @@ class LlamaCppBackend(Backend):
         self.chat_template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
         self.bos_token = _token_text(llm, llm.token_bos())
         self.eos_token = _token_text(llm, llm.token_eos())
-        self.context_size = int(llm.n_ctx())
+        # llama.cpp pads its context to a multiple of 256; the Python side holds the size asked for.
+        self.context_size = min(int(llm.n_ctx()), len(llm.input_ids))
         vocab = llm._model.vocab
         import llama_cpp
 

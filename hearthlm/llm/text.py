@@ -95,6 +95,8 @@ class StopScanner:
         self.stopped = False
 
     def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
         if not self._stops:
             return text
         self._buffer += text

@@ -18,6 +18,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from hearthlm.errors import ConfigError
 
 TOOL_CHOICE_AUTO = {"auto", None}
+# Strings in calls are bounded so that a small model stuck repeating itself still closes its JSON.
+MAX_STRING_CHARS = 256
 TOOL_CHOICE_REQUIRED = {"any", "required", True}
 
 
@@ -50,19 +52,32 @@ def select_tools(
 
 
 def tools_instructions(tools: list[dict[str, Any]], required: bool) -> str:
-    """The system-prompt text that tells the model which tools exist and how to call one."""
-    lines = ["You can call these tools:"]
-    for spec in tools:
-        fn = spec["function"]
-        params = fn.get("parameters", {}).get("properties", {})
-        args = ", ".join(f"{k} ({v.get('type', 'any')})" for k, v in params.items())
-        lines.append(f"- {fn['name']}({args}): {fn.get('description', '').strip()}")
-    lines.append(
-        'To call a tool, reply with only a JSON object: {"name": "<tool>", "arguments": {...}}.'
+    """The system-prompt text that lists the tools and how to call one.
+
+    The wording follows the function-calling format SmolLM2 was trained on (tools as JSON inside
+    ``<tools>`` tags); with it the 135M model picks the right tool far more often than with a
+    bulleted list.
+    """
+    specs = [
+        {
+            "name": spec["function"]["name"],
+            "description": spec["function"].get("description", ""),
+            "parameters": spec["function"].get("parameters", {}).get("properties", {}),
+        }
+        for spec in tools
+    ]
+    task = (
+        "you will need to make one function call to achieve the purpose."
+        if required
+        else "make one function call if a function fits; otherwise answer in plain text."
     )
-    if not required:
-        lines.append("If no tool is needed, answer in plain text.")
-    return "\n".join(lines)
+    return (
+        "You are an expert in composing functions. You are given a question and a set of "
+        f"possible functions. Based on the question, {task}\n\n"
+        "Here is a list of functions in JSON format that you can invoke:\n"
+        f"<tools>{json.dumps(specs, ensure_ascii=False)}</tools>\n\n"
+        'To call a function, reply with only JSON: {"name": ..., "arguments": {...}}'
+    )
 
 
 def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,13 +103,16 @@ def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` whose objects accept no undeclared keys (small models invent them)."""
+    """A copy of ``schema`` whose objects accept no undeclared keys (small models invent them)
+    and whose free strings have a length bound."""
     schema = copy.deepcopy(schema)
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
             if node.get("type") == "object" and "properties" in node:
                 node.setdefault("additionalProperties", False)
+            if node.get("type") == "string" and not {"enum", "const", "format"} & node.keys():
+                node.setdefault("maxLength", MAX_STRING_CHARS)
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):

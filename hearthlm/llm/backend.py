@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -24,15 +24,23 @@ ENTRY_POINT_GROUP = "hearthlm.backends"
 
 @dataclass(frozen=True)
 class Constraint:
-    """Constrains generation to JSON matching ``json_schema``.
+    """Constrains generation to JSON matching ``json_schema``, or to a ``grammar``.
 
     With ``allow_text`` the model may instead answer in plain text, as long as that text does not
-    start with ``{``: this is how a tool call stays optional yet always well formed.
+    start with ``{``: this is how a tool call stays optional yet always well formed. ``grammar`` is
+    GBNF, in the subset that llama.cpp and xgrammar both read (rules, literals, character classes,
+    alternation, grouping, ``?``, ``*``, ``+`` and ``{m,n}``).
     """
 
-    json_schema: dict[str, Any]
+    json_schema: dict[str, Any] | None = None
     allow_text: bool = False
-    key: str = field(default="", compare=False)
+    grammar: str | None = None
+
+    @property
+    def key(self) -> str:
+        import json
+
+        return json.dumps([self.json_schema, self.allow_text, self.grammar], sort_keys=True)
 
 
 class Backend(ABC):

@@ -269,7 +269,11 @@ class ChatHearth(BaseChatModel):
         constraint = prepared.constraint
         structured_budget = max(sampling.max_new_tokens, self.max_structured_tokens)
         budget = min(sampling.max_new_tokens, room)
-        if constraint is not None and not constraint.allow_text:
+        if (
+            constraint is not None
+            and constraint.json_schema is not None
+            and not constraint.allow_text
+        ):
             budget = min(structured_budget, room)
         detokenizer = IncrementalDetokenizer(engine.decode)
         scanner = StopScanner(stop)
@@ -308,7 +312,9 @@ class ChatHearth(BaseChatModel):
         tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
         response_format = kwargs.get("response_format")
         constraint = None
-        if tools:
+        if kwargs.get("grammar"):
+            constraint = Constraint(grammar=kwargs["grammar"])
+        elif tools:
             schema = call_schema(tools)
             constraint = Constraint(schema, allow_text=tools_optional)
         elif response_format is not None:

@@ -217,8 +217,7 @@ class TransformersBackend(Backend):
         return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     def _matcher(self, constraint: Constraint) -> _GrammarMatcher:
-        key = constraint.key or json.dumps(constraint.json_schema, sort_keys=True)
-        key += f"|text={constraint.allow_text}"
+        key = constraint.key
         if key not in self._grammars:
             self._grammars[key] = _compile(self.tokenizer, _vocab_size(self.model), constraint)
         return _GrammarMatcher(self._grammars[key])
@@ -257,6 +256,8 @@ def _compile(tokenizer: Any, vocab_size: int, constraint: Constraint) -> Any:
     import xgrammar as xgr
 
     compiler = xgr.GrammarCompiler(_tokenizer_info(tokenizer, vocab_size))
+    if constraint.grammar is not None:
+        return compiler.compile_grammar(xgr.Grammar.from_ebnf(constraint.grammar))
     grammar = xgr.Grammar.from_json_schema(json.dumps(constraint.json_schema), any_whitespace=False)
     if constraint.allow_text:
         # Plain text that is not a tool call: it may not open with "{" or whitespace.

@@ -119,10 +119,12 @@ class LlamaCppBackend(Backend):
         from llama_cpp import LlamaGrammar
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-        key = constraint.key or json.dumps(constraint.json_schema, sort_keys=True)
-        key += f"|text={constraint.allow_text}"
+        key = constraint.key
         if key not in self._grammars:
-            gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema))
+            if constraint.grammar is not None:
+                gbnf = constraint.grammar
+            else:
+                gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema))
             if constraint.allow_text:
                 gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
                 gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"

@@ -1,0 +1,74 @@
+"""Conversational chat over documents: follow-ups are rewritten into standalone questions using
+the history, and each session's history persists in SQLite, resumable by session id."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from langchain_community.chat_message_histories import SQLChatMessageHistory
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from hearthlm.retrieval.rag import Answer, DocsQA
+
+REWRITE = (
+    "Rewrite the user's last question so that it can be understood without the conversation. "
+    "Reply with the rewritten question only."
+)
+HISTORY_TURNS = 6  # earlier messages shown to the rewriter
+
+
+class DocsChat:
+    """A chat session over documents.
+
+    Example:
+        >>> chat = DocsChat(qa, Path("history.sqlite"))  # doctest: +SKIP
+        >>> chat.ask("How long is the warranty?").text  # doctest: +SKIP
+        >>> DocsChat(qa, Path("history.sqlite"), session_id=chat.session_id)  # resumes it
+    """
+
+    def __init__(self, qa: DocsQA, history_path: Path, session_id: str | None = None) -> None:
+        history_path.parent.mkdir(parents=True, exist_ok=True)
+        self.qa = qa
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.history = SQLChatMessageHistory(
+            session_id=self.session_id, connection=f"sqlite:///{history_path}"
+        )
+
+    @property
+    def messages(self) -> list[BaseMessage]:
+        return list(self.history.messages)
+
+    def standalone(self, question: str) -> str:
+        """``question`` rewritten with the history; unchanged on the first turn."""
+        past = self.messages[-HISTORY_TURNS:]
+        if not past:
+            return question
+        transcript = "\n".join(
+            f"{'User' if isinstance(m, HumanMessage) else 'Assistant'}: {m.content}" for m in past
+        )
+        prompt = [
+            SystemMessage(REWRITE),
+            HumanMessage(f"{transcript}\nUser: {question}\n\nRewritten question:"),
+        ]
+        rewritten = str(self.qa.chat.invoke(prompt, max_new_tokens=48, stop=["\n"]).content)
+        return rewritten.strip() or question
+
+    def stream(self, question: str) -> Iterator[str | Answer]:
+        """Text deltas of the answer, then the :class:`Answer`; the turn is saved at the end."""
+        standalone = self.standalone(question)
+        for item in self.qa.stream(standalone):
+            if isinstance(item, Answer):
+                item.question = question
+                item.standalone_question = standalone
+                self.history.add_messages([HumanMessage(question), AIMessage(item.text)])
+            yield item
+
+    def ask(self, question: str) -> Answer:
+        answer = None
+        for item in self.stream(question):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None
+        return answer

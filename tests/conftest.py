@@ -35,3 +35,62 @@ def hf_chat(hf_cache) -> ChatHearth:
 def any_chat(request: pytest.FixtureRequest) -> ChatHearth:
     """Each test using this runs once per backend."""
     return request.getfixturevalue("llama_chat" if request.param == "llamacpp" else "hf_chat")
+
+
+@pytest.fixture(scope="session")
+def embeddings():
+    from hearthlm.retrieval import HearthEmbeddings
+
+    emb = HearthEmbeddings()
+    emb.embed_query("warm up")  # load once per session
+    return emb
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `chroma run` server on a free loopback port, for the scale-out code path."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    data = tmp_path_factory.mktemp("chroma-server")
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen(
+        [chroma, "run", "--path", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chroma server did not start: {(data / 'server.log')}")
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def retrieval_config(request: pytest.FixtureRequest, tmp_path):
+    """The same index tests run on an embedded store and against a `chroma run` server."""
+    import uuid
+
+    from hearthlm.config import RetrievalConfig
+
+    server = request.getfixturevalue("chroma_server") if request.param == "server" else None
+    name = f"test-{uuid.uuid4().hex[:8]}"  # the server outlives each test
+    return RetrievalConfig(path=tmp_path / "index", server=server, collection=name)

@@ -82,9 +82,34 @@ def test_errors_are_one_red_line_and_exit_1():
     assert run.returncode == 1 and "sampling.top_p" in run.stderr
 
 
-def test_demo_answers_and_calls_a_tool():
-    run = hearth("demo")
+def test_demo_indexes_examples_and_answers_with_citations(tmp_path: Path):
+    env = {"HEARTH_RETRIEVAL__PATH": str(tmp_path / "idx")}
+    run = hearth("demo", env=env)
     assert run.returncode == 0, run.stderr
-    assert "Answer:" in run.stdout
-    assert "Tool call: get_weather({'city':" in run.stdout
-    assert "Tool result:" in run.stdout
+    assert "Q: How long is the warranty?" in run.stdout
+    assert "warranty.html" in run.stdout and "troubleshooting.txt" in run.stdout
+    again = hearth("demo", env=env)
+    assert "0 chunks embedded" in again.stdout.replace("\n", " ")
+
+
+def test_index_search_ask_and_docs_chat(tmp_path: Path):
+    from retrieval_helpers import write_corpus
+
+    corpus = write_corpus(tmp_path / "docs")
+    idx = ["--index", str(tmp_path / "idx")]
+    run = hearth("index", str(corpus), *idx, "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["files_indexed"] == 5
+    run = hearth("search", "flat tyre repair price", *idx, "--k", "2", "--json")
+    hits = json.loads(run.stdout)
+    assert len(hits) == 2 and hits[0]["source"].endswith("page.html")
+    run = hearth("ask", "How much does a flat tyre repair cost?", *idx, "--k", "1", "--json")
+    answer = json.loads(run.stdout)
+    assert answer["citations"] == [1] and answer["sources"][0]["path"].endswith("page.html")
+    env = {"HEARTH_RETRIEVAL__HISTORY_PATH": str(tmp_path / "h.sqlite")}
+    run = hearth("chat", "--docs", *idx, stdin="When are expense reports due?\n", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "notes.txt" in run.stdout
+    session = run.stderr.split("session ")[1].split()[0]
+    again = hearth("chat", "--docs", *idx, "--session", session, stdin="/exit\n", env=env)
+    assert f"session {session}" in again.stderr

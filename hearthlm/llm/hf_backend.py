@@ -124,6 +124,9 @@ class TransformersBackend(Backend):
     def load(cls, config: LLMConfig) -> TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         source = resolve_model(config.model)
         folder = cached_safetensors(source, config.cache_dir) if source.is_gguf else source.path

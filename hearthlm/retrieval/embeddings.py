@@ -67,6 +67,9 @@ class HearthEmbeddings(Embeddings):
     @cached_property
     def model(self) -> Any:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # hearthlm shows its own progress
 
         device = None if self.device == "auto" else self.device
         try:

@@ -24,8 +24,6 @@ from hearthlm.retrieval.loaders import LoaderOptions, LoadError, load_file, walk
 from hearthlm.retrieval.splitter import Chunk, TokenSplitter
 from hearthlm.retrieval.store import SidecarStore
 
-WAVE = 512  # chunks embedded and written together; a kill loses at most one wave of work
-
 
 @dataclass
 class IndexReport:
@@ -195,8 +193,9 @@ class DocumentIndex:
         task = bar.add_task("chunks", total=len(todo)) if bar else None
         waiting = list(pending)
         done: set[str] = set(stored) | in_chroma
-        for i in range(0, len(todo), WAVE):
-            wave = _dedupe(todo[i : i + WAVE])
+        wave_size = self.config.write_batch
+        for i in range(0, len(todo), wave_size):
+            wave = _dedupe(todo[i : i + wave_size])
             vectors = self.embeddings.encode([c.text for c in wave])
             self.collection.upsert(
                 ids=[c.id for c in wave],

@@ -81,10 +81,10 @@ class HybridRetriever(BaseRetriever):
         where = self._where()
         if where == {"source": {"$in": []}}:
             return []  # the glob matches no indexed file
-        query_vector = None
+        # Every hit gets its cosine similarity, BM25 hits too: thresholds, MMR and the answer
+        # chain's "I don't know" all read it.
+        query_vector = np.asarray(self.index.embeddings.embed_query(query), dtype=np.float32)
         dense: list[tuple[str, float]] = []
-        if self.mode in ("dense", "hybrid") or self.score_threshold is not None or self.mmr:
-            query_vector = np.asarray(self.index.embeddings.embed_query(query), dtype=np.float32)
         if self.mode in ("dense", "hybrid"):
             dense = self._dense(query_vector, fetch, where)
         keyword: list[tuple[str, float]] = []
@@ -104,7 +104,7 @@ class HybridRetriever(BaseRetriever):
         if self.score_threshold is not None:
             threshold = self.score_threshold
             hits = [h for h in hits if h.similarity is not None and h.similarity >= threshold]
-        if self.mmr and query_vector is not None and hits:
+        if self.mmr and hits:
             vectors = self._vectors([h.id for h in hits])
             order = maximal_marginal_relevance(
                 query_vector, [vectors[h.id] for h in hits], lambda_mult=self.mmr_lambda, k=k
@@ -155,7 +155,7 @@ class HybridRetriever(BaseRetriever):
         ids = [cid for cid, _ in ranked]
         chunks = self.index.store.get_chunks(ids)
         missing = [cid for cid in ids if cid not in dense]
-        if query_vector is not None and missing:
+        if missing:
             # BM25-only hits: their similarity decides thresholds and "I don't know".
             for cid, vec in self._vectors(missing).items():
                 dense[cid] = float(np.dot(vec, query_vector))

@@ -42,7 +42,6 @@ class TokenSplitter:
             length_function=self._length,
             separators=SEPARATORS,
             keep_separator="end",
-            add_start_index=True,
             strip_whitespace=True,
         )
 
@@ -75,12 +74,18 @@ class TokenSplitter:
 
     def _pieces(self, text: str) -> list[tuple[str, int]]:
         out = []
-        for doc in self._splitter.create_documents([text]):
-            start = int(doc.metadata["start_index"])
-            if self._length(doc.page_content) <= self.budget:
-                out.append((doc.page_content, start))
+        cursor = 0
+        for piece in self._splitter.split_text(text):
+            # Chunks come in order and overlap only backwards, so each starts at or after the
+            # previous one. (LangChain's own start_index treats the token overlap as characters.)
+            start = text.find(piece, cursor)
+            if start < 0:
+                start = text.find(piece)
+            cursor = max(start, cursor)
+            if self._length(piece) <= self.budget:
+                out.append((piece, start))
             else:
-                out.extend(self._cut(doc.page_content, start))
+                out.extend(self._cut(piece, start))
         return out
 
     def _cut(self, text: str, start: int) -> list[tuple[str, int]]:

@@ -1,0 +1,155 @@
+"""The incremental index on a real Chroma folder and a real `chroma run` server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from retrieval_helpers import write_corpus
+
+from hearthlm.config import RetrievalConfig
+from hearthlm.errors import RetrievalError
+from hearthlm.retrieval import DocumentIndex, HybridRetriever
+
+
+def _state(index: DocumentIndex) -> tuple[set[str], int, int]:
+    ids = set(index.collection.get(include=[])["ids"])
+    return ids, index.count, index.store.count()
+
+
+def test_index_reindex_change_delete(retrieval_config, embeddings, tmp_path: Path):
+    corpus = write_corpus(tmp_path / "docs")
+    index = DocumentIndex(retrieval_config, embeddings)
+    first = index.index_path(corpus, progress=False)
+    assert first.files_indexed == 5 and first.skipped == []
+    ids, count, stored = _state(index)
+    assert first.chunks_added == first.embedded == count == stored == len(ids) > 5
+
+    again = index.index_path(corpus, progress=False)
+    assert (again.embedded, again.chunks_added, again.chunks_removed) == (0, 0, 0)
+    assert again.files_unchanged == 5 and _state(index)[0] == ids
+
+    notes = corpus / "notes.txt"
+    notes.write_text(
+        notes.read_text(encoding="utf-8") + "\nThe printer on floor two needs toner.\n",
+        encoding="utf-8",
+    )
+    changed = index.index_path(corpus, progress=False)
+    assert changed.files_indexed == 1 and changed.files_unchanged == 4
+    assert changed.embedded == changed.chunks_added == 1 and changed.chunks_removed == 1
+    assert index.count == count  # one chunk replaced
+
+    (corpus / "page.html").unlink()
+    deleted = index.index_path(corpus, progress=False)
+    assert deleted.files_removed == 1 and deleted.embedded == 0
+    remaining = set(index.collection.get(include=["metadatas"])["ids"])
+    sources = {m["source"] for m in index.collection.get(include=["metadatas"])["metadatas"]}
+    assert not any(s.endswith("page.html") for s in sources)
+    assert len(remaining) == index.count == index.store.count() == count - 1
+
+    # The same folder indexed from scratch gives exactly the same ids.
+    fresh_config = retrieval_config.model_copy(
+        update={"collection": retrieval_config.collection + "-fresh"}
+    )
+    fresh = DocumentIndex(fresh_config, embeddings)
+    fresh.index_path(corpus, progress=False)
+    assert _state(fresh)[0] == remaining
+
+
+def test_bad_files_are_skipped_with_reasons_and_run_continues(embeddings, tmp_path: Path):
+    corpus = write_corpus(tmp_path / "docs")
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (corpus / "empty.md").write_text("", encoding="utf-8")
+    (corpus / "slides.pptx").write_bytes(b"PK\x03\x04")
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    report = index.index_path(corpus, progress=False)
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    assert set(reasons) == {"latin1.txt", "empty.md", "slides.pptx", "broken.pdf"}
+    assert "not UTF-8" in reasons["latin1.txt"] and "empty" in reasons["empty.md"]
+    assert report.files_indexed == 5
+
+
+def test_collections_are_separate_and_embedder_is_checked(embeddings, tmp_path: Path):
+    corpus = write_corpus(tmp_path / "docs")
+    a = DocumentIndex(RetrievalConfig(path=tmp_path / "idx", collection="alpha"), embeddings)
+    a.index_path(corpus / "notes.txt", progress=False)
+    b = DocumentIndex(RetrievalConfig(path=tmp_path / "idx", collection="beta"), embeddings)
+    b.index_path(corpus / "guide.md", progress=False)
+    assert {m["source"] for m in a.collection.get(include=["metadatas"])["metadatas"]} == {
+        str(corpus / "notes.txt")
+    }
+    assert b.count > 0 and a.count > 0
+
+    other = type(embeddings)(embeddings.path)
+    other.name = "some-other-model"
+    with pytest.raises(RetrievalError, match="all-MiniLM-L6-v2"):
+        DocumentIndex(RetrievalConfig(path=tmp_path / "idx", collection="alpha"), other)
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path, embeddings):
+    with pytest.raises(RetrievalError, match="chroma run"):
+        DocumentIndex(RetrievalConfig(path=tmp_path, server="http://127.0.0.1:9"), embeddings)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_the_next_run_completes(embeddings, tmp_path: Path):
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(40):
+        body = "\n\n".join(
+            f"Document {i} paragraph {j} describes item {i * 100 + j} in detail, with notes on "
+            f"its colour, weight, maker and history number {j * 7 + i}."
+            for j in range(12)
+        )
+        (corpus / f"doc{i:02}.txt").write_text(body, encoding="utf-8")
+    index_dir = tmp_path / "idx"
+    env = {
+        **os.environ,
+        "HEARTH_RETRIEVAL__PATH": str(index_dir),
+        "HEARTH_RETRIEVAL__WRITE_BATCH": "16",
+        "HF_HUB_OFFLINE": "1",
+    }
+    hearth = str(Path(sys.executable).with_name("hearth"))
+    proc = subprocess.Popen(
+        [hearth, "index", str(corpus), "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = index_dir / "hearth.sqlite"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists():
+            try:
+                with sqlite3.connect(manifest) as db:
+                    done = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 3:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "indexing finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    config = RetrievalConfig(path=index_dir)
+    resumed = DocumentIndex(config, embeddings)
+    before = resumed.count
+    assert 0 < before
+    report = resumed.index_path(corpus, progress=False)
+    ids = resumed.collection.get(include=[])["ids"]
+    assert len(ids) == len(set(ids)) == resumed.count == resumed.store.count()
+    assert report.embedded <= resumed.count - before + 16  # at most one batch redone
+    reference = DocumentIndex(config.model_copy(update={"collection": "reference"}), embeddings)
+    reference.index_path(corpus, progress=False)
+    assert set(ids) == set(reference.collection.get(include=[])["ids"])
+    assert resumed.index_path(corpus, progress=False).embedded == 0
+    hits = HybridRetriever.from_index(resumed, k=1).search("item 3905 colour and weight")
+    assert hits and hits[0].metadata["source"].endswith("doc39.txt")

@@ -120,7 +120,12 @@ class RetrievalConfig(StrictModel):
     embedder: str | None = Field(
         None, description="A sentence-transformers folder; None is the packaged MiniLM."
     )
-    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    embed_batch_size: int = Field(
+        16, ge=1, description="Texts per embedding batch (small batches pad less; fastest on CPU)."
+    )
+    embed_quantization: Literal["none", "int8"] = Field(
+        "none", description="'int8' quantizes the embedder's linear layers (faster on CPU)."
+    )
     write_batch: int = Field(
         512,
         ge=1,

@@ -76,7 +76,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory):
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chroma server did not start: {(data / 'server.log')}")
+                raise RuntimeError(f"chroma server did not start; see {data}") from None
             time.sleep(0.2)
     yield url
     proc.terminate()

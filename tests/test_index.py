@@ -142,7 +142,7 @@ def test_sigkill_mid_run_then_the_next_run_completes(embeddings, tmp_path: Path)
     config = RetrievalConfig(path=index_dir)
     resumed = DocumentIndex(config, embeddings)
     before = resumed.count
-    assert 0 < before
+    assert before > 0
     report = resumed.index_path(corpus, progress=False)
     ids = resumed.collection.get(include=[])["ids"]
     assert len(ids) == len(set(ids)) == resumed.count == resumed.store.count()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,5 @@ def test_overlap_is_configurable(embeddings):
     prose = " ".join(f"Sentence number {i} is here." for i in range(400))
     for overlap in (0, 48):
         chunks = TokenSplitter(embeddings.tokenizer, 64, overlap).split("s", [Section(prose)])
-        shared = [
-            a.metadata["end"] - b.metadata["start"]
-            for a, b in zip(chunks, chunks[1:], strict=False)
-        ]
+        shared = [a.metadata["end"] - b.metadata["start"] for a, b in itertools.pairwise(chunks)]
         assert (max(shared) > 0) == (overlap > 0)

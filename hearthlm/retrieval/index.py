@@ -57,7 +57,10 @@ class DocumentIndex:
 
         self.config = config
         self.embeddings = embeddings or HearthEmbeddings(
-            config.embedder, batch_size=config.embed_batch_size, device=config.device
+            config.embedder,
+            batch_size=config.embed_batch_size,
+            device=config.device,
+            quantize=config.embed_quantization,
         )
         settings = chromadb.Settings(anonymized_telemetry=False)
         if config.server:

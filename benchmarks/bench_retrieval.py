@@ -1,0 +1,219 @@
+"""Retrieval quality and latency: SciFact nDCG@10 / recall@100 for dense, BM25 and hybrid;
+HotpotQA recall@5 of the supporting paragraphs; query latency at SciFact size and at 100k chunks.
+
+Documents are indexed exactly as users index them (token-aware chunks); a document's rank is the
+rank of its best chunk. The int8 embedder is scored beside the float32 one, since it may only be
+the default if its nDCG@10 stays within 0.01.
+
+    python benchmarks/bench_retrieval.py [--quick] [--save]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import emit, parser
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CACHE = Path(__file__).parent / ".cache"
+
+
+def scifact(quick: bool) -> tuple[Path, dict[str, str], dict[str, set[str]]]:
+    corpus = DATA / "scifact" / "corpus.jsonl"
+    queries = {
+        q["_id"]: q["text"]
+        for q in map(json.loads, (DATA / "scifact" / "queries.jsonl").open(encoding="utf-8"))
+    }
+    qrels: dict[str, set[str]] = {}
+    with (DATA / "scifact" / "qrels" / "train.tsv").open(encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            qid, did, score = line.split()
+            if int(score) > 0:
+                qrels.setdefault(qid, set()).add(did)
+    if quick:
+        lines = corpus.read_text(encoding="utf-8").splitlines()[:600]
+        keep = {json.loads(line)["_id"] for line in lines}
+        qrels = {q: d for q, d in qrels.items() if d <= keep}
+        corpus = Path(tempfile.mkdtemp()) / "corpus.jsonl"
+        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return corpus, {q: queries[q] for q in qrels}, qrels
+
+
+def build(name: str, corpus: Path, quantize: str, quick: bool) -> object:
+    from hearthlm.config import RetrievalConfig
+    from hearthlm.retrieval import DocumentIndex
+
+    folder = CACHE / (name + ("-quick" if quick else "") + ("-int8" if quantize == "int8" else ""))
+    config = RetrievalConfig(
+        path=folder,
+        collection=name,
+        json_text_fields=["title", "text"],
+        json_id_field="_id",
+        embed_quantization=quantize,
+    )
+    index = DocumentIndex(config)
+    index.index_path(corpus, progress=True)
+    return index
+
+
+def doc_ranking(retriever, query: str, n_docs: int) -> list[str]:
+    docs: list[str] = []
+    for hit in retriever.search(query, k=retriever.fetch_k):
+        doc = hit.metadata.get("record")
+        if doc not in docs:
+            docs.append(doc)
+        if len(docs) == n_docs:
+            break
+    return docs
+
+
+def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:
+    dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:k]) if d in relevant)
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(len(relevant), k)))
+    return dcg / ideal
+
+
+def score(index, queries, qrels, modes) -> dict[str, float]:
+    from hearthlm.retrieval import HybridRetriever
+
+    out = {}
+    for mode in modes:
+        retriever = HybridRetriever.from_index(index, mode=mode, fetch_k=300)
+        ndcg, recall = [], []
+        for qid, text in queries.items():
+            ranked = doc_ranking(retriever, text, 100)
+            ndcg.append(ndcg_at(ranked, qrels[qid], 10))
+            recall.append(len(set(ranked) & qrels[qid]) / len(qrels[qid]))
+        out[f"{mode}_ndcg_at_10"] = round(statistics.mean(ndcg), 4)
+        out[f"{mode}_recall_at_100"] = round(statistics.mean(recall), 4)
+    return out
+
+
+def latency(index, queries: list[str]) -> dict[str, float]:
+    from hearthlm.retrieval import HybridRetriever
+
+    out = {}
+    for mode in ("dense", "bm25", "hybrid"):
+        retriever = HybridRetriever.from_index(index, mode=mode, k=10)
+        retriever.search(queries[0])
+        times = []
+        for query in queries:
+            start = time.perf_counter()
+            retriever.search(query)
+            times.append((time.perf_counter() - start) * 1000)
+        out[f"{mode}_p50_ms"] = round(float(np.percentile(times, 50)), 2)
+        out[f"{mode}_p95_ms"] = round(float(np.percentile(times, 95)), 2)
+    return out
+
+
+def scaled_copy(index, target: int, quick: bool) -> object:
+    """A collection of ``target`` chunks made from the real ones (jittered vectors, same texts
+    under new ids): for latency only, so nothing is re-embedded."""
+    from hearthlm.config import RetrievalConfig
+    from hearthlm.retrieval import DocumentIndex
+    from hearthlm.retrieval.splitter import Chunk
+
+    folder = CACHE / f"scaled-{target}"
+    config = RetrievalConfig(path=folder, collection="scaled")
+    scaled = DocumentIndex(config, index.embeddings)
+    if scaled.count >= target:
+        return scaled
+    got = index.collection.get(include=["embeddings", "documents", "metadatas"])
+    base = np.asarray(got["embeddings"], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    made = scaled.count
+    copy = made // len(base)
+    while made < target:
+        vectors = base + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ids = [f"{copy}-{i}" for i in got["ids"]]
+        metas = [{**m, "source": f"{m['source']}#{copy}"} for m in got["metadatas"]]
+        for i in range(0, len(ids), 5000):
+            scaled.collection.add(
+                ids=ids[i : i + 5000],
+                embeddings=vectors[i : i + 5000],
+                documents=got["documents"][i : i + 5000],
+                metadatas=metas[i : i + 5000],
+            )
+        scaled.store.add_chunks(
+            Chunk(cid, text, meta)
+            for cid, text, meta in zip(ids, got["documents"], metas, strict=True)
+        )
+        made += len(ids)
+        copy += 1
+    scaled.store.set_state("version", str(made))
+    scaled.bm25.rebuild()
+    return scaled
+
+
+def hotpot(quick: bool) -> dict[str, float]:
+    from hearthlm.config import RetrievalConfig
+    from hearthlm.retrieval import DocumentIndex, HybridRetriever
+
+    rows = [json.loads(line) for line in (DATA / "hotpotqa" / "dev_200.jsonl").open()]
+    rows = rows[:30] if quick else rows
+    folder = CACHE / ("hotpot-quick" if quick else "hotpot")
+    folder.mkdir(parents=True, exist_ok=True)
+    pooled = folder / "paragraphs.jsonl"
+    with pooled.open("w", encoding="utf-8") as out:
+        for row in rows:
+            for ctx in row["contexts"]:
+                pid = f"{row['question_id']}:{ctx['id']}"
+                record = {"id": pid, "title": ctx["title"], "text": ctx["paragraph_text"]}
+                out.write(json.dumps(record) + "\n")
+    config = RetrievalConfig(
+        path=folder / "index",
+        collection="hotpot",
+        json_text_fields=["title", "text"],
+        json_id_field="id",
+    )
+    index = DocumentIndex(config)
+    index.index_path(pooled, progress=True)
+    retriever = HybridRetriever.from_index(index, fetch_k=100)
+    recalls = []
+    for row in rows:
+        gold = {f"{row['question_id']}:{c['id']}" for c in row["contexts"] if c["is_supporting"]}
+        ranked = doc_ranking(retriever, row["question_text"], 5)
+        recalls.append(len(set(ranked) & gold) / len(gold))
+    return {
+        "hotpotqa_questions": len(rows),
+        "hotpotqa_paragraphs": index.count,
+        "hotpotqa_hybrid_recall_at_5": round(statistics.mean(recalls), 4),
+    }
+
+
+def main() -> None:
+    args = parser(__doc__ or "").parse_args()
+    corpus, queries, qrels = scifact(args.quick)
+    figures: dict[str, object] = {"scifact_queries": len(queries)}
+    index = build("scifact", corpus, "none", args.quick)
+    figures["scifact_chunks"] = index.count
+    figures |= score(index, queries, qrels, ("dense", "bm25", "hybrid"))
+    int8 = build("scifact", corpus, "int8", args.quick)
+    figures |= {f"int8_{k}": v for k, v in score(int8, queries, qrels, ("dense", "hybrid")).items()}
+    figures["int8_dense_ndcg_delta"] = round(
+        figures["int8_dense_ndcg_at_10"] - figures["dense_ndcg_at_10"], 4
+    )
+    figures |= hotpot(args.quick)
+    sample = list(queries.values())[:200]
+    figures |= {f"scifact_{k}": v for k, v in latency(index, sample).items()}
+    target = 10_000 if args.quick else 100_000
+    scaled = scaled_copy(index, target, args.quick)
+    figures["scaled_chunks"] = scaled.count
+    figures |= {f"scaled_{k}": v for k, v in latency(scaled, sample[:100]).items()}
+    emit("bench_retrieval", figures, args.save)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,16 +41,8 @@ def chat_figures(chat, n_tokens: int, reset, repeats: int) -> dict[str, float]:
     return {"ttft_s": ttft_s, "tokens_per_s": median_of(repeats, decode)}
 
 
-def raw_llamacpp(llm, prompt_ids, n_tokens: int, repeats: int) -> dict[str, float]:
-    def run(max_tokens: int) -> tuple[float, int]:
-        llm.reset()
-        seconds, out = timed(
-            lambda: llm.create_completion(
-                prompt_ids, max_tokens=max_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0
-            )
-        )
-        return seconds, out["usage"]["completion_tokens"]
-
+def raw_figures(run, n_tokens: int, repeats: int) -> dict[str, float]:
+    """TTFT as a one-token call; decode rate over the rest. ``run(max_new) -> (seconds, n)``."""
     run(4)  # warm-up
     ttft_s = median_of(repeats, lambda: run(1)[0])
 
@@ -59,6 +51,19 @@ def raw_llamacpp(llm, prompt_ids, n_tokens: int, repeats: int) -> dict[str, floa
         return (n - 1) / (seconds - ttft_s)
 
     return {"ttft_s": ttft_s, "tokens_per_s": median_of(repeats, decode)}
+
+
+def raw_llamacpp(llm, prompt_ids, n_tokens: int, repeats: int) -> dict[str, float]:
+    def run(max_tokens: int) -> tuple[float, int]:
+        llm.reset()  # no prompt-cache reuse between timed calls
+        seconds, out = timed(
+            lambda: llm.create_completion(
+                prompt_ids, max_tokens=max_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0
+            )
+        )
+        return seconds, out["usage"]["completion_tokens"]
+
+    return raw_figures(run, n_tokens, repeats)
 
 
 def raw_transformers(model, prompt_ids, n_tokens: int, repeats: int) -> dict[str, float]:
@@ -73,14 +78,7 @@ def raw_transformers(model, prompt_ids, n_tokens: int, repeats: int) -> dict[str
             )
         return seconds, out.shape[1] - ids.shape[1]
 
-    run(4)  # warm-up
-    ttft_s = median_of(repeats, lambda: run(1)[0])
-
-    def decode() -> float:
-        seconds, n = run(n_tokens)
-        return (n - 1) / (seconds - ttft_s)
-
-    return {"ttft_s": ttft_s, "tokens_per_s": median_of(repeats, decode)}
+    return raw_figures(run, n_tokens, repeats)
 
 
 def main() -> None:

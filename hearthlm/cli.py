@@ -47,20 +47,26 @@ CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.
 ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
 KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
+# Which config section each command option sets.
 SECTIONS = {
-    "backend": "llm",
-    "model": "llm",
-    "adapter": "llm",
-    "collection": "retrieval",
-    "server": "retrieval",
-    "path": "retrieval",
-    "k": "retrieval",
+    **dict.fromkeys(("backend", "model", "adapter"), "llm"),
+    **dict.fromkeys(
+        ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed"),
+        "sampling",
+    ),
+    **dict.fromkeys(("collection", "server", "index_dir", "k"), "retrieval"),
 }
+FIELD_NAMES = {"index_dir": "path"}
+
+
+def _overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The config-backed options among a command's arguments."""
+    return {k: v for k, v in options.items() if k in SECTIONS}
 
 
 def _config(config: Path | None, **options: Any) -> HearthConfig:
     """Load the layered config; CLI options left unset do not override lower layers."""
-    overrides = {f"{SECTIONS.get(k, 'sampling')}.{k}": v for k, v in options.items()}
+    overrides = {f"{SECTIONS[k]}.{FIELD_NAMES.get(k, k)}": v for k, v in options.items()}
     return load_config(config, overrides=overrides)
 
 
@@ -117,18 +123,7 @@ def generate(
     seed: SeedOpt = None,
 ) -> None:
     """Answer one prompt with the local model."""
-    cfg = _config(
-        config,
-        backend=backend,
-        model=model,
-        adapter=adapter,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        max_new_tokens=max_new_tokens,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-    )
+    cfg = _config(config, **_overrides(locals()))
     chat = _chat_model(cfg)
     messages = _messages(system, prompt)
     if as_json or not stream:
@@ -173,21 +168,7 @@ def chat(
     """Interactive chat that streams replies. /reset clears the history, /exit (or EOF) quits."""
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-    cfg = _config(
-        config,
-        backend=backend,
-        model=model,
-        adapter=adapter,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        max_new_tokens=max_new_tokens,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        collection=collection,
-        server=server,
-        path=index_dir,
-    )
+    cfg = _config(config, **_overrides(locals()))
     if docs:
         _docs_chat(cfg, session)
         return
@@ -229,7 +210,7 @@ def index(
     """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
     from hearthlm.retrieval import DocumentIndex
 
-    cfg = _config(config, collection=collection, server=server, path=index_dir)
+    cfg = _config(config, **_overrides(locals()))
     docs = DocumentIndex(cfg.retrieval)
     report = docs.index_path(path, progress=not as_json)
     if as_json:
@@ -260,7 +241,7 @@ def search(
     """Show the chunks a question retrieves, with their sources (no model call)."""
     from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
-    cfg = _config(config, collection=collection, server=server, path=index_dir, k=k)
+    cfg = _config(config, **_overrides(locals()))
     retriever = HybridRetriever.from_index(
         DocumentIndex(cfg.retrieval), mode=mode, source_glob=source
     )
@@ -331,16 +312,7 @@ def ask(
     """Answer a question from the indexed documents, with cited sources."""
     from hearthlm.retrieval import Answer
 
-    cfg = _config(
-        config,
-        collection=collection,
-        server=server,
-        path=index_dir,
-        k=k,
-        backend=backend,
-        model=model,
-        adapter=adapter,
-    )
+    cfg = _config(config, **_overrides(locals()))
     qa = _docs_qa(cfg)
     if as_json:
         _print_answer(qa.invoke(question), True)

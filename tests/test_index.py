@@ -31,6 +31,10 @@ def test_index_reindex_change_delete(retrieval_config, embeddings, tmp_path: Pat
     ids, count, stored = _state(index)
     assert first.chunks_added == first.embedded == count == stored == len(ids) > 5
 
+    for mode in ("dense", "bm25", "hybrid"):  # queries run the same code on both stores
+        hits = HybridRetriever.from_index(index, mode=mode, k=1).search("flat tyre repair price")
+        assert hits[0].metadata["source"].endswith("page.html"), mode
+
     again = index.index_path(corpus, progress=False)
     assert (again.embedded, again.chunks_added, again.chunks_removed) == (0, 0, 0)
     assert again.files_unchanged == 5 and _state(index)[0] == ids

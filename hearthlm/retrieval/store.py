@@ -90,16 +90,7 @@ class SidecarStore:
         return {row[0] for row in self.db.execute(sql, args)}
 
     def chunk_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(ids), 500):
-            batch = ids[i : i + 500]
-            marks = ",".join("?" * len(batch))
-            rows = self.db.execute(
-                f"SELECT id, metadata FROM chunks WHERE collection = ? AND id IN ({marks})",
-                [self.collection, *batch],
-            )
-            found.update({cid: json.loads(meta) for cid, meta in rows})
-        return found
+        return {cid: json.loads(meta) for cid, _, meta in self._select(ids)}
 
     def corpus(self) -> Iterator[tuple[str, str]]:
         """(id, text) of every chunk, in a stable order."""
@@ -108,16 +99,16 @@ class SidecarStore:
         )
 
     def get_chunks(self, ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        out: dict[str, tuple[str, dict[str, Any]]] = {}
-        for i in range(0, len(ids), 500):
+        return {cid: (text, json.loads(meta)) for cid, text, meta in self._select(ids)}
+
+    def _select(self, ids: list[str]) -> Iterator[tuple[str, str, str]]:
+        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
             batch = ids[i : i + 500]
             marks = ",".join("?" * len(batch))
-            rows = self.db.execute(
+            yield from self.db.execute(
                 f"SELECT id, text, metadata FROM chunks WHERE collection = ? AND id IN ({marks})",
                 [self.collection, *batch],
             )
-            out.update({cid: (text, json.loads(meta)) for cid, text, meta in rows})
-        return out
 
     def count(self) -> int:
         row = self.db.execute(

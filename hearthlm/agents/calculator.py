@@ -1,0 +1,223 @@
+"""A safe, exact calculator for agents.
+
+Expressions are parsed with Python's ``ast`` and evaluated by walking a whitelist of node types;
+nothing is ever passed to ``eval``, ``exec`` or numexpr. Arithmetic is exact (integers of any size
+and fractions) until a function such as ``sqrt`` or ``sin`` needs floating point. Sizes are bounded
+before they are computed, so ``9**9**9`` or a huge factorial is an error, not a hang.
+
+Example:
+    >>> calculate("1234 * 5678")
+    '7006652'
+    >>> calculate("15% of 80")
+    '12'
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+from hearthlm.errors import ToolError
+
+MAX_LENGTH = 1000  # characters of input
+MAX_BITS = 100_000  # about 30,000 decimal digits, for any intermediate result
+MAX_FACTORIAL = 2000
+
+Number = Fraction | float
+
+
+class CalculatorError(ToolError):
+    """The expression is malformed, unsupported, or too large to compute."""
+
+
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_CONSTANTS: dict[str, Number] = {"pi": math.pi, "e": math.e}
+
+
+def _sqrt(x: Number) -> Number:
+    if isinstance(x, Fraction) and x >= 0:
+        num, den = math.isqrt(x.numerator), math.isqrt(x.denominator)
+        if num * num == x.numerator and den * den == x.denominator:
+            return Fraction(num, den)  # exact for perfect squares
+    return math.sqrt(x)
+
+
+def _log(x: Number, base: Number | None = None) -> float:
+    return math.log(x) if base is None else math.log(x, base)
+
+
+def _round(x: Number, digits: Number = 0) -> Number:
+    if not isinstance(digits, Fraction) or digits.denominator != 1:
+        raise CalculatorError("round() takes a whole number of digits")
+    if isinstance(x, Fraction):
+        return Fraction(round(x, int(digits)))
+    return round(x, int(digits))
+
+
+def _factorial(x: Number) -> Number:
+    if not isinstance(x, Fraction) or x.denominator != 1 or x < 0:
+        raise CalculatorError("factorial() takes a whole number 0 or more")
+    if x > MAX_FACTORIAL:
+        raise CalculatorError(f"factorial({x}) is too large (limit {MAX_FACTORIAL})")
+    return Fraction(math.factorial(int(x)))
+
+
+_FUNCTIONS: dict[str, Callable[..., Number]] = {
+    "sqrt": _sqrt,
+    "log": _log,
+    "ln": math.log,
+    "exp": math.exp,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "round": _round,
+    "abs": abs,
+    "min": min,
+    "max": max,
+    "factorial": _factorial,
+}
+
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.a-zA-Z])")
+
+
+def normalise(expression: str) -> str:
+    """Accept the way people write arithmetic: ``15%``, ``x of y``, ``^``, and the
+    multiplication and division signs."""
+    text = expression.strip().replace("\u00d7", "*").replace("\u00f7", "/").replace("^", "**")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,234,567
+    text = re.sub(r"\bof\b", "*", text)
+    return _PERCENT.sub(r"(\1/100)", text)
+
+
+def evaluate(expression: str) -> Number:
+    """The exact value of ``expression``.
+
+    Raises:
+        CalculatorError: malformed, unsupported, or too large.
+    """
+    if len(expression) > MAX_LENGTH:
+        raise CalculatorError(f"expression is {len(expression)} characters; limit {MAX_LENGTH}")
+    text = normalise(expression)
+    if not text:
+        raise CalculatorError("empty expression")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        shown = expression if len(expression) <= 80 else expression[:77] + "..."
+        raise CalculatorError(f"cannot parse {shown!r} as arithmetic") from None
+    try:
+        return _eval(tree.body)
+    except CalculatorError:
+        raise
+    except ZeroDivisionError:
+        raise CalculatorError("division by zero") from None
+    except (OverflowError, ValueError) as exc:
+        raise CalculatorError(f"math error: {exc}") from None
+    except RecursionError:
+        raise CalculatorError("expression is nested too deeply") from None
+
+
+def calculate(expression: str) -> str:
+    """``evaluate`` formatted for people and agents: integers plainly, fractions as decimals."""
+    return format_number(evaluate(expression))
+
+
+def format_number(value: Number) -> str:
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        return repr(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    as_float = float(value)
+    # A terminating decimal is shown exactly; others as the fraction and its approximation.
+    den = value.denominator
+    while den % 2 == 0:
+        den //= 2
+    while den % 5 == 0:
+        den //= 5
+    if den == 1:
+        return _decimal(value)
+    return f"{value.numerator}/{value.denominator} (≈ {as_float:.12g})"
+
+
+def _decimal(value: Fraction) -> str:
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    whole, rest = divmod(value.numerator, value.denominator)
+    digits = ""
+    while rest:
+        rest *= 10
+        digit, rest = divmod(rest, value.denominator)
+        digits += str(digit)
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+
+
+def _eval(node: ast.AST) -> Number:
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+            raise CalculatorError(f"unsupported value {node.value!r}: numbers only")
+        # Decimal literals are exact: 0.1 means one tenth, not the nearest binary float.
+        return Fraction(str(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _eval(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp):
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            return _check(_power(left, right))
+        op = _BINARY.get(type(node.op))
+        if op is None:
+            raise CalculatorError(f"unsupported operator {type(node.op).__name__}")
+        return _check(op(left, right))
+    if isinstance(node, ast.Name):
+        if node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        raise CalculatorError(f"unknown name {node.id!r}; known: {', '.join(_CONSTANTS)}")
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:
+            known = ", ".join(sorted(_FUNCTIONS))
+            raise CalculatorError(f"unsupported function call; known functions: {known}")
+        if node.keywords:
+            raise CalculatorError("keyword arguments are not supported")
+        args = [_eval(arg) for arg in node.args]
+        return _check(_FUNCTIONS[node.func.id](*args))
+    raise CalculatorError(f"unsupported syntax: {type(node).__name__}; use numbers and + - * / **")
+
+
+def _power(base: Number, exponent: Number) -> Number:
+    if isinstance(exponent, Fraction) and exponent.denominator == 1 and isinstance(base, Fraction):
+        size = max(abs(base.numerator), abs(base.denominator), 2).bit_length()
+        if abs(exponent.numerator) * size > MAX_BITS:
+            raise CalculatorError(
+                f"result of a power would have about {abs(exponent.numerator) * size // 3} "
+                "digits; too large"
+            )
+        return base ** int(exponent)
+    return float(base) ** float(exponent)
+
+
+def _check(value: Any) -> Number:
+    if isinstance(value, int):
+        value = Fraction(value)
+    if isinstance(value, Fraction):
+        if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+            raise CalculatorError("result is too large (over about 30,000 digits)")
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise CalculatorError("result is not a finite number")
+        return value
+    raise CalculatorError(f"unsupported result {value!r}")

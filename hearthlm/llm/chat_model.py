@@ -54,6 +54,7 @@ from hearthlm.llm.tools import (
 )
 
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
+TEXT_ONLY = "root ::= [^{ \\t\\n] [^\\x00]*\n"  # plain text that cannot open a JSON tool call
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
 
 
@@ -311,12 +312,14 @@ class ChatHearth(BaseChatModel):
     def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Prepared:
         tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
         response_format = kwargs.get("response_format")
-        constraint = None
+        constraint = kwargs.get("constraint")  # low level: a Constraint as is
         if kwargs.get("grammar"):
             constraint = Constraint(grammar=kwargs["grammar"])
         elif tools:
             schema = call_schema(tools)
             constraint = Constraint(schema, allow_text=tools_optional)
+        elif kwargs.get("tools") and kwargs.get("tool_choice") == "none":
+            constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
             constraint = Constraint(schema)
@@ -361,13 +364,19 @@ class ChatHearth(BaseChatModel):
         return rendered
 
     def _prompt_ids(self, rendered: list[dict[str, str]]) -> list[int]:
+        """Token ids of the rendered chat. A final assistant message is continued, not closed:
+        that is how a reply is prefilled (e.g. "Thought:" in ReAct)."""
         engine = self.engine
+        prefill = rendered[-1]["content"] if rendered[-1]["role"] == "assistant" else ""
         prompt = render_chat(
             engine.chat_template,
             rendered,
+            add_generation_prompt=not prefill,
             bos_token=engine.bos_token,
             eos_token=engine.eos_token,
         )
+        if prefill:
+            prompt = prompt[: prompt.rindex(prefill) + len(prefill)]
         return engine.tokenize(prompt)
 
     def _usage(self, prepared: _Prepared, outcome: _Outcome) -> UsageMetadata:

@@ -1,0 +1,273 @@
+"""ReAct: Thought, Action, Observation, until a final answer, on the local model.
+
+Each step is two short generations that share one prompt (llama.cpp reuses its KV cache for the
+shared prefix): a free-text thought, then the action, decoded under a JSON-schema grammar whose
+tool names are an enum and whose arguments follow the chosen tool's schema. Even the 135M default
+model therefore always emits a valid action. Steps, time and tokens are bounded, and a repeated
+identical action ends the run, so no run loops until an iteration limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, Field
+
+from hearthlm.agents.tools import resolve_tools
+from hearthlm.llm.backend import Constraint
+from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.tools import call_schema
+
+FINAL = "final_answer"
+SYSTEM = """You answer the user's question by thinking step by step and using tools.
+Tools, as JSON:
+{tools}
+
+Write one step at a time:
+Thought: what to do next
+Action: {{"name": <tool>, "arguments": {{...}}}}
+Then you will see the Observation. When you know the answer, use the {final} tool.{example}"""
+# Shown when the calculator is available: small models otherwise do the arithmetic in the thought,
+# and get it wrong.
+CALCULATOR_EXAMPLE = """
+
+Example:
+Question: What is 21 * 47?
+Thought: I need to multiply 21 by 47, so I use the calculator.
+Action: {"name": "calculator", "arguments": {"expression": "21 * 47"}}
+Observation: 987
+Thought: The calculator says 987.
+Action: {"name": "final_answer", "arguments": {"answer": "987"}}"""
+
+
+class FinalAnswer(BaseModel):
+    """Give the final answer to the user's question."""
+
+    answer: str = Field(description="The final answer")
+
+
+@dataclass
+class Step:
+    """One Thought / Action / Observation cycle."""
+
+    thought: str
+    tool: str
+    tool_input: dict[str, Any]
+    observation: str
+    seconds: float
+    tokens: int
+    valid: bool = True
+
+
+@dataclass
+class AgentResult:
+    """The answer (None if the run stopped first), why the run ended, and the full trace."""
+
+    question: str
+    answer: str | None
+    stopped_reason: str
+    steps: list[Step] = field(default_factory=list)
+    seconds: float = 0.0
+    tokens: int = 0
+
+    @property
+    def valid_action_rate(self) -> float:
+        return sum(s.valid for s in self.steps) / len(self.steps) if self.steps else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "stopped_reason": self.stopped_reason,
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "steps": [s.__dict__ for s in self.steps],
+        }
+
+
+class ReActAgent(Runnable[str, AgentResult]):
+    """A ReAct agent over ``ChatHearth`` and LangChain tools.
+
+    Example:
+        >>> agent = ReActAgent(ChatHearth(), [calculator_tool()])  # doctest: +SKIP
+        >>> agent.invoke("What is 1234 * 5678?").answer  # doctest: +SKIP
+        '7006652'
+    """
+
+    def __init__(
+        self,
+        chat: ChatHearth,
+        tools: Sequence[BaseTool | Callable[..., Any]],
+        *,
+        max_steps: int = 6,
+        max_seconds: float = 120.0,
+        max_tokens: int = 8000,
+        thought_tokens: int = 48,
+        require_tool: bool = True,
+    ) -> None:
+        self.chat = chat
+        self.tools = {t.name: t for t in resolve_tools(tools)}
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.max_tokens = max_tokens
+        self.thought_tokens = thought_tokens
+        specs = [convert_to_openai_tool(t) for t in self.tools.values()]
+        specs.append(convert_to_openai_tool(FinalAnswer))
+        specs[-1]["function"]["name"] = FINAL
+        self._constraint = Constraint(json_schema=call_schema(specs))
+        # A small model answers from its own (wrong) arithmetic if it may; with require_tool the
+        # first action must be a tool call, so the answer rests on an observation.
+        self._first_constraint = (
+            Constraint(json_schema=call_schema(specs[:-1]))
+            if require_tool and len(specs) > 1
+            else self._constraint
+        )
+        listed = "\n".join(
+            json.dumps(
+                {
+                    "name": s["function"]["name"],
+                    "description": s["function"].get("description", ""),
+                    "arguments": s["function"]["parameters"].get("properties", {}),
+                }
+            )
+            for s in specs
+        )
+        example = CALCULATOR_EXAMPLE if "calculator" in self.tools else ""
+        self._system = SYSTEM.format(tools=listed, final=FINAL, example=example)
+
+    def invoke(
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AgentResult:
+        result = None
+        for item in self.stream(input, config):
+            if isinstance(item, AgentResult):
+                result = item
+        assert result is not None
+        return result
+
+    def stream(  # type: ignore[override]
+        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Step | AgentResult]:
+        """Each :class:`Step` as it completes, then the :class:`AgentResult`."""
+        question = input
+        start = time.perf_counter()
+        steps: list[Step] = []
+        tokens = 0
+        seen: set[str] = set()
+        reason = "max_steps"
+        answer = None
+        for _ in range(self.max_steps):
+            if time.perf_counter() - start > self.max_seconds:
+                reason = "max_seconds"
+                break
+            if tokens > self.max_tokens:
+                reason = "max_tokens"
+                break
+            step_start = time.perf_counter()
+            scratchpad = _scratchpad(steps)
+            thought_msg = self.chat.invoke(
+                self._messages(question, scratchpad + "Thought:"),
+                config,
+                stop=["\n", "Action:", "Observation:"],
+                max_new_tokens=self.thought_tokens,
+            )
+            thought = str(thought_msg.content).strip()
+            prefix = f"{scratchpad}Thought: {thought}\nAction: "
+            constraint = self._constraint if steps else self._first_constraint
+            action_msg = self.chat.invoke(
+                self._messages(question, prefix), config, constraint=constraint
+            )
+            tokens += _tokens(thought_msg) + _tokens(action_msg)
+            name, args, valid = _parse(str(action_msg.content))
+            key = json.dumps([name, args], sort_keys=True)
+            if name == FINAL and valid:
+                answer = str(args.get("answer", ""))
+                steps.append(
+                    Step(
+                        thought,
+                        name,
+                        args,
+                        "",
+                        time.perf_counter() - step_start,
+                        _tokens(thought_msg) + _tokens(action_msg),
+                    )
+                )
+                yield steps[-1]
+                reason = "final_answer"
+                break
+            if key in seen:
+                reason = "repeated_action"
+                steps.append(
+                    Step(
+                        thought,
+                        name,
+                        args,
+                        "(not run again: same action as before)",
+                        time.perf_counter() - step_start,
+                        _tokens(thought_msg) + _tokens(action_msg),
+                        valid,
+                    )
+                )
+                yield steps[-1]
+                break
+            seen.add(key)
+            observation = self._run_tool(name, args, valid, config)
+            steps.append(
+                Step(
+                    thought,
+                    name,
+                    args,
+                    observation,
+                    time.perf_counter() - step_start,
+                    _tokens(thought_msg) + _tokens(action_msg),
+                    valid,
+                )
+            )
+            yield steps[-1]
+        yield AgentResult(question, answer, reason, steps, time.perf_counter() - start, tokens)
+
+    def _messages(self, question: str, prefill: str) -> list[BaseMessage]:
+        return [
+            SystemMessage(self._system),
+            HumanMessage(f"Question: {question}"),
+            AIMessage(prefill),
+        ]
+
+    def _run_tool(
+        self, name: str, args: dict[str, Any], valid: bool, config: RunnableConfig | None
+    ) -> str:
+        if not valid or name not in self.tools:
+            return f"Invalid action; use one of: {', '.join([*self.tools, FINAL])}."
+        try:
+            return str(self.tools[name].invoke(args, config))
+        except Exception as exc:  # a user tool may raise anything; the agent reads it instead
+            return f"Error from {name}: {exc}"
+
+
+def _scratchpad(steps: list[Step]) -> str:
+    return "".join(
+        f"Thought: {s.thought}\nAction: {json.dumps({'name': s.tool, 'arguments': s.tool_input})}"
+        f"\nObservation: {s.observation}\n"
+        for s in steps
+    )
+
+
+def _parse(text: str) -> tuple[str, dict[str, Any], bool]:
+    try:
+        data = json.loads(text)
+        return str(data["name"]), dict(data["arguments"]), True
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return "", {}, False
+
+
+def _tokens(message: Any) -> int:
+    usage = getattr(message, "usage_metadata", None) or {}
+    return int(usage.get("output_tokens", 0))

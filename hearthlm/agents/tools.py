@@ -1,0 +1,125 @@
+"""Tools for agents: the built-ins and yours, all LangChain ``BaseTool``s.
+
+A user tool is one line: any ``@tool``, ``BaseTool`` or plain typed Python function. Packages can
+register tools through the ``hearthlm.tools`` entry-point group (each entry point is a tool, a
+function, or a zero-argument factory returning a list of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from pydantic import BaseModel, Field
+
+from hearthlm.agents.calculator import CalculatorError, calculate
+from hearthlm.errors import ToolError
+
+ENTRY_POINT_GROUP = "hearthlm.tools"
+
+
+class _Expression(BaseModel):
+    # The pattern keeps a constrained model from writing "17 * 3 = 51" as the expression.
+    expression: str = Field(
+        description="One arithmetic expression",
+        pattern=r"^[-(0-9a-z][-+*/%^(). 0-9a-z]{0,199}$",
+    )
+
+
+def _calculate(expression: str) -> str:
+    try:
+        return calculate(expression)
+    except CalculatorError as exc:
+        raise ToolException(f"calculator error: {exc}") from None
+
+
+def calculator_tool() -> BaseTool:
+    """Exact arithmetic; errors come back to the agent as observations."""
+    return StructuredTool.from_function(
+        func=_calculate,
+        name="calculator",
+        description="Evaluate an arithmetic expression exactly: + - * / // % ** ( ), "
+        "percentages, sqrt log exp sin cos tan pi e round abs min max.",
+        args_schema=_Expression,
+        handle_tool_error=True,
+    )
+
+
+def docs_tool(retriever: Any, k: int = 3) -> BaseTool:
+    """Search a hearthlm document collection; returns the best chunks with their sources."""
+
+    def search_docs(query: str) -> str:
+        hits = retriever.search(query, k=k)
+        if not hits:
+            return "No matching documents."
+        lines = []
+        for i, hit in enumerate(hits, 1):
+            where = str(hit.metadata.get("source", ""))
+            if hit.metadata.get("page"):
+                where += f", page {hit.metadata['page']}"
+            lines.append(f"[{i}] ({where}) {hit.text[:400]}")
+        return "\n".join(lines)
+
+    return StructuredTool.from_function(
+        func=search_docs,
+        name="docs",
+        description="Search the user's private documents and return matching passages.",
+        handle_tool_error=True,
+    )
+
+
+def as_tool(obj: BaseTool | Callable[..., Any]) -> BaseTool:
+    """A ``BaseTool`` from a tool or a plain typed function (its docstring is the description)."""
+    if isinstance(obj, BaseTool):
+        return obj
+    if callable(obj):
+        if not (obj.__doc__ or "").strip():
+            raise ToolError(
+                f"function {getattr(obj, '__name__', obj)!r} needs a docstring: the agent reads "
+                "it to know when to use the tool."
+            )
+        return StructuredTool.from_function(obj, handle_tool_error=True)
+    raise ToolError(f"{obj!r} is not a tool: pass a BaseTool, an @tool or a typed function.")
+
+
+def plugin_tools() -> list[BaseTool]:
+    """Tools registered by installed packages under the ``hearthlm.tools`` entry points."""
+    found: list[BaseTool] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if isinstance(loaded, BaseTool) or (
+            callable(loaded) and loaded.__doc__ and not _is_factory(loaded)
+        ):
+            found.append(as_tool(loaded))
+        else:
+            found.extend(as_tool(t) for t in loaded())
+    return found
+
+
+def _is_factory(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return not inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_tools(tools: Iterable[BaseTool | Callable[..., Any]]) -> list[BaseTool]:
+    """Normalise and check a tool list: unique names, each a ``BaseTool``."""
+    resolved = [as_tool(t) for t in tools]
+    names = [t.name for t in resolved]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ToolError(f"two tools share the name(s) {duplicates}; rename one.")
+    return resolved
+
+
+def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseTool]:
+    """Tools by name, for the CLI's ``--tools``."""
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ToolError(f"unknown tool(s) {unknown}; available: {', '.join(sorted(available))}")
+    return [available[n] for n in names]

@@ -20,7 +20,7 @@ from langchain.agents.middleware import wrap_model_call
 from langchain_core.messages import ToolMessage
 
 
-@wrap_model_call  # type: ignore[arg-type]
+@wrap_model_call
 def call_tools_then_answer(request: Any, handler: Callable[[Any], Any]) -> Any:
     """Require a tool call until a tool result exists, then require a text answer."""
     answered = any(isinstance(m, ToolMessage) for m in request.messages)

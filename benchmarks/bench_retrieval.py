@@ -50,17 +50,18 @@ def scifact(quick: bool) -> tuple[Path, dict[str, str], dict[str, set[str]]]:
     return corpus, {q: queries[q] for q in qrels}, qrels
 
 
-def build(name: str, corpus: Path, quantize: str, quick: bool) -> object:
+def build(name: str, corpus: Path, precision: str, quick: bool) -> object:
     from hearthlm.config import RetrievalConfig
     from hearthlm.retrieval import DocumentIndex
 
-    folder = CACHE / (name + ("-quick" if quick else "") + ("-int8" if quantize == "int8" else ""))
+    suffix = "" if precision == "float32" else f"-{precision}"
+    folder = CACHE / (name + ("-quick" if quick else "") + suffix)
     config = RetrievalConfig(
         path=folder,
         collection=name,
         json_text_fields=["title", "text"],
         json_id_field="_id",
-        embed_quantization=quantize,
+        embed_precision=precision,
     )
     index = DocumentIndex(config)
     index.index_path(corpus, progress=True)
@@ -197,14 +198,16 @@ def main() -> None:
     args = parser(__doc__ or "").parse_args()
     corpus, queries, qrels = scifact(args.quick)
     figures: dict[str, object] = {"scifact_queries": len(queries)}
-    index = build("scifact", corpus, "none", args.quick)
+    index = build("scifact", corpus, "float32", args.quick)
     figures["scifact_chunks"] = index.count
     figures |= score(index, queries, qrels, ("dense", "bm25", "hybrid"))
-    int8 = build("scifact", corpus, "int8", args.quick)
-    figures |= {f"int8_{k}": v for k, v in score(int8, queries, qrels, ("dense", "hybrid")).items()}
-    figures["int8_dense_ndcg_delta"] = round(
-        figures["int8_dense_ndcg_at_10"] - figures["dense_ndcg_at_10"], 4
-    )
+    for precision in ("bfloat16", "int8"):
+        variant = build("scifact", corpus, precision, args.quick)
+        scores = score(variant, queries, qrels, ("dense", "hybrid"))
+        figures |= {f"{precision}_{k}": v for k, v in scores.items()}
+        figures[f"{precision}_dense_ndcg_delta"] = round(
+            scores["dense_ndcg_at_10"] - figures["dense_ndcg_at_10"], 4
+        )
     figures |= hotpot(args.quick)
     sample = list(queries.values())[:200]
     figures |= {f"scifact_{k}": v for k, v in latency(index, sample).items()}

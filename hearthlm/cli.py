@@ -326,6 +326,54 @@ def ask(
 
 
 @app.command()
+def agent(
+    question: Annotated[str, typer.Argument(help="The task for the agent.")],
+    tools: Annotated[
+        str | None, typer.Option(help="Comma-separated: calculator,web_search,docs,…")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Most Thought/Action cycles.")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+) -> None:
+    """Run a ReAct agent with tools, showing each step as it happens."""
+    from hearthlm.agents.react import AgentResult, ReActAgent
+    from hearthlm.agents.tools import build_tools
+
+    cfg = _config(config, **_overrides(locals()))
+    names = [t.strip() for t in tools.split(",") if t.strip()] if tools else None
+    limits = cfg.agents
+    runner = ReActAgent(
+        _chat_model(cfg),
+        build_tools(cfg, names),
+        max_steps=max_steps or limits.max_steps,
+        max_seconds=limits.max_seconds,
+        max_tokens=limits.max_tokens,
+    )
+    for item in runner.stream(question):
+        if isinstance(item, AgentResult):
+            if as_json:
+                print(json.dumps(item.as_dict()))
+            elif item.answer is not None:
+                console.print(f"[bold green]Answer:[/bold green] {item.answer}", highlight=False)
+            else:
+                console.print(
+                    f"[yellow]Stopped ({item.stopped_reason}) without an answer.[/yellow]"
+                )
+        elif not as_json:
+            console.print(f"[dim]Thought:[/dim] {item.thought}", highlight=False)
+            console.print(
+                f"[cyan]Action:[/cyan] {item.tool} {json.dumps(item.tool_input)}", highlight=False
+            )
+            if item.observation:
+                console.print(
+                    f"[magenta]Observation:[/magenta] {item.observation}", highlight=False
+                )
+
+
+@app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Index the example documents and answer two questions with cited sources, offline."""
     from hearthlm.demo import run_demo

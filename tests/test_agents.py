@@ -130,3 +130,25 @@ def test_langchain_create_agent_drives_the_local_model(llama_chat):
     assert messages[1].tool_calls[0]["name"] == "calculator"
     assert isinstance(messages[2], ToolMessage) and messages[2].content == "7006652"
     assert "7006652" in messages[-1].content and not messages[-1].tool_calls
+
+
+def test_plugin_tools_register_through_entry_points(tmp_path, monkeypatch):
+    """A real distribution on sys.path declaring a hearthlm.tools entry point."""
+    package = tmp_path / "weather_plugin.py"
+    package.write_text(
+        "def forecast(city: str) -> str:\n"
+        '    """Tomorrow\'s weather forecast for a city."""\n'
+        "    return f'Rain in {city}.'\n",
+        encoding="utf-8",
+    )
+    dist = tmp_path / "weather_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Name: weather-plugin\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[hearthlm.tools]\nforecast = weather_plugin:forecast\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from hearthlm.agents.tools import plugin_tools
+
+    (found,) = [t for t in plugin_tools() if t.name == "forecast"]
+    assert found.invoke({"city": "Oslo"}) == "Rain in Oslo."

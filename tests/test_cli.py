@@ -113,3 +113,13 @@ def test_index_search_ask_and_docs_chat(tmp_path: Path):
     session = run.stderr.split("session ")[1].split()[0]
     again = hearth("chat", "--docs", *idx, "--session", session, stdin="/exit\n", env=env)
     assert f"session {session}" in again.stderr
+
+
+def test_agent_shows_steps_and_answers():
+    run = hearth("agent", "What is 1234 * 5678?", "--tools", "calculator")
+    assert run.returncode == 0, run.stderr
+    assert "Action: calculator" in run.stdout
+    assert "Observation: 7006652" in run.stdout
+    assert "Answer: 7006652" in run.stdout
+    run = hearth("agent", "hi", "--tools", "teleport")
+    assert run.returncode == 1 and "unknown tool(s) ['teleport']" in run.stderr

@@ -123,3 +123,39 @@ def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseToo
     if unknown:
         raise ToolError(f"unknown tool(s) {unknown}; available: {', '.join(sorted(available))}")
     return [available[n] for n in names]
+
+
+def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseTool]:
+    """The named tools, configured by a :class:`~hearthlm.config.HearthConfig`."""
+    from hearthlm.agents.web_search import (
+        DocsBackend,
+        DuckDuckGoBackend,
+        SearchBackend,
+        SearxNGBackend,
+        web_search_tool,
+    )
+
+    agents = config.agents
+    names = list(names or agents.tools)
+    retriever = None
+    if "docs" in names or ("web_search" in names and agents.search_backend == "docs"):
+        from hearthlm.retrieval import DocumentIndex, HybridRetriever
+
+        retriever = HybridRetriever.from_index(DocumentIndex(config.retrieval))
+    available: dict[str, BaseTool] = {t.name: t for t in plugin_tools()}
+    available["calculator"] = calculator_tool()
+    if retriever is not None:
+        available["docs"] = docs_tool(retriever)
+    if "web_search" in names:
+        backend: SearchBackend
+        options = {"timeout": agents.search_timeout, "retries": agents.search_retries}
+        if agents.search_backend == "searxng":
+            if not agents.searxng_url:
+                raise ToolError("agents.searxng_url is not set; give the SearxNG base URL.")
+            backend = SearxNGBackend(agents.searxng_url, **options)
+        elif agents.search_backend == "duckduckgo":
+            backend = DuckDuckGoBackend(**options)
+        else:
+            backend = DocsBackend(retriever)
+        available["web_search"] = web_search_tool(backend, agents.search_results)
+    return select(names, available)

@@ -60,7 +60,7 @@ class DocumentIndex:
             config.embedder,
             batch_size=config.embed_batch_size,
             device=config.device,
-            quantize=config.embed_quantization,
+            precision=config.embed_precision,
         )
         settings = chromadb.Settings(anonymized_telemetry=False)
         if config.server:

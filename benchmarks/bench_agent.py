@@ -1,0 +1,88 @@
+"""GSM8K with the default model: direct answer, chain of thought (greedy), self-consistency (n=5),
+ReAct with the calculator, and program-aided, all in one run on the same questions.
+
+Reports accuracy, seconds per question, and for ReAct the valid-action rate and mean steps.
+
+    python benchmarks/bench_agent.py [--quick] [--save] [--limit N]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import emit, parser
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+DIRECT = "Answer the math word problem with just the final number."
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    args = p.parse_args()
+    from rich.progress import Progress
+
+    from hearthlm.agents.cot import (
+        ChainOfThought,
+        ProgramAided,
+        extract_answer,
+        gsm8k_examples,
+        normalise_number,
+    )
+    from hearthlm.agents.react import ReActAgent
+    from hearthlm.agents.tools import calculator_tool
+    from hearthlm.llm import ChatHearth
+
+    rows = [json.loads(line) for line in (DATA / "test_300.jsonl").open(encoding="utf-8")]
+    rows = rows[: args.limit or (10 if args.quick else len(rows))]
+    gold = [normalise_number(r["answer"].rpartition("####")[2]) for r in rows]
+    chat = ChatHearth()
+    examples = gsm8k_examples(DATA / "train.jsonl", 4)
+    cot = ChainOfThought(chat, examples)
+    self_consistency = ChainOfThought(chat, examples, samples=5, temperature=0.7)
+    react = ReActAgent(chat, [calculator_tool()], max_steps=6)
+    pal = ProgramAided(chat, examples)
+    methods = {
+        "direct": lambda q: extract_answer(
+            str(chat.invoke([("system", DIRECT), ("human", q)], max_new_tokens=24).content)
+        ),
+        "cot": lambda q: cot.invoke(q).answer,
+        "cot_sc5": lambda q: self_consistency.invoke(q).answer,
+        "react_calculator": None,
+        "pal": lambda q: pal.invoke(q).answer,
+    }
+    figures: dict[str, object] = {"questions": len(rows)}
+    react_steps, react_valid = [], []
+    with Progress() as progress:
+        for name, method in methods.items():
+            task = progress.add_task(name, total=len(rows))
+            correct, start = 0, time.perf_counter()
+            for row, answer in zip(rows, gold, strict=True):
+                if name == "react_calculator":
+                    result = react.invoke(row["question"])
+                    predicted = extract_answer(result.answer or "")
+                    react_steps.append(len(result.steps))
+                    react_valid.extend(s.valid for s in result.steps)
+                else:
+                    predicted = method(row["question"])  # type: ignore[misc]
+                correct += predicted == answer
+                progress.advance(task)
+            seconds = time.perf_counter() - start
+            figures[f"{name}_accuracy"] = round(correct / len(rows), 4)
+            figures[f"{name}_seconds_per_question"] = round(seconds / len(rows), 2)
+    figures["react_valid_action_rate"] = round(sum(react_valid) / max(len(react_valid), 1), 4)
+    figures["react_mean_steps"] = round(statistics.mean(react_steps), 2)
+    figures["react_beats_direct"] = (
+        figures["react_calculator_accuracy"] > figures["direct_accuracy"]
+    )
+    emit("bench_agent", figures, args.save)
+
+
+if __name__ == "__main__":
+    main()

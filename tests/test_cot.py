@@ -1,0 +1,97 @@
+"""Chain of thought, self-consistency and program-aided answers on the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hearthlm.agents.calculator import evaluate
+from hearthlm.agents.cot import (
+    ChainOfThought,
+    Example,
+    ProgramAided,
+    _gsm8k_example,
+    extract_answer,
+    normalise_number,
+)
+
+EXAMPLES = [
+    Example(
+        "Tom has 3 apples and buys 4 more. How many apples does he have?",
+        "Tom has 3 + 4 = 7 apples.\nThe answer is 7.",
+        "3 + 4",
+        "7",
+    ),
+    Example(
+        "A box holds 6 eggs. How many eggs are in 5 boxes?",
+        "5 boxes hold 5 * 6 = 30 eggs.\nThe answer is 30.",
+        "5 * 6",
+        "30",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("so 5 + 3 = 8.\nThe answer is 8.", "8"),
+        ("The answer is $1,250.00", "1250"),
+        ("The answer is: -3", "-3"),
+        ("She has 12 left, then 15.", "15"),
+        ("no numbers here", None),
+    ],
+)
+def test_answer_extraction(text, number):
+    assert extract_answer(text) == number
+
+
+def test_gsm8k_annotations_compose_into_one_expression():
+    solution = (
+        "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
+        "She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18"
+    )
+    example = _gsm8k_example("Janet's ducks...", solution)
+    assert example is not None
+    assert example.expression == "(16-3-4)*2"
+    assert example.reasoning.endswith("The answer is 18.") and "<<" not in example.reasoning
+    assert normalise_number(str(evaluate(example.expression))) == "18"
+
+
+def test_shared_gsm8k_exemplars_load():
+    from hearthlm.agents.cot import gsm8k_examples
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+    if not path.exists():
+        pytest.skip("shared GSM8K data not present")
+    examples = gsm8k_examples(path, 3)
+    assert len(examples) == 3
+    for example in examples:
+        assert normalise_number(str(evaluate(example.expression))) == example.answer
+
+
+def test_greedy_chain_of_thought_reasons_and_answers(llama_chat):
+    result = ChainOfThought(llama_chat, EXAMPLES, max_new_tokens=64).invoke(
+        "Sam has 2 pens and buys 5 more. How many pens does he have?"
+    )
+    assert result.answer == extract_answer(result.reasoning)
+    assert result.answer == "7"
+
+
+def test_self_consistency_votes_over_seeded_samples(llama_chat):
+    sc = ChainOfThought(llama_chat, EXAMPLES, samples=3, temperature=0.8, max_new_tokens=48)
+    question = "A bag has 4 red and 6 blue marbles. How many marbles are in the bag?"
+    first, again = sc.invoke(question), sc.invoke(question)
+    assert first.samples == again.samples  # seeded: reproducible
+    assert len(first.samples) == 3
+    assert sum(first.votes.values()) <= 3
+    assert first.answer == max(first.votes, key=first.votes.get)
+
+
+def test_program_aided_expression_is_computed_by_the_calculator(llama_chat):
+    result = ProgramAided(llama_chat, EXAMPLES).invoke(
+        "A crate holds 12 bottles. How many bottles are in 7 crates?"
+    )
+    assert set(result.expression) <= set("-+*/(). 0123456789")
+    if result.error is None:
+        assert result.answer == normalise_number(str(evaluate(result.expression)))

@@ -185,53 +185,22 @@ class ReActAgent(Runnable[str, AgentResult]):
             action_msg = self.chat.invoke(
                 self._messages(question, prefix), config, constraint=constraint
             )
-            tokens += _tokens(thought_msg) + _tokens(action_msg)
+            step_tokens = _tokens(thought_msg) + _tokens(action_msg)
+            tokens += step_tokens
             name, args, valid = _parse(str(action_msg.content))
             key = json.dumps([name, args], sort_keys=True)
             if name == FINAL and valid:
-                answer = str(args.get("answer", ""))
-                steps.append(
-                    Step(
-                        thought,
-                        name,
-                        args,
-                        "",
-                        time.perf_counter() - step_start,
-                        _tokens(thought_msg) + _tokens(action_msg),
-                    )
-                )
-                yield steps[-1]
-                reason = "final_answer"
-                break
-            if key in seen:
-                reason = "repeated_action"
-                steps.append(
-                    Step(
-                        thought,
-                        name,
-                        args,
-                        "(not run again: same action as before)",
-                        time.perf_counter() - step_start,
-                        _tokens(thought_msg) + _tokens(action_msg),
-                        valid,
-                    )
-                )
-                yield steps[-1]
-                break
-            seen.add(key)
-            observation = self._run_tool(name, args, valid, config)
-            steps.append(
-                Step(
-                    thought,
-                    name,
-                    args,
-                    observation,
-                    time.perf_counter() - step_start,
-                    _tokens(thought_msg) + _tokens(action_msg),
-                    valid,
-                )
-            )
+                answer, observation, reason = str(args.get("answer", "")), "", "final_answer"
+            elif key in seen:
+                observation, reason = "(not run again: same action as before)", "repeated_action"
+            else:
+                seen.add(key)
+                observation = self._run_tool(name, args, valid, config)
+            seconds = time.perf_counter() - step_start
+            steps.append(Step(thought, name, args, observation, seconds, step_tokens, valid))
             yield steps[-1]
+            if reason in ("final_answer", "repeated_action"):
+                break
         yield AgentResult(question, answer, reason, steps, time.perf_counter() - start, tokens)
 
     def _messages(self, question: str, prefill: str) -> list[BaseMessage]:

@@ -20,6 +20,9 @@ from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ConfigError
 
 ENTRY_POINT_GROUP = "hearthlm.backends"
+# GBNF body of a plain-text reply that cannot be a tool call: it may not open with "{" or
+# whitespace. Used as the text alternative of optional tool calls and for tool_choice="none".
+TEXT_REPLY = "[^{ \\t\\n] [^\\x00]*"
 
 
 @dataclass(frozen=True)

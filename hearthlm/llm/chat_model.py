@@ -42,7 +42,7 @@ from hearthlm.config import (
     config_error_from,
 )
 from hearthlm.errors import ConfigError, ContextWindowError
-from hearthlm.llm.backend import Backend, Constraint, load_backend
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, load_backend
 from hearthlm.llm.text import IncrementalDetokenizer, StopScanner, render_chat
 from hearthlm.llm.tools import (
     call_schema,
@@ -54,7 +54,7 @@ from hearthlm.llm.tools import (
 )
 
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
-TEXT_ONLY = "root ::= [^{ \\t\\n] [^\\x00]*\n"  # plain text that cannot open a JSON tool call
+TEXT_ONLY = f"root ::= {TEXT_REPLY}\n"  # plain text that cannot open a JSON tool call
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
 
 
@@ -74,6 +74,7 @@ class _Outcome:
 
     output_tokens: int = 0
     finish_reason: str = "stop"
+    opening: str = ""  # first non-whitespace character of the reply; "{" means a tool call
     text: list[str] = field(default_factory=list)
 
 
@@ -201,13 +202,9 @@ class ChatHearth(BaseChatModel):
         prepared = self._prepare(messages, kwargs)
         outcome = _Outcome()
         held: list[str] = []  # text that may be the start of a tool call
-        mode = "text" if not prepared.tools_active else None  # None: not yet known
         for delta in self._deltas(prepared, self._sampling(kwargs), stop, outcome):
             held.append(delta)
-            if mode is None:
-                start = "".join(held).lstrip()[:1]
-                mode = ("call" if start == "{" else "text") if start else None
-            if mode != "text":
+            if prepared.tools_active and outcome.opening in ("", "{"):
                 continue  # a tool call is released whole, once it is complete
             chunk = ChatGenerationChunk(message=AIMessageChunk(content="".join(held)))
             held.clear()
@@ -286,15 +283,13 @@ class ChatHearth(BaseChatModel):
                     text = scanner.push(detokenizer.push(token))
                     if text:
                         outcome.text.append(text)
+                        if not outcome.opening:
+                            outcome.opening = "".join(outcome.text).lstrip()[:1]
+                            if outcome.opening == "{" and constraint and constraint.allow_text:
+                                budget = min(structured_budget, room)  # it became a tool call
                         yield text
                     if scanner.stopped:
                         break
-                    if (
-                        constraint is not None
-                        and constraint.allow_text
-                        and "".join(outcome.text).lstrip().startswith("{")
-                    ):
-                        budget = min(structured_budget, room)  # the reply became a tool call
                     if outcome.output_tokens >= budget:
                         outcome.finish_reason = "length"
                         break

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
-from hearthlm.llm.backend import Backend, Constraint
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint
 from hearthlm.llm.sources import (
     ModelSource,
     conversion_key,
@@ -264,7 +264,7 @@ def _compile(tokenizer: Any, vocab_size: int, constraint: Constraint) -> Any:
     grammar = xgr.Grammar.from_json_schema(json.dumps(constraint.json_schema), any_whitespace=False)
     if constraint.allow_text:
         # Plain text that is not a tool call: it may not open with "{" or whitespace.
-        text = xgr.Grammar.from_ebnf("root ::= [^{ \\t\\n] [^\\x00]*")
+        text = xgr.Grammar.from_ebnf(f"root ::= {TEXT_REPLY}")
         grammar = xgr.Grammar.union(grammar, text)
     return compiler.compile_grammar(grammar)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
-from hearthlm.llm.backend import Backend, Constraint
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint
 from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
 from hearthlm.llm.text import CHATML_TEMPLATE
 
 # Plain text that is not a tool call: it may not open with "{" or whitespace.
-_TEXT_RULE = "text-reply ::= [^{ \\t\\n] [^\\x00]*"
+_TEXT_RULE = f"text-reply ::= {TEXT_REPLY}"
 
 
 class LlamaCppBackend(Backend):

@@ -7,7 +7,6 @@ never a crash.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,38 +39,44 @@ class _Transient(Exception):
     """A failure worth retrying: timeouts, connection errors, HTTP 5xx, malformed bodies."""
 
 
-def with_retries(
-    call: Callable[[], list[SearchResult]], what: str, retries: int, backoff: float
-) -> list[SearchResult]:
-    """Run ``call``; retry transient failures with exponential backoff."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except _Transient as exc:
-            if attempt == retries:
-                raise SearchError(
-                    f"{what} failed after {retries + 1} attempts: {exc}. Try again later, or "
-                    "switch agents.search_backend."
-                ) from None
-            time.sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable")
+class _RetryingBackend:
+    """Timeout, retries with exponential backoff, and the error the agent reads, shared by the
+    network backends; each subclass implements one attempt in ``_once``."""
 
+    name: str
+    label: str
 
-class SearxNGBackend:
-    """``GET {url}/search?q=...&format=json`` on a SearxNG instance."""
-
-    name = "searxng"
-
-    def __init__(self, url: str, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5):
-        self.url = url.rstrip("/")
+    def __init__(self, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5) -> None:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
 
     def search(self, query: str, limit: int) -> list[SearchResult]:
-        return with_retries(
-            lambda: self._once(query, limit), "SearxNG search", self.retries, self.backoff
-        )
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(query, limit)
+            except _Transient as exc:
+                if attempt == self.retries:
+                    raise SearchError(
+                        f"{self.label} failed after {self.retries + 1} attempts: {exc}. Try "
+                        "again later, or switch agents.search_backend."
+                    ) from None
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _once(self, query: str, limit: int) -> list[SearchResult]:
+        raise NotImplementedError
+
+
+class SearxNGBackend(_RetryingBackend):
+    """``GET {url}/search?q=...&format=json`` on a SearxNG instance."""
+
+    name = "searxng"
+    label = "SearxNG search"
+
+    def __init__(self, url: str, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5):
+        super().__init__(timeout, retries, backoff)
+        self.url = url.rstrip("/")
 
     def _once(self, query: str, limit: int) -> list[SearchResult]:
         try:
@@ -101,20 +106,11 @@ class SearxNGBackend:
             raise _Transient("malformed JSON response") from None
 
 
-class DuckDuckGoBackend:
+class DuckDuckGoBackend(_RetryingBackend):
     """DuckDuckGo through the ``ddgs`` package (needs internet)."""
 
     name = "duckduckgo"
-
-    def __init__(self, timeout: float = 10.0, retries: int = 2, backoff: float = 0.5):
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-
-    def search(self, query: str, limit: int) -> list[SearchResult]:
-        return with_retries(
-            lambda: self._once(query, limit), "DuckDuckGo search", self.retries, self.backoff
-        )
+    label = "DuckDuckGo search"
 
     def _once(self, query: str, limit: int) -> list[SearchResult]:
         from ddgs import DDGS

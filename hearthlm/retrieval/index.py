@@ -24,6 +24,8 @@ from hearthlm.retrieval.loaders import LoaderOptions, LoadError, load_file, walk
 from hearthlm.retrieval.splitter import Chunk, TokenSplitter
 from hearthlm.retrieval.store import SidecarStore
 
+CHROMA_BATCH = 5000
+
 
 @dataclass
 class IndexReport:
@@ -246,26 +248,23 @@ class DocumentIndex:
             self.store.add_chunks(moved)
 
     def _remove(self, ids: list[str]) -> int:
-        if not ids:
-            return 0
-        for i in range(0, len(ids), 5000):
-            self.collection.delete(ids=ids[i : i + 5000])
+        for batch in _batches(ids):
+            self.collection.delete(ids=batch)
         self.store.delete_chunks(ids)
         return len(ids)
 
     def _existing(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
-        for i in range(0, len(ids), 5000):
-            found.update(self.collection.get(ids=ids[i : i + 5000], include=[])["ids"])
+        for batch in _batches(ids):
+            found.update(self.collection.get(ids=batch, include=[])["ids"])
         return found
 
     def _reconcile(self) -> None:
         """After an interrupted run: Chroma and the sidecar must hold the same chunks."""
         in_chroma = set(self.collection.get(include=[])["ids"])
         in_store = self.store.chunk_ids()
-        orphans = sorted(in_chroma - in_store)
-        for i in range(0, len(orphans), 5000):
-            self.collection.delete(ids=orphans[i : i + 5000])
+        for batch in _batches(sorted(in_chroma - in_store)):
+            self.collection.delete(ids=batch)
         missing = in_store - in_chroma
         if missing:
             self.store.delete_chunks(missing)
@@ -275,6 +274,12 @@ class DocumentIndex:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _batches(ids: list[str]) -> Iterator[list[str]]:
+    """Slices Chroma accepts in one call (its limit is about 5,400 ids)."""
+    for i in range(0, len(ids), CHROMA_BATCH):
+        yield ids[i : i + CHROMA_BATCH]
 
 
 def _dedupe(chunks: list[Chunk]) -> list[Chunk]:

@@ -99,7 +99,9 @@ class HybridRetriever(BaseRetriever):
             ranked = _rrf([dense, keyword])
         if not ranked:
             return []
-        candidates = ranked[: fetch if self.mmr else max(k, fetch if self.score_threshold else k)]
+        # MMR and the threshold choose among all candidates; otherwise the best k suffice.
+        keep = fetch if self.mmr or self.score_threshold is not None else k
+        candidates = ranked[:keep]
         hits = self._hits(candidates, dict(dense), dict(keyword), query_vector)
         if self.score_threshold is not None:
             threshold = self.score_threshold

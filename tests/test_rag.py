@@ -116,3 +116,13 @@ def test_chat_session_persists_and_resumes(docs_index, llama_chat, tmp_path: Pat
     contents = [m.content for m in resumed.messages]
     assert contents[0] == "How much does a flat tyre repair cost?" and len(contents) == 4
     assert DocsChat(qa, history).messages == []  # a new session starts empty
+
+
+def test_no_room_for_any_source_is_a_clear_error(docs_index):
+    from hearthlm.errors import ContextWindowError
+    from hearthlm.llm import ChatHearth
+
+    tiny = ChatHearth(context_size=128, max_new_tokens=48)
+    qa = DocsQA(tiny, HybridRetriever.from_index(docs_index, k=2))
+    with pytest.raises(ContextWindowError, match="no retrieved chunk fits"):
+        qa.invoke("How much does a flat tyre repair cost?")

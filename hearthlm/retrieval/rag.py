@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from hearthlm.errors import ContextWindowError
 from hearthlm.llm.chat_model import ChatHearth
 from hearthlm.retrieval.retriever import Hit, HybridRetriever
 
@@ -139,6 +140,11 @@ class DocsQA:
             yield Answer(question, NO_ANSWER)
             return
         sources, messages = self._pack(question, relevant, history)
+        if not sources:
+            raise ContextWindowError(
+                "no retrieved chunk fits the context window beside the question and history; "
+                "shorten the history or raise llm.context_size."
+            )
         options: dict[str, Any] = {}
         if self.citations == "constrained":
             numbers = " | ".join(f'"{s.number}"' for s in sources)

@@ -9,6 +9,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import BaseMessage
 
 from hearthlm.agents.calculator import CalculatorError, calculate
 from hearthlm.errors import ConfigError
@@ -26,6 +29,8 @@ PAL_INSTRUCTION = (
 EXPRESSION_GRAMMAR = 'root ::= [-+*/(). 0-9]+ "\\n"?\n'
 _ANSWER = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+# "The answer is N." followed by whitespace: the reasoning is over, so decoding stops there.
+_ANSWER_DONE = re.compile(r"answer is[:\s]*\$?\s*-?[\d,]*\.?\d+\.?\s", re.IGNORECASE)
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 
@@ -141,19 +146,10 @@ class ChainOfThought:
             instruction=COT_INSTRUCTION,
         )
         if self.samples == 1:
-            text = str(
-                self.chat.invoke(prompt.messages, max_new_tokens=self.max_new_tokens).content
-            )
+            text = self._reason(prompt.messages)
             return CoTResult(extract_answer(text), text, [text])
         texts = [
-            str(
-                self.chat.invoke(
-                    prompt.messages,
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature,
-                    seed=self.seed + i,
-                ).content
-            )
+            self._reason(prompt.messages, temperature=self.temperature, seed=self.seed + i)
             for i in range(self.samples)
         ]
         answers = [a for a in map(extract_answer, texts) if a is not None]
@@ -161,6 +157,17 @@ class ChainOfThought:
         best = votes.most_common(1)[0][0] if votes else None
         reasoning = next((t for t in texts if extract_answer(t) == best), texts[0])
         return CoTResult(best, reasoning, texts, dict(votes))
+
+
+    def _reason(self, messages: list[BaseMessage], **sampling: Any) -> str:
+        """Stream one solution and stop as soon as its "The answer is N." sentence is complete;
+        small models otherwise go on to invent the next question."""
+        text = ""
+        for chunk in self.chat.stream(messages, max_new_tokens=self.max_new_tokens, **sampling):
+            text += str(chunk.content)
+            if _ANSWER_DONE.search(text):
+                break
+        return text.strip()
 
 
 @dataclass

@@ -15,7 +15,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hearthlm.config import HearthConfig, load_config
+from hearthlm.cli_options import (
+    AdapterOpt,
+    BackendOpt,
+    CollectionOpt,
+    ConfigOpt,
+    IndexDirOpt,
+    JsonOpt,
+    KOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    RepetitionOpt,
+    SeedOpt,
+    ServerOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    chat_model,
+    cli_config,
+    overrides,
+)
+from hearthlm.config import HearthConfig
 from hearthlm.errors import HearthError
 
 app = typer.Typer(
@@ -27,54 +48,6 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file (default ./hearth.toml).")
-]
-BackendOpt = Annotated[str | None, typer.Option(help="Backend: llamacpp or transformers.")]
-ModelOpt = Annotated[str | None, typer.Option(help="GGUF file or Hugging Face model folder.")]
-AdapterOpt = Annotated[Path | None, typer.Option(help="PEFT adapter folder to apply.")]
-TemperatureOpt = Annotated[float | None, typer.Option(help="0 is greedy.")]
-TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus mass in (0, 1].")]
-TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 disables top-k.")]
-MaxTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Reply length cap.")]
-RepetitionOpt = Annotated[float | None, typer.Option(help="1 disables it.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
-SystemOpt = Annotated[str | None, typer.Option(help="System message.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.")]
-ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
-IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
-KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
-# Which config section each command option sets.
-SECTIONS = {
-    **dict.fromkeys(("backend", "model", "adapter"), "llm"),
-    **dict.fromkeys(
-        ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed"),
-        "sampling",
-    ),
-    **dict.fromkeys(("collection", "server", "index_dir", "k"), "retrieval"),
-}
-FIELD_NAMES = {"index_dir": "path"}
-
-
-def _overrides(options: dict[str, Any]) -> dict[str, Any]:
-    """The config-backed options among a command's arguments."""
-    return {k: v for k, v in options.items() if k in SECTIONS}
-
-
-def _config(config: Path | None, **options: Any) -> HearthConfig:
-    """Load the layered config; CLI options left unset do not override lower layers."""
-    overrides = {f"{SECTIONS[k]}.{FIELD_NAMES.get(k, k)}": v for k, v in options.items()}
-    return load_config(config, overrides=overrides)
-
-
-def _chat_model(cfg: HearthConfig) -> Any:
-    from hearthlm.llm import ChatHearth
-
-    return ChatHearth.from_config(cfg)
-
 
 @app.command()
 def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
@@ -82,7 +55,7 @@ def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     from hearthlm.llm.backend import available_backends
     from hearthlm.llm.sources import list_sources
 
-    cfg = _config(config)
+    cfg = cli_config(config)
     rows = list_sources(cfg.llm.cache_dir)
     if cfg.llm.model:
         rows.insert(
@@ -123,8 +96,8 @@ def generate(
     seed: SeedOpt = None,
 ) -> None:
     """Answer one prompt with the local model."""
-    cfg = _config(config, **_overrides(locals()))
-    chat = _chat_model(cfg)
+    cfg = cli_config(config, **overrides(locals()))
+    chat = chat_model(cfg)
     messages = _messages(system, prompt)
     if as_json or not stream:
         reply = chat.invoke(messages, stop=stop)
@@ -168,11 +141,11 @@ def chat(
     """Interactive chat that streams replies. /reset clears the history, /exit (or EOF) quits."""
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-    cfg = _config(config, **_overrides(locals()))
+    cfg = cli_config(config, **overrides(locals()))
     if docs:
         _docs_chat(cfg, session)
         return
-    model_ = _chat_model(cfg)
+    model_ = chat_model(cfg)
     base: list[BaseMessage] = [SystemMessage(system)] if system else []
     history = list(base)
     err_console.print("[dim]hearth chat: /reset clears history, /exit quits[/dim]")
@@ -210,7 +183,7 @@ def index(
     """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
     from hearthlm.retrieval import DocumentIndex
 
-    cfg = _config(config, **_overrides(locals()))
+    cfg = cli_config(config, **overrides(locals()))
     docs = DocumentIndex(cfg.retrieval)
     report = docs.index_path(path, progress=not as_json)
     if as_json:
@@ -241,7 +214,7 @@ def search(
     """Show the chunks a question retrieves, with their sources (no model call)."""
     from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
-    cfg = _config(config, **_overrides(locals()))
+    cfg = cli_config(config, **overrides(locals()))
     retriever = HybridRetriever.from_index(
         DocumentIndex(cfg.retrieval), mode=mode, source_glob=source
     )
@@ -278,7 +251,7 @@ def _docs_qa(cfg: HearthConfig) -> Any:
     from hearthlm.retrieval import DocsQA, DocumentIndex, HybridRetriever
 
     retriever = HybridRetriever.from_index(DocumentIndex(cfg.retrieval))
-    return DocsQA(_chat_model(cfg), retriever, min_relevance=cfg.retrieval.min_relevance)
+    return DocsQA(chat_model(cfg), retriever, min_relevance=cfg.retrieval.min_relevance)
 
 
 def _print_answer(answer: Any, as_json: bool) -> None:
@@ -312,7 +285,7 @@ def ask(
     """Answer a question from the indexed documents, with cited sources."""
     from hearthlm.retrieval import Answer
 
-    cfg = _config(config, **_overrides(locals()))
+    cfg = cli_config(config, **overrides(locals()))
     qa = _docs_qa(cfg)
     if as_json:
         _print_answer(qa.invoke(question), True)
@@ -342,11 +315,11 @@ def agent(
     from hearthlm.agents.react import AgentResult, ReActAgent
     from hearthlm.agents.tools import build_tools
 
-    cfg = _config(config, **_overrides(locals()))
+    cfg = cli_config(config, **overrides(locals()))
     names = [t.strip() for t in tools.split(",") if t.strip()] if tools else None
     limits = cfg.agents
     runner = ReActAgent(
-        _chat_model(cfg),
+        chat_model(cfg),
         build_tools(cfg, names),
         max_steps=max_steps or limits.max_steps,
         max_seconds=limits.max_seconds,
@@ -378,7 +351,7 @@ def demo(config: ConfigOpt = None) -> None:
     """Index the example documents and answer two questions with cited sources, offline."""
     from hearthlm.demo import run_demo
 
-    run_demo(_config(config), console)
+    run_demo(cli_config(config), console)
 
 
 def _docs_chat(cfg: HearthConfig, session: str | None) -> None:
@@ -411,6 +384,11 @@ def _messages(system: str | None, prompt: str) -> list[Any]:
     from langchain_core.messages import HumanMessage, SystemMessage
 
     return ([SystemMessage(system)] if system else []) + [HumanMessage(prompt)]
+
+
+from hearthlm.eval.cli import eval_app  # noqa: E402  (sub-commands register on import)
+
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

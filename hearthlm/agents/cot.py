@@ -158,7 +158,6 @@ class ChainOfThought:
         reasoning = next((t for t in texts if extract_answer(t) == best), texts[0])
         return CoTResult(best, reasoning, texts, dict(votes))
 
-
     def _reason(self, messages: list[BaseMessage], **sampling: Any) -> str:
         """Stream one solution and stop as soon as its "The answer is N." sentence is complete;
         small models otherwise go on to invent the next question."""

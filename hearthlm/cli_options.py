@@ -1,0 +1,58 @@
+"""Options and config plumbing shared by the ``hearth`` commands and sub-commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hearthlm.config import HearthConfig, load_config
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (default ./hearth.toml).")
+]
+BackendOpt = Annotated[str | None, typer.Option(help="Backend: llamacpp or transformers.")]
+ModelOpt = Annotated[str | None, typer.Option(help="GGUF file or Hugging Face model folder.")]
+AdapterOpt = Annotated[Path | None, typer.Option(help="PEFT adapter folder to apply.")]
+TemperatureOpt = Annotated[float | None, typer.Option(help="0 is greedy.")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus mass in (0, 1].")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 disables top-k.")]
+MaxTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Reply length cap.")]
+RepetitionOpt = Annotated[float | None, typer.Option(help="1 disables it.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed.")]
+SystemOpt = Annotated[str | None, typer.Option(help="System message.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.")]
+ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
+IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
+KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
+# Which config section each command option sets.
+SECTIONS = {
+    **dict.fromkeys(("backend", "model", "adapter"), "llm"),
+    **dict.fromkeys(
+        ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed"),
+        "sampling",
+    ),
+    **dict.fromkeys(("collection", "server", "index_dir", "k"), "retrieval"),
+}
+FIELD_NAMES = {"index_dir": "path"}
+
+
+def overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The config-backed options among a command's arguments."""
+    return {k: v for k, v in options.items() if k in SECTIONS}
+
+
+def cli_config(config: Path | None, **options: Any) -> HearthConfig:
+    """Load the layered config; CLI options left unset do not override lower layers."""
+    overrides = {f"{SECTIONS[k]}.{FIELD_NAMES.get(k, k)}": v for k, v in options.items()}
+    return load_config(config, overrides=overrides)
+
+
+def chat_model(cfg: HearthConfig) -> Any:
+    from hearthlm.llm import ChatHearth
+
+    return ChatHearth.from_config(cfg)

@@ -1,0 +1,82 @@
+"""Evaluation: score the local model and the chains built on it, reproducibly and locally.
+
+Example:
+    >>> from hearthlm.eval import evaluate, mmlu_tasks
+    >>> tasks = mmlu_tasks(Path("data/mmlu"), ["anatomy"])  # doctest: +SKIP
+    >>> run = evaluate(tasks, out=Path("runs/base"))  # doctest: +SKIP
+    >>> run.scores["tasks"]["anatomy"]["accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hearthlm.config import HearthConfig
+from hearthlm.eval.compare import compare_runs
+from hearthlm.eval.loglik import LoglikScorer, Request, Score
+from hearthlm.eval.runner import RunResult, file_hash, run_tasks
+from hearthlm.eval.tasks import Engines, Task, TaskSpec, load_task, make_task, mmlu_tasks
+
+
+def evaluate(
+    tasks: Sequence[Task],
+    out: Path,
+    config: HearthConfig | None = None,
+    *,
+    suite: str | None = None,
+    batch_size: int = 8,
+    strict: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Run ``tasks`` on the configured model (and adapter) into the run folder ``out``.
+
+    Log-likelihood tasks run on the transformers backend (batched); generation and chains use the
+    configured backend with the configured (greedy by default) sampling.
+    """
+    from hearthlm.llm import ChatHearth
+    from hearthlm.llm.sources import resolve_model
+
+    config = config or HearthConfig()
+    source = resolve_model(config.llm.model)
+    engines = Engines(
+        config,
+        scorer=lambda: LoglikScorer.load(config.llm, batch_size),
+        chat=lambda: ChatHearth.from_config(config),
+    )
+    provenance: dict[str, Any] = {
+        "model": {
+            "name": source.name,
+            "path": str(source.path),
+            "sha256": file_hash(source.path),
+            "adapter": str(config.llm.adapter) if config.llm.adapter else None,
+            "adapter_sha256": file_hash(config.llm.adapter),
+        },
+        "settings": {
+            "llm": config.llm.model_dump(mode="json", exclude={"cache_dir", "threads"}),
+            "sampling": config.sampling.model_dump(mode="json"),
+        },
+        "config": config.model_dump(mode="json"),
+        "batch_size": batch_size,
+    }
+    name = suite or (tasks[0].name if len(tasks) == 1 else "suite")
+    return run_tasks(
+        name, tasks, engines, out, provenance=provenance, strict=strict, progress=progress
+    )
+
+
+__all__ = [
+    "Engines",
+    "LoglikScorer",
+    "Request",
+    "RunResult",
+    "Score",
+    "Task",
+    "TaskSpec",
+    "compare_runs",
+    "evaluate",
+    "load_task",
+    "make_task",
+    "mmlu_tasks",
+]

@@ -1,0 +1,238 @@
+"""Scoring the chains built on the model: retrieval-augmented answers and agents.
+
+``rag`` reads either a BEIR corpus with qrels (SciFact: retrieval quality) or rows that carry their
+own paragraphs and gold answers (HotpotQA: retrieval, answer and citation quality). ``agent`` runs
+the ReAct agent with the named tools over a question set and scores task success.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hearthlm.errors import EvalError
+from hearthlm.eval import metrics
+from hearthlm.eval.data import BadRows, Row, field_of
+from hearthlm.eval.tasks import Engines, Item, Progress, Task
+
+
+class RAGTask(Task):
+    """Retrieval recall@k, MRR and nDCG@k against qrels or supporting paragraphs; with gold
+    answers, also the answer's exact match and F1 and the citations' precision."""
+
+    chunk = 16
+
+    def items(self, bad: BadRows) -> list[Item]:
+        self._qrels = _read_qrels(self.spec.qrels, bad) if self.spec.qrels else None
+        return super().items(bad)
+
+    def item(self, row: Row, bad: BadRows) -> Item | None:
+        question = self._render(row, bad)
+        if question is None:
+            return None
+        data: dict[str, Any] = {"question": question, "references": [], "relevant": {}}
+        if "contexts" in row.values:  # HotpotQA shape: the row brings its own paragraphs
+            contexts = row.values["contexts"]
+            if not isinstance(contexts, list) or not contexts:
+                bad.add(row.path, row.line, "'contexts' must be a non-empty list")
+                return None
+            data["paragraphs"] = [
+                {
+                    "_id": str(c.get("id")),
+                    "title": c.get("title", ""),
+                    "text": c.get("paragraph_text", ""),
+                }
+                for c in contexts
+            ]
+            data["relevant"] = {str(c.get("id")): 1.0 for c in contexts if c.get("is_supporting")}
+        elif self._qrels is not None:
+            key = str(row.values.get(self.spec.id or "_id", ""))
+            if key not in self._qrels:
+                return None  # a query without judgements is not scored (as in BEIR)
+            data["relevant"] = self._qrels[key]
+        if self.spec.reference in row.values:
+            data["references"] = _answers(field_of(row, self.spec.reference, bad))
+        if not data["relevant"] and not data["references"]:
+            bad.add(row.path, row.line, "nothing to score: no relevance judgements, no answers")
+            return None
+        return Item(self._id(row), f"{row.path}:{row.line}", self.name, data)
+
+    def predict(
+        self, items: list[Item], engines: Engines, progress: Progress
+    ) -> Iterator[dict[str, Any]]:
+        from hearthlm.retrieval import DocsQA, HybridRetriever
+
+        index = self._index(items, engines)
+        retriever = HybridRetriever.from_index(index, k=self.spec.k, fetch_k=max(40, self.spec.k))
+        qa = DocsQA(engines.chat, retriever) if any(i.data["references"] for i in items) else None
+        for item in items:
+            record: dict[str, Any] = {"id": item.id, "task": self.name}
+            relevant = item.data["relevant"]
+            if relevant:
+                ranked = _doc_ranking(retriever, item.data["question"], self.spec.k)
+                record["ranked"] = ranked
+                record[f"recall_at_{self.spec.k}"] = metrics.recall_at_k(
+                    ranked, relevant, self.spec.k
+                )
+                record["mrr"] = metrics.mrr(ranked, relevant)
+                record[f"ndcg_at_{self.spec.k}"] = metrics.ndcg_at_k(ranked, relevant, self.spec.k)
+            if qa is not None and item.data["references"]:
+                answer = qa.invoke(item.data["question"])
+                refs = item.data["references"]
+                record["answer"] = answer.text
+                record["exact_match"] = metrics.exact_match(answer.text, refs)
+                record["f1"] = metrics.token_f1(answer.text, refs)
+                record["citation_precision"] = metrics.citation_precision(
+                    [c.snippet for c in answer.citations], refs
+                )
+            progress(1)
+            yield record
+
+    def _index(self, items: list[Item], engines: Engines) -> Any:
+        from hearthlm.config import RetrievalConfig
+        from hearthlm.retrieval import DocumentIndex
+
+        folder = engines.workdir / "index"
+        if self.spec.corpus is not None:
+            corpus = self.spec.corpus
+        else:
+            corpus = folder / "corpus.jsonl"
+            corpus.parent.mkdir(parents=True, exist_ok=True)
+            seen: dict[str, dict[str, Any]] = {}
+            for item in items:
+                for paragraph in item.data.get("paragraphs", []):
+                    seen.setdefault(paragraph["_id"], paragraph)
+            if not seen:
+                raise EvalError(f"task {self.name!r} needs a 'corpus' or rows with 'contexts'")
+            lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in seen.values())
+            if not corpus.is_file() or corpus.read_text(encoding="utf-8") != lines:
+                corpus.write_text(lines, encoding="utf-8")
+        config = RetrievalConfig(
+            path=folder / "chroma",
+            collection="eval",
+            json_text_fields=["title", "text"],
+            json_id_field="_id",
+        )
+        index = DocumentIndex(config)
+        index.index_path(corpus, progress=True)  # incremental: a resumed run re-embeds nothing
+        return index
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        names = [
+            f"recall_at_{self.spec.k}", "mrr", f"ndcg_at_{self.spec.k}",
+            "exact_match", "f1", "citation_precision",
+        ]  # fmt: skip
+        return {
+            name: metrics.mean(float(r[name]) for r in records if name in r)
+            for name in names
+            if any(name in r for r in records)
+        }
+
+
+class AgentTask(Task):
+    """The ReAct agent with the named tools: task success, valid-action rate and steps."""
+
+    chunk = 4
+
+    def item(self, row: Row, bad: BadRows) -> Item | None:
+        from hearthlm.agents.cot import normalise_number
+
+        question = self._render(row, bad)
+        answer = field_of(row, self.spec.reference, bad)
+        if question is None or answer is None:
+            return None
+        text = str(answer)
+        numeric = normalise_number(text.rpartition("####")[2]) if "####" in text else None
+        return Item(
+            self._id(row),
+            f"{row.path}:{row.line}",
+            self.name,
+            {"question": question, "references": _answers(answer), "number": numeric},
+        )
+
+    def predict(
+        self, items: list[Item], engines: Engines, progress: Progress
+    ) -> Iterator[dict[str, Any]]:
+        from hearthlm.agents.cot import extract_answer
+        from hearthlm.agents.react import ReActAgent
+        from hearthlm.agents.tools import build_tools
+
+        tools = build_tools(engines.config, self.spec.tools)
+        agent = ReActAgent(engines.chat, tools, max_steps=self.spec.max_steps)
+        for item in items:
+            result = agent.invoke(item.data["question"])
+            answer = result.answer or ""
+            if item.data["number"] is not None:
+                success = extract_answer(answer) == item.data["number"]
+            else:
+                success = bool(metrics.exact_match(answer, item.data["references"]))
+            progress(1)
+            yield {
+                "id": item.id,
+                "task": self.name,
+                "answer": answer,
+                "success": success,
+                "steps": len(result.steps),
+                "valid_actions": sum(s.valid for s in result.steps),
+                "stopped_reason": result.stopped_reason,
+                "seconds": round(result.seconds, 3),
+            }
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        actions = sum(r["steps"] for r in records)
+        return {
+            "success": metrics.mean(float(r["success"]) for r in records),
+            "valid_action_rate": sum(r["valid_actions"] for r in records) / max(actions, 1),
+            "mean_steps": metrics.mean(float(r["steps"]) for r in records),
+            "seconds_per_task": metrics.mean(float(r["seconds"]) for r in records),
+        }
+
+
+def _answers(value: Any) -> list[str]:
+    """Gold answers from a string, a list of strings, or HotpotQA's ``[{"spans": [...]}]``."""
+    if isinstance(value, str):
+        return [value.rpartition("####")[2].strip() if "####" in value else value]
+    out: list[str] = []
+    for entry in value if isinstance(value, list) else [value]:
+        if isinstance(entry, dict):
+            out.extend(str(s) for s in entry.get("spans", []))
+        elif entry is not None:
+            out.append(str(entry))
+    return out
+
+
+def _read_qrels(path: Path, bad: BadRows) -> dict[str, dict[str, float]]:
+    """BEIR qrels (``query-id corpus-id score``, tab-separated, with a header)."""
+    if not path.is_file():
+        raise EvalError(f"qrels file not found: {path}")
+    qrels: dict[str, dict[str, float]] = {}
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts or (number == 1 and not parts[-1].lstrip("-").isdigit()):
+                continue
+            if len(parts) != 3:
+                bad.add(path, number, f"expected 3 columns, got {len(parts)}")
+                continue
+            try:
+                grade = float(parts[2])
+            except ValueError:
+                bad.add(path, number, f"relevance {parts[2]!r} is not a number")
+                continue
+            if grade > 0:
+                qrels.setdefault(parts[0], {})[parts[1]] = grade
+    return qrels
+
+
+def _doc_ranking(retriever: Any, query: str, n_docs: int) -> list[str]:
+    """Document ids in rank order; a document ranks where its best chunk ranks."""
+    docs: list[str] = []
+    for hit in retriever.search(query, k=retriever.fetch_k):
+        doc = str(hit.metadata.get("record"))
+        if doc not in docs:
+            docs.append(doc)
+        if len(docs) == n_docs:
+            break
+    return docs

@@ -1,0 +1,256 @@
+"""Log-likelihoods of continuations on the transformers backend, batched.
+
+Requests that share a beginning (every question of an MMLU subject starts with the same few-shot
+block) are grouped: the shared tokens run through the model once, and only each request's own tail
+is batched on top of that cache. The arithmetic is the same as scoring every request on its own;
+only the order of float additions can differ, so scores agree at any batch size to about 1e-5.
+Tails are right-padded, and under the causal mask padding never reaches a real token.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hearthlm.config import LLMConfig
+from hearthlm.errors import ContextWindowError, EvalError
+from hearthlm.llm.hf_backend import TransformersBackend
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Request:
+    """Score ``continuation`` given ``context``; an empty context scores the text from its first
+    token on, conditioned on the end-of-text token (as lm-evaluation-harness does)."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class Score:
+    logprob: float  # sum over the continuation's tokens
+    tokens: int
+    greedy: bool  # every continuation token was the argmax
+
+    @property
+    def cross_entropy(self) -> float:
+        """Mean negative log-likelihood per continuation token (nats)."""
+        return -self.logprob / max(self.tokens, 1)
+
+
+class LoglikScorer:
+    """Batched continuation log-likelihoods for a model source plus an optional adapter.
+
+    Example:
+        >>> scorer = LoglikScorer.load(LLMConfig(backend="transformers"))  # doctest: +SKIP
+        >>> scorer.score([Request("The capital of France is", " Paris")])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, backend: TransformersBackend, batch_size: int = 8, max_batch_tokens: int = 8192
+    ) -> None:
+        if backend.soft_prompt is not None:
+            raise EvalError(
+                "log-likelihood scoring of prompt-tuning adapters is not supported; "
+                "score them with generation tasks, or merge a LoRA adapter instead."
+            )
+        if batch_size < 1:
+            raise EvalError(f"batch_size must be 1 or more, got {batch_size}")
+        self.backend = backend
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = backend.context_size
+        self._eot = self._end_of_text_id()
+
+    @classmethod
+    def load(cls, config: LLMConfig, batch_size: int = 8) -> LoglikScorer:
+        backend = TransformersBackend.load(config.model_copy(update={"backend": "transformers"}))
+        return cls(backend, batch_size)
+
+    def encode(self, request: Request) -> tuple[list[int], list[int]]:
+        """Context and continuation token ids, split the way lm-evaluation-harness splits them:
+        trailing spaces of the context move to the continuation, the pair is tokenized whole, and
+        the continuation is what follows the context's own tokens."""
+        tokenize = self.backend.tokenize
+        context, continuation = request.context, request.continuation
+        spaces = len(context) - len(context.rstrip(" "))
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        if not context:
+            ids = tokenize(continuation)
+            return [self._eot], ids
+        whole = tokenize(context + continuation)
+        context_ids = tokenize(context)
+        return whole[: len(context_ids)], whole[len(context_ids) :]
+
+    def score(
+        self,
+        requests: Sequence[Request],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Score]:
+        """One :class:`Score` per request, in order. ``progress(n)`` is told after each batch."""
+        encoded = [self.encode(r) for r in requests]
+        for index, (context, continuation) in enumerate(encoded):
+            if not continuation:
+                raise EvalError(f"request {index} has an empty continuation: {requests[index]}")
+            if len(context) + len(continuation) > self.max_length:
+                raise ContextWindowError(
+                    f"request {index} is {len(context) + len(continuation)} tokens, more than the "
+                    f"model's {self.max_length}; use fewer shots or a shorter template."
+                )
+        results: list[Score | None] = [None] * len(requests)
+        import torch
+
+        with torch.inference_mode():
+            for shared, members in _groups(encoded):
+                self._score_group(encoded, shared, members, results, progress)
+        return [r for r in results if r is not None]
+
+    def _score_group(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        shared: int,
+        members: list[int],
+        results: list[Score | None],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        ids = encoded[members[0]][0][:shared]
+        prefix_cache = DynamicCache()
+        prefix_logits = None
+        if shared:
+            prefix_logits = self._forward(self._tensor([ids]), prefix_cache, 1)
+        # Longest tails first: padding within a batch stays small and memory peaks early.
+        members = sorted(members, key=lambda i: -sum(map(len, encoded[i])))
+        for batch in self._batches(members, lambda i: sum(map(len, encoded[i])) - shared):
+            tails = [(encoded[i][0] + encoded[i][1])[shared:] for i in batch]
+            width = max(map(len, tails))
+            padded = [t + [self._eot] * (width - len(t)) for t in tails]
+            # Logit p of the joined tensor predicts tail token p: the first tail token is
+            # predicted by the prefix's last position, later ones by the tail itself.
+            firsts = [len(encoded[i][0]) - shared for i in batch]
+            keep = width - max(min(firsts) - 1, 0)  # only positions some continuation needs
+            cache = copy.deepcopy(prefix_cache)
+            if shared:
+                cache.batch_repeat_interleave(len(batch))
+            logits = self._forward(self._tensor(padded), cache, keep)  # (batch, keep, vocab)
+            offset = width - keep  # joined position p is logits[:, p - 1 - offset]
+            for row, index in enumerate(batch):
+                continuation = encoded[index][1]
+                rows = []
+                for p in range(firsts[row], firsts[row] + len(continuation)):
+                    if p == 0:
+                        assert prefix_logits is not None
+                        rows.append(prefix_logits[0, -1])
+                    else:
+                        rows.append(logits[row, p - 1 - offset])
+                picked = torch.stack(rows).float().log_softmax(dim=-1)  # (n, vocab)
+                target = self._tensor([continuation])[0]
+                chosen = picked.gather(-1, target[:, None])[:, 0]
+                results[index] = Score(
+                    logprob=float(chosen.sum()),
+                    tokens=len(continuation),
+                    greedy=bool((picked.argmax(-1) == target).all()),
+                )
+            if progress:
+                progress(len(batch))
+
+    def _batches(self, members: list[int], length: Callable[[int], int]) -> Iterator[list[int]]:
+        """Up to ``batch_size`` members, and no more than ``max_batch_tokens`` padded tokens."""
+        batch: list[int] = []
+        for index in members:
+            width = length(batch[0]) if batch else length(index)
+            if batch and (
+                len(batch) == self.batch_size or (len(batch) + 1) * width > self.max_batch_tokens
+            ):
+                yield batch
+                batch = []
+            batch.append(index)
+        if batch:
+            yield batch
+
+    def _forward(self, ids: torch.Tensor, cache: Any, keep: int = 0) -> torch.Tensor:
+        """Logits of the last ``keep`` positions (all when 0); ``cache`` grows in place."""
+        inputs = {"input_ids": ids, self.backend._cache_kwarg: cache, "use_cache": True}
+        return self.backend.model(**inputs, logits_to_keep=keep).logits
+
+    def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
+        import torch
+
+        return torch.tensor(rows, device=self.backend.device)
+
+    def _end_of_text_id(self) -> int:
+        tokenizer = self.backend.tokenizer
+        token = tokenizer.eos_token_id
+        if token is None:
+            token = tokenizer.bos_token_id
+        if token is None:
+            raise EvalError("the model has no end-of-text token to condition an empty context on")
+        return int(token)
+
+    def perplexity(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[Score]:
+        """Per-text scores of the whole text, in windows of the model's context when longer."""
+        requests, owners = [], []
+        for index, text in enumerate(texts):
+            for window in self._windows(text):
+                requests.append(window)
+                owners.append(index)
+        scores = self.score(requests, progress)
+        totals: dict[int, list[Score]] = {}
+        for owner, score in zip(owners, scores, strict=True):
+            totals.setdefault(owner, []).append(score)
+        return [
+            Score(
+                logprob=sum(s.logprob for s in parts),
+                tokens=sum(s.tokens for s in parts),
+                greedy=all(s.greedy for s in parts),
+            )
+            for parts in (totals[i] for i in range(len(texts)))
+        ]
+
+    def _windows(self, text: str) -> Iterator[Request]:
+        """Disjoint windows; each later window is conditioned on the text before it (up to the
+        context size), so every token is scored exactly once."""
+        ids = self.backend.tokenize(text)
+        if len(ids) <= self.max_length - 1:
+            yield Request("", text)
+            return
+        decode = self.backend.decode
+        step = self.max_length // 2
+        for start in range(0, len(ids), step):
+            context = ids[max(0, start - (self.max_length - step)) : start]
+            yield Request(decode(context), decode(ids[start : start + step]))
+
+
+def _groups(encoded: list[tuple[list[int], list[int]]]) -> Iterator[tuple[int, list[int]]]:
+    """Requests grouped by identical context head: (shared token count, member indices).
+
+    Requests are keyed by their first 32 context tokens; within a key, the shared part is the
+    longest common prefix of all members' tokens, kept one token short of every member's end so
+    each member has at least one token of its own to run.
+    """
+    keyed: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(encoded):
+        keyed.setdefault(tuple(context[:32]), []).append(index)
+    for members in keyed.values():
+        first = encoded[members[0]][0] + encoded[members[0]][1]
+        shared = len(first) - 1
+        for index in members[1:]:
+            other = encoded[index][0] + encoded[index][1]
+            limit = min(shared, len(other) - 1)
+            n = 0
+            while n < limit and first[n] == other[n]:
+                n += 1
+            shared = n
+        shared = min(shared, *(len(encoded[i][0]) for i in members))
+        yield shared, members

@@ -1,0 +1,251 @@
+"""Run tasks, save every prediction as it is made, and write the JSON and Markdown reports.
+
+A run folder holds ``items.jsonl`` (one record per scored item, appended and flushed as each chunk
+finishes), ``results.json`` (scores, resolved config, model and adapter hashes, package versions,
+prompt-template hashes, malformed rows) and ``report.md``. Running again into the same folder
+skips the items already there, so an interrupted run resumes where it stopped; a folder holding a
+different run is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hearthlm.errors import EvalError
+from hearthlm.eval.data import BadRows
+from hearthlm.eval.tasks import Engines, Task
+
+PACKAGES = (
+    "hearthlm", "torch", "transformers", "llama-cpp-python", "peft", "langchain-core",
+    "chromadb", "rouge-score", "sacrebleu",
+)  # fmt: skip
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    scores: dict[str, Any]
+    records: list[dict[str, Any]]
+    bad_rows: list[str]
+
+    @property
+    def results_path(self) -> Path:
+        return self.folder / "results.json"
+
+
+def run_tasks(
+    suite: str,
+    tasks: Sequence[Task],
+    engines: Engines,
+    out: Path,
+    *,
+    provenance: dict[str, Any],
+    strict: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Score ``tasks`` into the run folder ``out`` (resuming what is already there)."""
+    bad = BadRows(strict=strict)
+    items = {task.name: task.items(bad) for task in tasks}
+    fingerprint = _fingerprint(suite, tasks, provenance)
+    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, fingerprint)
+    engines.workdir = out
+    records = _load_records(out / "items.jsonl")
+    done = {r["id"] for r in records}
+    todo = {name: [i for i in found if i.id not in done] for name, found in items.items()}
+    start = time.perf_counter()
+    items_file = out / "items.jsonl"
+    with (
+        _bar(progress, sum(map(len, todo.values())), suite) as advance,
+        items_file.open("a", encoding="utf-8") as sink,
+    ):
+        for task in tasks:
+            pending = todo[task.name]
+            for begin in range(0, len(pending), task.chunk):
+                fresh = list(task.predict(pending[begin : begin + task.chunk], engines, advance))
+                for record in fresh:
+                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                records.extend(fresh)
+    wanted = {i.id for found in items.values() for i in found}
+    records = [r for r in records if r["id"] in wanted]
+    scores = aggregate(tasks, records)
+    result = {
+        "suite": suite,
+        "scores": scores,
+        "items": len(records),
+        "bad_rows": {"count": len(bad), "rows": bad.problems},
+        "seconds": round(time.perf_counter() - start, 2),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
+        "templates": {t.name: t.spec.template_hash() for t in tasks},
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        **provenance,
+    }
+    _write_atomic(out / "results.json", json.dumps(result, indent=2, default=str))
+    _write_atomic(out / "report.md", markdown_report(result))
+    return RunResult(out, scores, records, bad.problems)
+
+
+def aggregate(tasks: Sequence[Task], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-task scores; with several tasks, per-group and overall accuracy (pooled over items,
+    as lm-evaluation-harness pools MMLU) and the unweighted mean over tasks."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_task.setdefault(record["task"], []).append(record)
+    per_task = {t.name: t.aggregate(by_task[t.name]) for t in tasks if by_task.get(t.name)}
+    scores: dict[str, Any] = {"tasks": per_task}
+    accuracy = [t for t in tasks if "accuracy" in per_task.get(t.name, {})]
+    if len(accuracy) > 1:
+        pooled = [r for t in accuracy for r in by_task[t.name]]
+        scores["accuracy"] = sum(bool(r["correct"]) for r in pooled) / len(pooled)
+        scores["accuracy_macro"] = sum(per_task[t.name]["accuracy"] for t in accuracy) / len(
+            accuracy
+        )
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for t in accuracy:
+            if t.spec.group:
+                groups.setdefault(t.spec.group, []).extend(by_task[t.name])
+        scores["groups"] = {
+            g: sum(bool(r["correct"]) for r in rs) / len(rs) for g, rs in sorted(groups.items())
+        }
+    return scores
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def file_hash(path: Path | None) -> str | None:
+    """sha256 of a file, or of every file in a folder (names and bytes, in sorted order)."""
+    if path is None or not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    scores = result["scores"]
+    model = result.get("model", {})
+    lines = [
+        f"# Evaluation: {result['suite']}",
+        "",
+        f"- Model: `{model.get('name')}` (sha256 `{str(model.get('sha256'))[:12]}`)",
+        f"- Adapter: `{model.get('adapter')}` (sha256 `{str(model.get('adapter_sha256'))[:12]}`)",
+        f"- Items: {result['items']}; malformed rows skipped: {result['bad_rows']['count']}",
+        f"- Created {result['created']} in {result['seconds']} s; "
+        f"hearthlm {result['versions'].get('hearthlm')}, "
+        f"transformers {result['versions'].get('transformers')}",
+        "",
+    ]
+    if "accuracy" in scores:
+        lines += [
+            f"**Accuracy {scores['accuracy']:.4f}** (pooled over items; "
+            f"mean over tasks {scores['accuracy_macro']:.4f})",
+            "",
+        ]
+    if scores.get("groups"):
+        lines += ["| group | accuracy |", "|---|---|"]
+        lines += [f"| {g} | {v:.4f} |" for g, v in scores["groups"].items()]
+        lines.append("")
+    names = sorted({m for s in scores["tasks"].values() for m in s})
+    lines += ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for task, values in scores["tasks"].items():
+        cells = [f"{values[m]:.4f}" if m in values else "" for m in names]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if result["bad_rows"]["rows"]:
+        lines += ["", "## Malformed rows", ""]
+        lines += [f"- {row}" for row in result["bad_rows"]["rows"][:100]]
+    return "\n".join(lines) + "\n"
+
+
+def _fingerprint(suite: str, tasks: Sequence[Task], provenance: dict[str, Any]) -> str:
+    """What makes two runs the same run: tasks, templates, model, adapter and settings."""
+    payload = {
+        "suite": suite,
+        "tasks": [t.spec.model_dump(mode="json", exclude={"limit"}) for t in tasks],
+        "model": provenance.get("model"),
+        "settings": provenance.get("settings"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _claim(out: Path, fingerprint: str) -> None:
+    marker = out / "run.json"
+    if marker.is_file():
+        found = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if found != fingerprint:
+            raise EvalError(
+                f"{out} holds a different evaluation run (other tasks, model or settings); "
+                "choose another --out folder or delete that one."
+            )
+        return
+    _write_atomic(marker, json.dumps({"fingerprint": fingerprint}))
+
+
+def _load_records(path: Path) -> list[dict[str, Any]]:
+    """Records saved by an earlier attempt; a last line cut off by a crash is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if lines and not path.read_bytes().endswith(b"\n"):
+        # Rewrite without the torn tail so appends start on a fresh line.
+        _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return records
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
+
+
+class _bar:
+    """A rich progress bar whose ``advance(n)`` tasks can call; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import Progress
+
+        self._progress = Progress()
+        self._progress.start()
+        task = self._progress.add_task(self.label, total=self.total)
+        return lambda n: self._progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()

@@ -38,15 +38,19 @@ class RAGTask(Task):
             if not isinstance(contexts, list) or not contexts:
                 bad.add(row.path, row.line, "'contexts' must be a non-empty list")
                 return None
+            # Paragraph ids are only unique within a row, so the row's id scopes them.
+            scope = str(row.values.get(self.spec.id or "", row.line))
             data["paragraphs"] = [
                 {
-                    "_id": str(c.get("id")),
+                    "_id": f"{scope}/{c.get('id')}",
                     "title": c.get("title", ""),
                     "text": c.get("paragraph_text", ""),
                 }
                 for c in contexts
             ]
-            data["relevant"] = {str(c.get("id")): 1.0 for c in contexts if c.get("is_supporting")}
+            data["relevant"] = {
+                f"{scope}/{c.get('id')}": 1.0 for c in contexts if c.get("is_supporting")
+            }
         elif self._qrels is not None:
             key = str(row.values.get(self.spec.id or "_id", ""))
             if key not in self._qrels:

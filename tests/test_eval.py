@@ -142,7 +142,9 @@ def test_completion_only_loss_ignores_the_prompt(scorer):
 
 def test_scores_do_not_move_with_batch_size(scorer, tmp_path):
     task = quiz_task(tmp_path)
-    items = task.items(__import__("hearthlm.eval.data", fromlist=["BadRows"]).BadRows())
+    from hearthlm.rows import BadRows
+
+    items = task.items(BadRows())
     from hearthlm.eval.tasks import Engines
 
     runs = []
@@ -217,9 +219,7 @@ def test_interrupted_run_resumes_without_redoing_items(eval_config, tmp_path):
 def test_a_folder_holding_another_run_is_refused(eval_config, tmp_path):
     evaluate([quiz_task(tmp_path)], tmp_path / "run", eval_config, progress=False)
     with pytest.raises(EvalError, match="different evaluation run"):
-        evaluate(
-            [quiz_task(tmp_path, shots=1)], tmp_path / "run", eval_config, progress=False
-        )
+        evaluate([quiz_task(tmp_path, shots=1)], tmp_path / "run", eval_config, progress=False)
 
 
 def test_user_task_files_yaml_and_toml(eval_config, tmp_path):
@@ -268,7 +268,7 @@ def test_malformed_rows_are_reported_with_file_and_line(eval_config, tmp_path):
 
 
 def test_malformed_jsonl_rows(tmp_path):
-    from hearthlm.eval.data import BadRows, read_rows
+    from hearthlm.rows import BadRows, read_rows
 
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"text": "fine"}\n{"text": broken\n\xff\xfe\n[1, 2]\n{"text": "ok"}\n')

@@ -14,8 +14,8 @@ from typing import Any
 
 from hearthlm.errors import EvalError
 from hearthlm.eval import metrics
-from hearthlm.eval.data import BadRows, Row, field_of
 from hearthlm.eval.tasks import Engines, Item, Progress, Task
+from hearthlm.rows import BadRows, Row, field_of
 
 
 class RAGTask(Task):

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hearthlm.errors import EvalError
-from hearthlm.eval.data import BadRows
 from hearthlm.eval.tasks import Engines, Task
+from hearthlm.rows import BadRows
 
 PACKAGES = (
     "hearthlm", "torch", "transformers", "llama-cpp-python", "peft", "langchain-core",

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from hearthlm.config import StrictModel, config_error_from
 from hearthlm.errors import ConfigError, EvalError
 from hearthlm.eval import metrics
-from hearthlm.eval.data import BadRows, Row, field_of, read_rows
+from hearthlm.rows import BadRows, Row, field_of, read_rows
 
 Metric = Literal["rouge", "bleu", "chrf", "exact_match", "f1"]
 Kind = Literal["multiple_choice", "generate", "perplexity", "gsm8k", "rag", "agent"]

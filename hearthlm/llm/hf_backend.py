@@ -153,6 +153,12 @@ class TransformersBackend(Backend):
                 f"{adapter} is a GGUF LoRA, which only the llamacpp backend loads; "
                 "give the transformers backend the PEFT adapter folder instead."
             )
+        from hearthlm.finetune.methods import is_bottleneck_folder, load_bottleneck_adapters
+
+        if is_bottleneck_folder(adapter):
+            self.model = load_bottleneck_adapters(self.model, adapter)
+            self.model_name = f"{self.source.name}+{adapter.name}"
+            return
         peft_model = PeftModel.from_pretrained(self.model, str(adapter))
         if peft_model.peft_config["default"].is_prompt_learning:
             # Prompt tuning: keep the learned virtual-token embeddings and prepend them at prefill.

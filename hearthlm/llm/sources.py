@@ -89,13 +89,18 @@ def resolve_model(model: str | Path | None) -> ModelSource:
     )
 
 
+ADAPTER_MARKERS = ("adapter_config.json", "hearth_adapters.json")
+
+
 def resolve_adapter(adapter: str | Path) -> Path:
-    """Check that ``adapter`` is a PEFT adapter folder (or a GGUF LoRA file) and return it."""
+    """The adapter folder (PEFT, or hearthlm's bottleneck adapters) or GGUF LoRA file that
+    ``adapter`` names; a ``hearth finetune`` output folder stands for its ``adapter/``."""
     path = Path(adapter).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return path.resolve()
-    if (path / "adapter_config.json").is_file():
-        return path.resolve()
+    for folder in (path, path / "adapter"):
+        if any((folder / marker).is_file() for marker in ADAPTER_MARKERS):
+            return folder.resolve()
     raise ModelLoadError(
         f"no adapter at {path}: expected a PEFT adapter folder with adapter_config.json "
         "(as written by `hearth finetune`) or a GGUF LoRA file."

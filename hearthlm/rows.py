@@ -1,8 +1,8 @@
-"""Rows of evaluation data from CSV, JSON and JSONL, with malformed rows reported by file and line.
+"""Rows of data from CSV, JSON and JSONL, with malformed rows reported by file and line.
 
-A bad row (undecodable bytes, broken JSON, a missing column, an answer out of range) is recorded in
-:class:`BadRows` and skipped, so one broken line never costs a whole run; with ``strict=True`` the
-first one stops the run instead.
+Evaluation records a bad row (undecodable bytes, broken JSON, a missing column, an answer out of
+range) in :class:`BadRows` and skips it, so one broken line never costs a whole run; with
+``strict=True`` the first one raises instead, which is what training data asks for.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hearthlm.errors import EvalError
+from hearthlm.errors import EvalError, HearthError
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,13 @@ class BadRows:
 
     strict: bool = False
     problems: list[str] = field(default_factory=list)
+    error: type[HearthError] = EvalError
+    hint: str = " (run without --strict to skip such rows)"
 
     def add(self, path: Path, line: int, reason: str) -> None:
         message = f"{path}:{line}: {reason}"
         if self.strict:
-            raise EvalError(f"malformed row {message} (run without --strict to skip such rows)")
+            raise self.error(f"malformed row {message}{self.hint}")
         log.warning("skipping malformed row %s", message)
         self.problems.append(message)
 
@@ -53,7 +55,7 @@ class BadRows:
 def read_rows(path: Path, bad: BadRows) -> Iterator[Row]:
     """Every well-formed row of a ``.csv``, ``.jsonl`` or ``.json`` (a list of objects) file."""
     if not path.is_file():
-        raise EvalError(f"data file not found: {path}")
+        raise bad.error(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         yield from _csv_rows(path, bad)

@@ -1,0 +1,236 @@
+"""Which weights train: full, selective, LoRA, prompt tuning, (IA)³, or bottleneck adapters.
+
+LoRA, prompt tuning and (IA)³ come from PEFT, so their folders load anywhere PEFT does. PEFT has no
+bottleneck adapters and the maintained `adapters` library does not follow current transformers, so
+they are a small torch module here: after a frozen block's output projection, ``h + up(gelu(down
+(h)))`` with ``up`` starting at zero, so training starts from the base model exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from hearthlm.config import StrictModel
+from hearthlm.errors import TrainingError
+
+Place = Literal["attention", "mlp"]
+Method = Literal["full", "selective", "lora", "prompt-tuning", "ia3", "adapters"]
+PLACES = {"attention": ("self_attn", "o_proj"), "mlp": ("mlp", "down_proj")}
+BOTTLENECK_FILE = "hearth_adapters.json"
+BOTTLENECK_WEIGHTS = "hearth_adapters.safetensors"
+
+
+def _both_places() -> list[Place]:
+    return ["attention", "mlp"]
+
+
+class MethodConfig(StrictModel):
+    """What to train, and the method's own settings."""
+
+    method: Method = "lora"
+    # selective: regular expressions over parameter names; everything else is frozen
+    trainable: list[str] = Field(default_factory=lambda: [r"layers\.(2[8-9])\."])
+    # LoRA
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"]
+    )  # fmt: skip
+    # prompt tuning
+    virtual_tokens: int = Field(16, ge=1)
+    init_text: str | None = Field(
+        None, description="Initialise the soft prompt from this text's token embeddings."
+    )
+    # bottleneck adapters
+    bottleneck: int = Field(32, ge=1)
+    adapter_places: list[Place] = Field(default_factory=lambda: _both_places())
+
+
+@dataclass
+class ParameterCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return f"trainable parameters: {self.trainable:,} of {self.total:,} ({self.percent:.4f}%)"
+
+
+def count_parameters(model: Any) -> ParameterCount:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return ParameterCount(trainable, total)
+
+
+def prepare(model: Any, tokenizer: Any, config: MethodConfig) -> Any:
+    """The model made ready for ``config.method``: frozen where it should be, wrapped if needed."""
+    method = config.method
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method == "selective":
+        patterns = [re.compile(p) for p in config.trainable]
+        hit = 0
+        for name, p in model.named_parameters():
+            keep = any(pattern.search(name) for pattern in patterns)
+            p.requires_grad_(keep)
+            hit += keep
+        if not hit:
+            names = ", ".join(n for n, _ in list(model.named_parameters())[:6])
+            raise TrainingError(
+                f"no parameter matches {config.trainable}; names look like: {names}, …"
+            )
+        return model
+    if method == "adapters":
+        return add_bottleneck_adapters(model, config.bottleneck, config.adapter_places)
+    from peft import (
+        IA3Config,
+        LoraConfig,
+        PromptTuningConfig,
+        PromptTuningInit,
+        TaskType,
+        get_peft_model,
+    )
+
+    peft_config: Any
+    if method == "lora":
+        peft_config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules,
+        )
+    elif method == "ia3":
+        peft_config = IA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=["k_proj", "v_proj", "down_proj"],
+            feedforward_modules=["down_proj"],
+        )
+    else:
+        init = PromptTuningInit.TEXT if config.init_text else PromptTuningInit.RANDOM
+        peft_config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=config.virtual_tokens,
+            prompt_tuning_init=init,
+            prompt_tuning_init_text=config.init_text,
+            tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None),
+        )
+        if config.init_text:
+            # PEFT re-reads the tokenizer by name; give it the one we already hold.
+            return _prompt_tuning_from_text(model, tokenizer, peft_config, config)
+    return get_peft_model(model, peft_config)
+
+
+def _prompt_tuning_from_text(model: Any, tokenizer: Any, peft_config: Any, config: Any) -> Any:
+    import torch
+    from peft import PromptTuningInit, get_peft_model
+
+    peft_config.prompt_tuning_init = PromptTuningInit.RANDOM
+    peft_model = get_peft_model(model, peft_config)
+    ids = tokenizer.encode(config.init_text, add_special_tokens=False)
+    if not ids:
+        raise TrainingError("init_text has no tokens")
+    ids = (ids * config.virtual_tokens)[: config.virtual_tokens]
+    with torch.no_grad():
+        embedding = model.get_input_embeddings()(torch.tensor(ids, device=model.device))
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(embedding)
+    peft_config.prompt_tuning_init = PromptTuningInit.TEXT
+    return peft_model
+
+
+# --- bottleneck adapters ------------------------------------------------------------------------
+
+
+def _bottleneck_class() -> Any:
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        """``base(x) + up(gelu(down(base(x))))``; ``up`` starts at zero."""
+
+        def __init__(self, base: nn.Module, width: int, size: int) -> None:
+            super().__init__()
+            self.base = base
+            self.down = nn.Linear(width, size)
+            self.up = nn.Linear(size, width)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.base(x)
+            return h + self.up(nn.functional.gelu(self.down(h)))
+
+    return Bottleneck
+
+
+_ADAPTER_WEIGHT = re.compile(r"\.(down|up)\.(weight|bias)$")
+
+
+def add_bottleneck_adapters(model: Any, size: int, places: Sequence[str]) -> Any:
+    """Freeze ``model`` and wrap each layer's attention/MLP output projection with an adapter."""
+    bottleneck = _bottleneck_class()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = _layers(model)
+    for layer in layers:
+        for place in places:
+            block_name, proj_name = PLACES[place]
+            block = getattr(layer, block_name)
+            base = getattr(block, proj_name)
+            wrapped = bottleneck(base, base.out_features, size).to(
+                base.weight.device, base.weight.dtype
+            )
+            setattr(block, proj_name, wrapped)
+    model.hearth_adapters = {"bottleneck": size, "places": list(places), "layers": len(layers)}
+    return model
+
+
+def _layers(model: Any) -> Any:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise TrainingError("bottleneck adapters need a decoder with model.layers (Llama-style)")
+    return layers
+
+
+def save_bottleneck_adapters(model: Any, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if _ADAPTER_WEIGHT.search(k)
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / BOTTLENECK_WEIGHTS))
+    (folder / BOTTLENECK_FILE).write_text(json.dumps(model.hearth_adapters), encoding="utf-8")
+
+
+def load_bottleneck_adapters(model: Any, folder: Path) -> Any:
+    """Wrap ``model`` as saved in ``folder`` and load the adapter weights."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((folder / BOTTLENECK_FILE).read_text(encoding="utf-8"))
+    add_bottleneck_adapters(model, int(spec["bottleneck"]), list(spec["places"]))
+    missing = model.load_state_dict(load_file(str(folder / BOTTLENECK_WEIGHTS)), strict=False)
+    if missing.unexpected_keys:
+        raise TrainingError(f"{folder}: adapter weights do not fit this model")
+    return model
+
+
+def is_bottleneck_folder(folder: Path) -> bool:
+    return (folder / BOTTLENECK_FILE).is_file()

@@ -1,0 +1,150 @@
+"""``finetune()``: data, method and training loop put together, with outputs every chain can use.
+
+The output folder holds ``adapter/`` (PEFT format, or hearthlm's bottleneck adapters) or, for full
+and selective training, ``model/`` (a full transformers folder); ``hearth_finetune.json`` (the
+settings, data report, parameter counts and results), ``metrics.jsonl`` and ``loss.png``.
+``--adapter OUT`` (or ``--model OUT/model``) makes every chain and ``hearth eval`` use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hearthlm.config import LLMConfig
+from hearthlm.errors import TrainingError
+from hearthlm.finetune.data import DataSpec, build_dataset
+from hearthlm.finetune.methods import (
+    MethodConfig,
+    ParameterCount,
+    count_parameters,
+    prepare,
+    save_bottleneck_adapters,
+)
+from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+
+SUMMARY = "hearth_finetune.json"
+
+
+@dataclass
+class FinetuneResult:
+    folder: Path
+    parameters: ParameterCount
+    data: dict[str, Any]
+    result: TrainResult
+
+    @property
+    def output(self) -> Path:
+        """The adapter folder, or the full model folder for full and selective training."""
+        model = self.folder / "model"
+        return model if model.is_dir() else self.folder / "adapter"
+
+
+def load_base(llm: LLMConfig) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, backend) of the base model in float32 on the transformers backend."""
+    from hearthlm.llm.hf_backend import TransformersBackend
+
+    backend = TransformersBackend.load(
+        llm.model_copy(update={"backend": "transformers", "dtype": "float32", "adapter": None})
+    )
+    return backend.model, backend.tokenizer, backend
+
+
+def finetune(
+    data: Sequence[DataSpec],
+    out: Path,
+    *,
+    method: MethodConfig | None = None,
+    train: TrainConfig | None = None,
+    llm: LLMConfig | None = None,
+    max_length: int = 512,
+    validation: float = 0.1,
+    pack: bool = False,
+    mix_total: int | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> FinetuneResult:
+    """Adapt the local model on ``data`` into ``out``; an interrupted run resumes from there."""
+    method = method or MethodConfig()
+    train = train or TrainConfig()
+    llm = llm or LLMConfig()
+    settings = {
+        "method": method.model_dump(mode="json"),
+        "train": train.model_dump(mode="json"),
+        "data": [d.model_dump(mode="json") for d in data],
+        "model": llm.model,
+        "max_length": max_length,
+        "validation": validation,
+        "pack": pack,
+        "mix_total": mix_total,
+    }
+    _claim(out, settings)
+    model, tokenizer, backend = load_base(llm)
+    dataset = build_dataset(
+        tokenizer, data, max_length=max_length, validation=validation, pack=pack,
+        seed=train.seed, total=mix_total,
+    )  # fmt: skip
+    report = dataset.report()
+    log(
+        f"data: {report['train_examples']} train / {report['validation_examples']} validation "
+        f"examples, {report['truncated']} truncated to {max_length} tokens, "
+        f"{report['dropped']} dropped"
+    )
+    model = prepare(model, tokenizer, method)
+    parameters = count_parameters(model)
+    log(parameters)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainer = Trainer(
+        model, dataset.train, dataset.validation, train, out, pad_id=int(pad), progress=progress
+    )
+    result = trainer.fit()
+    save_output(model, tokenizer, method, out)
+    summary = {
+        "settings": settings,
+        "base_model": backend.source.name,
+        "base_model_path": str(backend.source.path),
+        "parameters": {"trainable": parameters.trainable, "total": parameters.total,
+                       "percent": round(parameters.percent, 6)},
+        "data": report,
+        "result": {
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "validation_loss": result.validation_loss,
+            "best_validation_loss": result.best_validation_loss,
+            "stopped_early": result.stopped_early,
+            "seconds": round(result.seconds, 2),
+            "tokens": result.tokens,
+            "input_tokens": result.input_tokens,
+            "tokens_per_s": round(result.tokens_per_s, 2),
+        },
+    }  # fmt: skip
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return FinetuneResult(out, parameters, report, result)
+
+
+def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:
+    if method.method in ("full", "selective"):
+        model.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
+    elif method.method == "adapters":
+        save_bottleneck_adapters(model, out / "adapter")
+    else:
+        model.save_pretrained(out / "adapter")
+
+
+def _claim(out: Path, settings: dict[str, Any]) -> None:
+    """Resume only the same run: the same data, method and training settings."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    marker = out / "run.json"
+    if marker.is_file():
+        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != digest:
+            raise TrainingError(
+                f"{out} holds a different fine-tuning run; choose another --out or delete it."
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": digest, "settings": settings}), encoding="utf-8")

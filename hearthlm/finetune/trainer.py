@@ -1,0 +1,447 @@
+"""The training loop: AdamW, warmup, accumulation, clipping, bf16 autocast, validation, early
+stopping, checkpoints that resume exactly, metrics in JSONL and a loss curve.
+
+A checkpoint holds the trainable weights, the optimizer and scheduler, every random generator and
+the position in the data, written to a temporary folder and renamed into place. A run killed at
+any moment (SIGKILL included) restarts from its last checkpoint and, on the same device, ends with
+the weights an uninterrupted run ends with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from hearthlm.config import StrictModel
+from hearthlm.errors import TrainingError
+from hearthlm.finetune.data import IGNORE, Example
+
+
+class TrainConfig(StrictModel):
+    """How to train. Steps are optimizer steps (after gradient accumulation)."""
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bfloat16 autocast; auto uses it where the hardware runs it natively."
+    )
+    eval_every: int = Field(50, ge=1)
+    early_stopping: int | None = Field(
+        None, ge=1, description="Stop after this many validations without improvement."
+    )
+    save_every: int = Field(50, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float | None
+    validation_loss: float | None
+    best_validation_loss: float | None
+    stopped_early: bool
+    seconds: float
+    tokens: int  # completion tokens the loss was computed on
+    input_tokens: int  # every token that went through the model
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Training throughput: tokens through the model (prompt and completion) per second."""
+        return self.input_tokens / self.seconds if self.seconds else 0.0
+
+
+def bf16_supported(device: str) -> bool:
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and "avx512_bf16" in _cpu_flags()
+    except OSError:
+        return False
+
+
+def _cpu_flags() -> str:
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+class Trainer:
+    """Train ``model`` (already prepared by :func:`~hearthlm.finetune.methods.prepare`)."""
+
+    def __init__(
+        self,
+        model: Any,
+        train: list[Example],
+        validation: list[Example],
+        config: TrainConfig,
+        folder: Path,
+        *,
+        pad_id: int,
+        progress: bool = True,
+        on_save: Callable[[Any, Path], None] | None = None,
+    ) -> None:
+        import torch
+
+        from hearthlm.llm.hf_backend import pick_device
+
+        if not train:
+            raise TrainingError("no training examples")
+        self.model = model
+        self.train_examples = train
+        self.validation = validation
+        self.config = config
+        self.folder = folder
+        self.pad_id = pad_id
+        self.progress = progress
+        self.on_save = on_save
+        self.device = pick_device(config.device)
+        self.bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(self.device))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError("the model has no trainable parameters")
+        per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
+        self.total_steps = config.max_steps or max(1, math.ceil(per_epoch * config.epochs))
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
+            self.optimizer,
+            num_warmup_steps=int(config.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def _order(self, epoch: int) -> list[int]:
+        rng = random.Random(f"{self.config.seed}:{epoch}")
+        order = list(range(len(self.train_examples)))
+        rng.shuffle(order)
+        return order
+
+    def _micro_batches(self, epoch: int, start: int) -> Iterator[tuple[int, list[Example]]]:
+        order = self._order(epoch)
+        size = self.config.batch_size
+        for position in range(start, len(order), size):
+            yield (
+                position + size,
+                [self.train_examples[i] for i in order[position : position + size]],
+            )
+
+    def _collate(self, examples: list[Example]) -> dict[str, Any]:
+        import torch
+
+        width = max(map(len, examples))
+        ids = [e.input_ids + [self.pad_id] * (width - len(e)) for e in examples]
+        labels = [e.labels + [IGNORE] * (width - len(e)) for e in examples]
+        mask = [[1] * len(e) + [0] * (width - len(e)) for e in examples]
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "labels": torch.tensor(labels, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+        }
+
+    def _loss(self, examples: list[Example]) -> tuple[Any, int]:
+        """Sum of token losses over completion tokens, and their count."""
+        import torch
+
+        batch = self._collate(examples)
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        labels = batch["labels"]
+        if logits.shape[1] != labels.shape[1]:  # prompt tuning prepends virtual tokens
+            logits = logits[:, logits.shape[1] - labels.shape[1] :]
+        shift_logits = logits[:, :-1].float()
+        shift_labels = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        return loss, int((shift_labels != IGNORE).sum())
+
+    def evaluate(self) -> float | None:
+        """Validation loss per completion token."""
+        import torch
+
+        if not self.validation:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.validation), self.config.batch_size):
+                loss, n = self._loss(self.validation[i : i + self.config.batch_size])
+                total, count = total + float(loss), count + n
+        self.model.train()
+        return total / max(count, 1)
+
+    # --- loop -----------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        import torch
+
+        state = self._resume() or {
+            "step": 0, "epoch": 0, "position": 0, "best": None, "bad_evals": 0, "tokens": 0,
+            "seconds": 0.0,
+        }  # fmt: skip
+        if state["step"] == 0:
+            random.seed(self.config.seed)
+            torch.manual_seed(self.config.seed)
+        metrics_path = self.folder / "metrics.jsonl"
+        history = _read_history(metrics_path, state["step"])
+        _write_history(metrics_path, history)
+        self.model.to(self.device).train()
+        started = time.perf_counter() - state["seconds"]
+        stopped_early = False
+        train_loss = None
+        with _bar(self.progress, self.total_steps, state["step"]) as advance:
+            batches = self._batches(state)
+            while state["step"] < self.total_steps:
+                loss_sum, token_sum = 0.0, 0
+                losses = []
+                for _ in range(self.config.grad_accum):
+                    try:
+                        position, examples = next(batches)
+                    except StopIteration:
+                        state["epoch"], state["position"] = state["epoch"] + 1, 0
+                        batches = self._batches(state)
+                        position, examples = next(batches)
+                    state["position"] = position
+                    loss, n = self._loss(examples)
+                    losses.append((loss, n))
+                    token_sum += n
+                    state["input_tokens"] = state.get("input_tokens", 0) + sum(map(len, examples))
+                # Token-weighted over the accumulated micro-batches, as one big batch would be.
+                for loss, _ in losses:
+                    (loss / max(token_sum, 1)).backward()
+                    loss_sum += float(loss.detach())
+                if self.config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["tokens"] += token_sum
+                train_loss = loss_sum / max(token_sum, 1)
+                record: dict[str, Any] = {
+                    "step": state["step"],
+                    "train_loss": round(train_loss, 6),
+                    "learning_rate": self.scheduler.get_last_lr()[0],
+                    "tokens": state["tokens"],
+                    "input_tokens": state["input_tokens"],
+                }
+                last = state["step"] == self.total_steps
+                if state["step"] % self.config.eval_every == 0 or last:
+                    val = self.evaluate()
+                    if val is not None:
+                        record["validation_loss"] = round(val, 6)
+                        record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
+                        if state["best"] is None or val < state["best"] - 1e-6:
+                            state["best"], state["bad_evals"] = val, 0
+                            self._save_weights(self.folder / "best")
+                        else:
+                            state["bad_evals"] += 1
+                history.append(record)
+                with metrics_path.open("a", encoding="utf-8") as sink:
+                    sink.write(json.dumps(record) + "\n")
+                advance(train_loss)
+                patience = self.config.early_stopping
+                if patience and state["bad_evals"] >= patience:
+                    stopped_early = True
+                    state["seconds"] = time.perf_counter() - started
+                    break
+                if state["step"] % self.config.save_every == 0 and not last:
+                    state["seconds"] = time.perf_counter() - started
+                    self._checkpoint(state)
+        if stopped_early and (self.folder / "best").is_dir():
+            self._load_weights(self.folder / "best")
+        seconds = time.perf_counter() - started
+        plot_curve(history, self.folder / "loss.png")
+        vals = [h["validation_loss"] for h in history if "validation_loss" in h]
+        return TrainResult(
+            steps=state["step"],
+            train_loss=train_loss,
+            validation_loss=vals[-1] if vals else None,
+            best_validation_loss=state["best"],
+            stopped_early=stopped_early,
+            seconds=seconds,
+            tokens=state["tokens"],
+            input_tokens=state.get("input_tokens", 0),
+            history=history,
+        )
+
+    def _batches(self, state: dict[str, Any]) -> Iterator[tuple[int, list[Example]]]:
+        return self._micro_batches(state["epoch"], state["position"])
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _trainable_state(self) -> dict[str, Any]:
+        return {
+            name: p.detach().cpu().clone()
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+
+    def _save_weights(self, folder: Path) -> None:
+        import torch
+
+        staging = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        torch.save(self._trainable_state(), staging / "trainable.pt")
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+
+    def _load_weights(self, folder: Path) -> None:
+        import torch
+
+        state = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name].copy_(value.to(own[name].device))
+
+    def _checkpoint(self, state: dict[str, Any]) -> None:
+        import numpy as np
+        import torch
+
+        folder = self.folder / "checkpoint"
+        staging = self.folder / ".checkpoint.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        torch.save(
+            {
+                "weights": self._trainable_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": {
+                    "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+            },
+            staging / "state.pt",
+        )
+        (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        old = self.folder / ".checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self) -> dict[str, Any] | None:
+        import numpy as np
+        import torch
+
+        folder = self.folder / "checkpoint"
+        if not (folder / "state.json").is_file():
+            old = self.folder / ".checkpoint.old"  # killed between the two renames
+            if not (old / "state.json").is_file():
+                return None
+            old.rename(folder)
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in saved["weights"].items():
+                own[name].copy_(value)
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        random.setstate(saved["rng"]["python"])
+        np.random.set_state(saved["rng"]["numpy"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if saved["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        return dict(state)
+
+
+def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
+    """Logged steps up to the checkpoint; later ones are redone after a resume."""
+    if not path.is_file():
+        return []
+    history = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= up_to:
+            history.append(record)
+    return history
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+
+
+def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss against step, saved as a PNG."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label="train")
+    val = [h for h in history if "validation_loss" in h]
+    if val:
+        ax.plot([h["step"] for h in val], [h["validation_loss"] for h in val], "o-",
+                label="validation")  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per completion token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+class _bar:
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self) -> Callable[[float], None]:
+        if not self.enabled:
+            return lambda loss: None
+        from rich.progress import Progress, TextColumn
+
+        self._progress = Progress(
+            *Progress.get_default_columns(), TextColumn("loss {task.fields[loss]}")
+        )
+        self._progress.start()
+        task = self._progress.add_task("training", total=self.total, completed=self.done, loss="-")
+        return lambda loss: self._progress.update(task, advance=1, loss=f"{loss:.4f}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()

@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,14 +90,14 @@ class Trainer:
     def __init__(
         self,
         model: Any,
-        train: list[Example],
-        validation: list[Example],
+        train: Sequence[Any],
+        validation: Sequence[Any],
         config: TrainConfig,
         folder: Path,
         *,
         pad_id: int,
         progress: bool = True,
-        on_save: Callable[[Any, Path], None] | None = None,
+        objective: Any = None,
     ) -> None:
         import torch
 
@@ -106,13 +106,15 @@ class Trainer:
         if not train:
             raise TrainingError("no training examples")
         self.model = model
-        self.train_examples = train
-        self.validation = validation
+        self.train_examples = list(train)
+        self.validation = list(validation)
         self.config = config
         self.folder = folder
         self.pad_id = pad_id
         self.progress = progress
-        self.on_save = on_save
+        # The loss: next-token cross-entropy on completion tokens unless an objective (the reward
+        # model's pairwise loss) supplies ``loss(trainer, examples) -> (sum, count)``.
+        self.objective = objective
         self.device = pick_device(config.device)
         self.bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(self.device))
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -162,10 +164,13 @@ class Trainer:
             "attention_mask": torch.tensor(mask, device=self.device),
         }
 
-    def _loss(self, examples: list[Example]) -> tuple[Any, int]:
+    def _loss(self, examples: list[Any]) -> tuple[Any, int]:
         """Sum of token losses over completion tokens, and their count."""
         import torch
 
+        if self.objective is not None:
+            loss, count = self.objective.loss(self, examples)
+            return loss, int(count)
         batch = self._collate(examples)
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(
@@ -184,20 +189,24 @@ class Trainer:
         )
         return loss, int((shift_labels != IGNORE).sum())
 
-    def evaluate(self) -> float | None:
-        """Validation loss per completion token."""
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss per completion token (per pair for the reward model), and whatever
+        else the objective measures (pairwise accuracy)."""
         import torch
 
         if not self.validation:
-            return None
+            return {}
         self.model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.validation), self.config.batch_size):
-                loss, n = self._loss(self.validation[i : i + self.config.batch_size])
+                loss, n = self._loss(list(self.validation[i : i + self.config.batch_size]))
                 total, count = total + float(loss), count + n
+            extra = {}
+            if self.objective is not None and hasattr(self.objective, "validate"):
+                extra = self.objective.validate(self, self.validation)
         self.model.train()
-        return total / max(count, 1)
+        return {"validation_loss": total / max(count, 1), **extra}
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -256,10 +265,12 @@ class Trainer:
                 }
                 last = state["step"] == self.total_steps
                 if state["step"] % self.config.eval_every == 0 or last:
-                    val = self.evaluate()
-                    if val is not None:
-                        record["validation_loss"] = round(val, 6)
-                        record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
+                    measured = self.evaluate()
+                    if measured:
+                        val = measured["validation_loss"]
+                        record.update({k: round(v, 6) for k, v in measured.items()})
+                        if self.objective is None:
+                            record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
                         if state["best"] is None or val < state["best"] - 1e-6:
                             state["best"], state["bad_evals"] = val, 0
                             self._save_weights(self.folder / "best")

@@ -1,0 +1,225 @@
+"""A reward model from pairwise preferences: the base model with a scalar head (and LoRA), trained
+so that ``r(chosen) > r(rejected)`` with the Bradley-Terry loss ``-log sigmoid(r_c - r_r)``.
+
+Preference rows are ``{"chosen", "rejected"}`` transcripts in the HH-RLHF form
+(``"\\n\\nHuman: …\\n\\nAssistant: …"``) or chat message lists. Both sides are rendered with the
+model's chat template and cut from the left, so the final answers, where they differ, are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hearthlm.config import LLMConfig
+from hearthlm.errors import TrainingError
+from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters
+from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+from hearthlm.rows import BadRows, read_rows
+
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+REWARD_FILE = "hearth_reward.json"
+
+
+def transcript_messages(text: str) -> list[dict[str, str]]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages."""
+    parts = _TURN.split("\n\n" + text.lstrip("\n"))
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2], strict=False):
+        messages.append({"role": "user" if role == "Human" else "assistant",
+                         "content": content.strip()})  # fmt: skip
+    return messages
+
+
+@dataclass
+class Pair:
+    chosen: list[int]
+    rejected: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+def read_pairs(path: Path, tokenizer: Any, max_length: int = 512) -> list[Pair]:
+    """Tokenized preference pairs; a malformed row is an error naming its file and line."""
+    bad = BadRows(strict=True, error=TrainingError, hint="")
+    pairs = []
+    for row in read_rows(path, bad):
+        sides = []
+        for key in ("chosen", "rejected"):
+            value = row.values.get(key)
+            messages = transcript_messages(value) if isinstance(value, str) else value
+            if not messages or not isinstance(messages, list):
+                bad.add(row.path, row.line, f"missing or empty {key!r}")
+                continue
+            sides.append(render(tokenizer, messages, max_length))
+        if sides[0] == sides[1]:
+            continue  # identical sides carry no preference
+        pairs.append(Pair(sides[0], sides[1], f"{row.path}:{row.line}"))
+    if not pairs:
+        raise TrainingError(f"{path}: the file holds no preference pairs")
+    return pairs
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    return ids[-max_length:]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """A padding id that never occurs inside a rendered chat, so the head reads the last real
+    token (the model's pooling finds it by the padding id)."""
+    token = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(token, int) and token != tokenizer.unk_token_id:
+        return token
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+class PairwiseObjective:
+    """Bradley-Terry loss summed over pairs; validation adds pairwise accuracy."""
+
+    def __init__(self, pad: int) -> None:
+        self.pad = pad
+
+    def rewards(self, trainer: Trainer, sequences: list[list[int]]) -> Any:
+        import torch
+
+        width = max(map(len, sequences))
+        ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in sequences],
+                           device=trainer.device)  # fmt: skip
+        mask = (ids != self.pad).long()
+        with torch.autocast(trainer.device, dtype=torch.bfloat16, enabled=trainer.bf16):
+            return trainer.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+
+    def loss(self, trainer: Trainer, pairs: list[Pair]) -> tuple[Any, int]:
+        import torch
+
+        scores = self.rewards(trainer, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
+        return -torch.nn.functional.logsigmoid(chosen - rejected).sum(), len(pairs)
+
+    def validate(self, trainer: Trainer, pairs: list[Pair]) -> dict[str, float]:
+        wins = 0
+        for i in range(0, len(pairs), trainer.config.batch_size):
+            batch = pairs[i : i + trainer.config.batch_size]
+            scores = self.rewards(trainer, [p.chosen for p in batch] + [p.rejected for p in batch])
+            wins += int((scores[: len(batch)] > scores[len(batch) :]).sum())
+        return {"validation_accuracy": wins / max(len(pairs), 1)}
+
+
+def base_folder(llm: LLMConfig) -> Path:
+    """The transformers folder of the configured model (the GGUF's cached conversion)."""
+    from hearthlm.llm.hf_backend import cached_safetensors
+    from hearthlm.llm.sources import resolve_model
+
+    source = resolve_model(llm.model)
+    return cached_safetensors(source, llm.cache_dir) if source.is_gguf else source.path
+
+
+def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any]:
+    """The sequence-classification model (one score) with LoRA on it, and its tokenizer."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = base_folder(llm)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=1, local_files_only=True
+    )
+    model.config.pad_token_id = pad_id(tokenizer)
+    if method.method == "lora":
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=method.rank, lora_alpha=method.alpha,
+            lora_dropout=method.dropout, target_modules=method.target_modules,
+        )  # fmt: skip
+        model = get_peft_model(model, config)
+    return model, tokenizer
+
+
+@dataclass
+class RewardRun:
+    folder: Path
+    parameters: ParameterCount
+    result: TrainResult
+    validation_accuracy: float | None
+
+
+def train_reward_model(
+    data: Path,
+    out: Path,
+    *,
+    llm: LLMConfig | None = None,
+    method: MethodConfig | None = None,
+    train: TrainConfig | None = None,
+    validation: float = 0.1,
+    max_length: int = 384,
+    limit: int | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> RewardRun:
+    """Train on ``data`` (JSONL pairs) into ``out``; pairwise accuracy on the held-out part."""
+    llm = llm or LLMConfig()
+    method = method or MethodConfig(method="lora")
+    train = train or TrainConfig(learning_rate=1e-4)
+    model, tokenizer = load_reward_backbone(llm, method)
+    pairs = read_pairs(data, tokenizer, max_length)[:limit]
+    random.Random(train.seed).shuffle(pairs)
+    cut = max(1, round(len(pairs) * validation)) if validation else 0
+    held_out, train_pairs = pairs[:cut], pairs[cut:]
+    parameters = count_parameters(model)
+    log(f"reward model: {len(train_pairs)} train / {len(held_out)} validation pairs")
+    log(parameters)
+    out.mkdir(parents=True, exist_ok=True)
+    pad = pad_id(tokenizer)
+    trainer = Trainer(model, train_pairs, held_out, train, out, pad_id=pad, progress=progress,
+                      objective=PairwiseObjective(pad))  # fmt: skip
+    result = trainer.fit()
+    accuracy = trainer.evaluate().get("validation_accuracy")
+    model.save_pretrained(out / "adapter")
+    tokenizer.save_pretrained(out / "adapter")
+    (out / REWARD_FILE).write_text(json.dumps({
+        "base": str(base_folder(llm)), "pad_id": pad, "max_length": max_length,
+        "validation_accuracy": accuracy, "train_pairs": len(train_pairs),
+        "validation_pairs": len(held_out), "steps": result.steps,
+    }, indent=2), encoding="utf-8")  # fmt: skip
+    return RewardRun(out, parameters, result, accuracy)
+
+
+class RewardModel:
+    """A trained reward model, scoring chats: ``score([[{"role": …}, …], …]) -> [float, …]``."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 384) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad = pad_id(tokenizer)
+
+    @classmethod
+    def load(cls, folder: Path, llm: LLMConfig | None = None) -> RewardModel:
+        from peft import PeftModel
+
+        info_path = folder / REWARD_FILE
+        if not info_path.is_file():
+            raise TrainingError(f"{folder} is not a reward model written by `hearth finetune`")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        model, tokenizer = load_reward_backbone(llm or LLMConfig(), MethodConfig(method="full"))
+        model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
+        return cls(model, tokenizer, int(info.get("max_length", 384)))
+
+    def score(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:
+        import torch
+
+        sequences = [render(self.tokenizer, list(c), self.max_length) for c in chats]
+        width = max(map(len, sequences))
+        ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in sequences],
+                           device=self.model.device)  # fmt: skip
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=(ids != self.pad).long()).logits
+        return [float(x) for x in logits[:, 0]]

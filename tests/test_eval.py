@@ -294,16 +294,22 @@ def test_cli_eval_and_compare_make_a_table_and_chart(eval_config, tmp_path, monk
         (tmp_path / f"{name}.yaml").write_text(text)
         result = runner.invoke(
             app,
-            ["eval", "mmlu", "--task", str(tmp_path / f"{name}.yaml"), "--out",
-             str(tmp_path / name)],
-        )  # fmt: skip
+            [
+                "eval",
+                "mmlu",
+                "--task",
+                str(tmp_path / f"{name}.yaml"),
+                "--out",
+                str(tmp_path / name),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert "accuracy" in result.output
     chart = tmp_path / "compare.png"
     result = runner.invoke(
-        app, ["eval", "compare", str(tmp_path / "base"), str(tmp_path / "zero"), "--chart",
-              str(chart)]
-    )  # fmt: skip
+        app,
+        ["eval", "compare", str(tmp_path / "base"), str(tmp_path / "zero"), "--chart", str(chart)],
+    )
     assert result.exit_code == 0, result.output
     assert "quiz/accuracy" in result.output and "base" in result.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

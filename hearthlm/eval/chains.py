@@ -125,9 +125,13 @@ class RAGTask(Task):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         names = [
-            f"recall_at_{self.spec.k}", "mrr", f"ndcg_at_{self.spec.k}",
-            "exact_match", "f1", "citation_precision",
-        ]  # fmt: skip
+            f"recall_at_{self.spec.k}",
+            "mrr",
+            f"ndcg_at_{self.spec.k}",
+            "exact_match",
+            "f1",
+            "citation_precision",
+        ]
         return {
             name: metrics.mean(float(r[name]) for r in records if name in r)
             for name in names

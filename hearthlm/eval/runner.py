@@ -23,12 +23,20 @@ from typing import Any
 
 from hearthlm.errors import EvalError
 from hearthlm.eval.tasks import Engines, Task
+from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows
 
 PACKAGES = (
-    "hearthlm", "torch", "transformers", "llama-cpp-python", "peft", "langchain-core",
-    "chromadb", "rouge-score", "sacrebleu",
-)  # fmt: skip
+    "hearthlm",
+    "torch",
+    "transformers",
+    "llama-cpp-python",
+    "peft",
+    "langchain-core",
+    "chromadb",
+    "rouge-score",
+    "sacrebleu",
+)
 
 
 @dataclass
@@ -66,7 +74,7 @@ def run_tasks(
     start = time.perf_counter()
     items_file = out / "items.jsonl"
     with (
-        _bar(progress, sum(map(len, todo.values())), suite) as advance,
+        progress_bar(progress, sum(map(len, todo.values())), suite) as advance,
         items_file.open("a", encoding="utf-8") as sink,
     ):
         for task in tasks:
@@ -228,24 +236,3 @@ def _write_atomic(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(text, encoding="utf-8")
     staging.replace(path)
-
-
-class _bar:
-    """A rich progress bar whose ``advance(n)`` tasks can call; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self._progress = Progress()
-        self._progress.start()
-        task = self._progress.add_task(self.label, total=self.total)
-        return lambda n: self._progress.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.stop()

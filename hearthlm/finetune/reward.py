@@ -31,8 +31,9 @@ def transcript_messages(text: str) -> list[dict[str, str]]:
     parts = _TURN.split("\n\n" + text.lstrip("\n"))
     messages = []
     for role, content in zip(parts[1::2], parts[2::2], strict=False):
-        messages.append({"role": "user" if role == "Human" else "assistant",
-                         "content": content.strip()})  # fmt: skip
+        messages.append(
+            {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+        )
     return messages
 
 
@@ -92,8 +93,9 @@ class PairwiseObjective:
         import torch
 
         width = max(map(len, sequences))
-        ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in sequences],
-                           device=trainer.device)  # fmt: skip
+        ids = torch.tensor(
+            [s + [self.pad] * (width - len(s)) for s in sequences], device=trainer.device
+        )
         mask = (ids != self.pad).long()
         with torch.autocast(trainer.device, dtype=torch.bfloat16, enabled=trainer.bf16):
             return trainer.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
@@ -136,9 +138,12 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
     model.config.pad_token_id = pad_id(tokenizer)
     if method.method == "lora":
         config = LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=method.rank, lora_alpha=method.alpha,
-            lora_dropout=method.dropout, target_modules=method.target_modules,
-        )  # fmt: skip
+            task_type=TaskType.SEQ_CLS,
+            r=method.rank,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=method.target_modules,
+        )
         model = get_peft_model(model, config)
     return model, tokenizer
 
@@ -178,17 +183,35 @@ def train_reward_model(
     log(parameters)
     out.mkdir(parents=True, exist_ok=True)
     pad = pad_id(tokenizer)
-    trainer = Trainer(model, train_pairs, held_out, train, out, pad_id=pad, progress=progress,
-                      objective=PairwiseObjective(pad))  # fmt: skip
+    trainer = Trainer(
+        model,
+        train_pairs,
+        held_out,
+        train,
+        out,
+        pad_id=pad,
+        progress=progress,
+        objective=PairwiseObjective(pad),
+    )
     result = trainer.fit()
     accuracy = trainer.evaluate().get("validation_accuracy")
     model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
-    (out / REWARD_FILE).write_text(json.dumps({
-        "base": str(base_folder(llm)), "pad_id": pad, "max_length": max_length,
-        "validation_accuracy": accuracy, "train_pairs": len(train_pairs),
-        "validation_pairs": len(held_out), "steps": result.steps,
-    }, indent=2), encoding="utf-8")  # fmt: skip
+    (out / REWARD_FILE).write_text(
+        json.dumps(
+            {
+                "base": str(base_folder(llm)),
+                "pad_id": pad,
+                "max_length": max_length,
+                "validation_accuracy": accuracy,
+                "train_pairs": len(train_pairs),
+                "validation_pairs": len(held_out),
+                "steps": result.steps,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     return RewardRun(out, parameters, result, accuracy)
 
 
@@ -218,8 +241,9 @@ class RewardModel:
 
         sequences = [render(self.tokenizer, list(c), self.max_length) for c in chats]
         width = max(map(len, sequences))
-        ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in sequences],
-                           device=self.model.device)  # fmt: skip
+        ids = torch.tensor(
+            [s + [self.pad] * (width - len(s)) for s in sequences], device=self.model.device
+        )
         with torch.no_grad():
             logits = self.model(input_ids=ids, attention_mask=(ids != self.pad).long()).logits
         return [float(x) for x in logits[:, 0]]

@@ -85,9 +85,14 @@ def finetune(
     _claim(out, settings)
     model, tokenizer, backend = load_base(llm)
     dataset = build_dataset(
-        tokenizer, data, max_length=max_length, validation=validation, pack=pack,
-        seed=train.seed, total=mix_total,
-    )  # fmt: skip
+        tokenizer,
+        data,
+        max_length=max_length,
+        validation=validation,
+        pack=pack,
+        seed=train.seed,
+        total=mix_total,
+    )
     report = dataset.report()
     log(
         f"data: {report['train_examples']} train / {report['validation_examples']} validation "
@@ -107,8 +112,11 @@ def finetune(
         "settings": settings,
         "base_model": backend.source.name,
         "base_model_path": str(backend.source.path),
-        "parameters": {"trainable": parameters.trainable, "total": parameters.total,
-                       "percent": round(parameters.percent, 6)},
+        "parameters": {
+            "trainable": parameters.trainable,
+            "total": parameters.total,
+            "percent": round(parameters.percent, 6),
+        },
         "data": report,
         "result": {
             "steps": result.steps,
@@ -121,7 +129,7 @@ def finetune(
             "input_tokens": result.input_tokens,
             "tokens_per_s": round(result.tokens_per_s, 2),
         },
-    }  # fmt: skip
+    }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return FinetuneResult(out, parameters, report, result)
 

@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from pydantic import Field
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import IGNORE, Example
+from hearthlm.progress import progress_bar
 
 
 class TrainConfig(StrictModel):
@@ -214,9 +215,14 @@ class Trainer:
         import torch
 
         state = self._resume() or {
-            "step": 0, "epoch": 0, "position": 0, "best": None, "bad_evals": 0, "tokens": 0,
+            "step": 0,
+            "epoch": 0,
+            "position": 0,
+            "best": None,
+            "bad_evals": 0,
+            "tokens": 0,
             "seconds": 0.0,
-        }  # fmt: skip
+        }
         if state["step"] == 0:
             random.seed(self.config.seed)
             torch.manual_seed(self.config.seed)
@@ -227,7 +233,9 @@ class Trainer:
         started = time.perf_counter() - state["seconds"]
         stopped_early = False
         train_loss = None
-        with _bar(self.progress, self.total_steps, state["step"]) as advance:
+        with progress_bar(
+            self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
+        ) as advance:
             batches = self._batches(state)
             while state["step"] < self.total_steps:
                 loss_sum, token_sum = 0.0, 0
@@ -279,7 +287,7 @@ class Trainer:
                 history.append(record)
                 with metrics_path.open("a", encoding="utf-8") as sink:
                     sink.write(json.dumps(record) + "\n")
-                advance(train_loss)
+                advance(1, train_loss)
                 patience = self.config.early_stopping
                 if patience and state["bad_evals"] >= patience:
                     stopped_early = True
@@ -413,8 +421,13 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
 
 
-def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Training and validation loss against step, saved as a PNG."""
+def plot_curve(
+    history: list[dict[str, Any]],
+    path: Path,
+    labels: tuple[str, str] = ("train", "validation"),
+    ylabel: str = "loss (nats per completion token)",
+) -> None:
+    """Training and validation loss (or any two series) against step, saved as a PNG."""
     if not history:
         return
     import matplotlib
@@ -423,36 +436,16 @@ def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label="train")
+    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label=labels[0])
     val = [h for h in history if "validation_loss" in h]
     if val:
-        ax.plot([h["step"] for h in val], [h["validation_loss"] for h in val], "o-",
-                label="validation")  # fmt: skip
+        ax.plot(
+            [h["step"] for h in val], [h["validation_loss"] for h in val], "o-", label=labels[1]
+        )
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per completion token)")
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-class _bar:
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self) -> Callable[[float], None]:
-        if not self.enabled:
-            return lambda loss: None
-        from rich.progress import Progress, TextColumn
-
-        self._progress = Progress(
-            *Progress.get_default_columns(), TextColumn("loss {task.fields[loss]}")
-        )
-        self._progress.start()
-        task = self._progress.add_task("training", total=self.total, completed=self.done, loss="-")
-        return lambda loss: self._progress.update(task, advance=1, loss=f"{loss:.4f}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.stop()

@@ -1,0 +1,333 @@
+"""A compact PPO for the local model: LoRA policy with a value head, the frozen base as reference
+(the same weights with the adapter switched off), rewards from a trained reward model.
+
+Each iteration samples replies to a batch of prompts, scores them with the reward model, and takes
+the per-token KL to the reference as a penalty (``reward_t = -β·KL_t``, plus the reward-model score
+on the last token). Advantages come from GAE over the reply tokens. The update is the clipped
+surrogate objective with a clipped value loss; it stops early in an iteration once the policy has
+moved more than ``max_update_kl`` from the one that sampled (the KL bound of the update), and β
+adapts so the KL to the reference tracks ``target_kl`` (Ziegler et al., 2019).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from hearthlm.config import LLMConfig, StrictModel
+from hearthlm.errors import TrainingError
+from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
+from hearthlm.finetune.reward import RewardModel
+from hearthlm.finetune.trainer import plot_curve
+from hearthlm.progress import progress_bar
+
+
+class PPOConfig(StrictModel):
+    iterations: int = Field(20, ge=1)
+    prompts_per_iteration: int = Field(8, ge=1)
+    minibatch_size: int = Field(4, ge=1)
+    ppo_epochs: int = Field(2, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, ge=0)
+    kl_coef: float = Field(0.05, ge=0, description="Initial β of the KL penalty.")
+    target_kl: float = Field(4.0, gt=0, description="Target KL to the reference per reply.")
+    kl_horizon: int = Field(1000, ge=1)
+    max_update_kl: float = Field(0.05, gt=0, description="KL bound of one iteration's update.")
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, gt=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+@dataclass
+class Rollout:
+    prompt: list[int]
+    reply: list[int]
+    score: float
+    logprobs: Any = None  # policy at sampling time, per reply token
+    ref_logprobs: Any = None
+    values: Any = None
+    advantages: Any = None
+    returns: Any = None
+
+
+@dataclass
+class PPOResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    folder: Path | None = None
+
+
+class PPOTrainer:
+    """PPO with LoRA on the local model. ``step(prompts)`` runs one iteration."""
+
+    def __init__(
+        self,
+        reward_model: RewardModel,
+        config: PPOConfig | None = None,
+        *,
+        llm: LLMConfig | None = None,
+        method: MethodConfig | None = None,
+    ) -> None:
+        import torch
+
+        from hearthlm.finetune.run import load_base
+
+        self.config = config or PPOConfig()
+        torch.manual_seed(self.config.seed)
+        random.seed(self.config.seed)
+        model, tokenizer, backend = load_base(llm or LLMConfig())
+        self.tokenizer = tokenizer
+        self.device = backend.device
+        self.policy = prepare(model, tokenizer, method or MethodConfig(method="lora"))
+        hidden = model.config.hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.learning_rate)
+        self.reward_model = reward_model
+        self.kl_coef = self.config.kl_coef
+        self.eos = set(backend.stop_token_ids)
+        self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.parameters = count_parameters(self.policy)
+
+    # --- sampling and scoring -------------------------------------------------------------------
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(self, prompt: str, greedy: bool = False) -> list[int]:
+        import torch
+
+        ids = torch.tensor([self.prompt_ids(prompt)], device=self.device)
+        self.policy.eval()
+        with torch.no_grad():
+            out = self.policy.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=not greedy,
+                temperature=self.config.temperature if not greedy else None,
+                top_k=0 if not greedy else None,
+                top_p=1.0 if not greedy else None,
+                max_new_tokens=self.config.max_new_tokens,
+                pad_token_id=self.pad,
+                eos_token_id=sorted(self.eos),
+            )
+        return [int(t) for t in out[0, ids.shape[1] :]]
+
+    def reply_text(self, reply: list[int]) -> str:
+        return str(self.tokenizer.decode(reply, skip_special_tokens=True)).strip()
+
+    def score(self, prompts: Sequence[str], replies: Sequence[list[int]]) -> list[float]:
+        chats = [
+            [{"role": "user", "content": p}, {"role": "assistant", "content": self.reply_text(r)}]
+            for p, r in zip(prompts, replies, strict=True)
+        ]
+        return self.reward_model.score(chats)
+
+    def _forward(self, rollouts: Sequence[Rollout], with_values: bool) -> tuple[Any, Any, Any]:
+        """Per-reply-token log-probs (and values), padded: (batch, reply_len) each, plus mask."""
+        import torch
+
+        sequences = [r.prompt + r.reply for r in rollouts]
+        width = max(map(len, sequences))
+        ids = torch.tensor(
+            [s + [self.pad] * (width - len(s)) for s in sequences], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device
+        )
+        out = self.policy(input_ids=ids, attention_mask=mask, output_hidden_states=with_values)
+        logprobs = out.logits[:, :-1].float().log_softmax(-1)
+        token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # predicts token t+1
+        longest = max(len(r.reply) for r in rollouts)
+        lp = torch.zeros(len(rollouts), longest, device=self.device)
+        values = torch.zeros(len(rollouts), longest, device=self.device)
+        reply_mask = torch.zeros(len(rollouts), longest, device=self.device)
+        hidden = out.hidden_states[-1] if with_values else None
+        for i, r in enumerate(rollouts):
+            start, n = len(r.prompt) - 1, len(r.reply)
+            lp[i, :n] = token_lp[i, start : start + n]
+            reply_mask[i, :n] = 1
+            if hidden is not None:
+                values[i, :n] = self.value_head(hidden[i, start : start + n].float())[:, 0]
+        return lp, values, reply_mask
+
+    # --- one iteration --------------------------------------------------------------------------
+
+    def step(self, prompts: Sequence[str]) -> dict[str, Any]:
+        import torch
+
+        cfg = self.config
+        replies = [self.generate(p) for p in prompts]
+        keep = [(p, r) for p, r in zip(prompts, replies, strict=True) if r]
+        if not keep:
+            raise TrainingError("the policy produced only empty replies")
+        scores = self.score([p for p, _ in keep], [r for _, r in keep])
+        rollouts = [
+            Rollout(self.prompt_ids(p), r, s) for (p, r), s in zip(keep, scores, strict=True)
+        ]
+        with torch.no_grad():
+            old_lp, old_values, mask = self._forward(rollouts, with_values=True)
+            with self.policy.disable_adapter():
+                ref_lp, _, _ = self._forward(rollouts, with_values=False)
+        kl = (old_lp - ref_lp) * mask  # per-token KL estimate to the reference
+        rewards = -self.kl_coef * kl
+        lengths = mask.sum(1).long()
+        for i, r in enumerate(rollouts):
+            rewards[i, lengths[i] - 1] += r.score
+        advantages, returns = _gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = _whiten(advantages, mask)
+
+        self.policy.train()
+        stats: dict[str, list[float]] = {
+            "pg_loss": [],
+            "value_loss": [],
+            "clipfrac": [],
+            "update_kl": [],
+        }
+        epochs_run, stopped = 0, False
+        order = list(range(len(rollouts)))
+        for _ in range(cfg.ppo_epochs):
+            random.shuffle(order)
+            for start in range(0, len(order), cfg.minibatch_size):
+                idx = order[start : start + cfg.minibatch_size]
+                batch = [rollouts[i] for i in idx]
+                new_lp, values, m = self._forward(batch, with_values=True)
+                n = m.shape[1]
+                adv, ret = advantages[idx, :n], returns[idx, :n]
+                old, old_v = old_lp[idx, :n], old_values[idx, :n]
+                ratio = torch.exp(new_lp - old)
+                pg = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+                )
+                v_clipped = old_v + (values - old_v).clamp(-cfg.value_clip, cfg.value_clip)
+                vf = 0.5 * torch.max((values - ret) ** 2, (v_clipped - ret) ** 2)
+                tokens = m.sum().clamp(min=1)
+                pg_loss, value_loss = (pg * m).sum() / tokens, (vf * m).sum() / tokens
+                loss = pg_loss + cfg.value_coef * value_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    log_ratio = new_lp - old
+                    update_kl = float((((ratio - 1) - log_ratio) * m).sum() / tokens)
+                    clipfrac = float((((ratio - 1).abs() > cfg.clip_range) * m).sum() / tokens)
+                stats["pg_loss"].append(float(pg_loss.detach()))
+                stats["value_loss"].append(float(value_loss.detach()))
+                stats["clipfrac"].append(clipfrac)
+                stats["update_kl"].append(update_kl)
+                if update_kl > cfg.max_update_kl:
+                    stopped = True  # the policy moved as far as one iteration may
+                    break
+            epochs_run += 1
+            if stopped:
+                break
+        kl_per_reply = float(kl.sum(1).mean())
+        self._adapt_kl(kl_per_reply, len(rollouts))
+        return {
+            "reward": sum(r.score for r in rollouts) / len(rollouts),
+            "kl_to_reference": kl_per_reply,
+            "kl_coef": self.kl_coef,
+            "update_kl": max(stats["update_kl"]),
+            "stopped_at_kl_bound": stopped,
+            "epochs": epochs_run,
+            "pg_loss": sum(stats["pg_loss"]) / len(stats["pg_loss"]),
+            "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
+            "clipfrac": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
+            "reply_tokens": float(lengths.float().mean()),
+        }
+
+    def _adapt_kl(self, kl: float, n: int) -> None:
+        error = max(-0.2, min(0.2, kl / self.config.target_kl - 1))
+        self.kl_coef *= 1 + error * n / self.config.kl_horizon
+
+    def train(self, prompts: Sequence[str], out: Path, progress: bool = True) -> PPOResult:
+        """``iterations`` steps over ``prompts`` (cycled, seeded order); saves the LoRA policy,
+        the value head, ``metrics.jsonl`` and ``ppo.png``."""
+        import torch
+
+        if not prompts:
+            raise TrainingError("PPO needs prompts")
+        out.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(self.config.seed)
+        pool = list(prompts)
+        rng.shuffle(pool)
+        history = []
+        cursor = 0
+        with (
+            (out / "metrics.jsonl").open("w", encoding="utf-8") as sink,
+            progress_bar(progress, self.config.iterations, "ppo", metric="reward") as advance,
+        ):
+            for iteration in range(1, self.config.iterations + 1):
+                batch = [
+                    pool[(cursor + i) % len(pool)] for i in range(self.config.prompts_per_iteration)
+                ]
+                cursor += self.config.prompts_per_iteration
+                record = {"step": iteration, **self.step(batch)}
+                history.append(record)
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                advance(1, record["reward"])
+        self.policy.save_pretrained(out / "adapter")
+        torch.save(self.value_head.state_dict(), out / "value_head.pt")
+        _plot(history, out / "ppo.png")
+        return PPOResult(history, out)
+
+
+def _gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tuple[Any, Any]:
+    import torch
+
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0], device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, advantages + values
+
+
+def _whiten(x: Any, mask: Any) -> Any:
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) ** 2) * mask).sum() / n
+    return (x - mean) / (var.sqrt() + 1e-8) * mask
+
+
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    curve = [
+        {"step": h["step"], "train_loss": h["reward"], "validation_loss": h["kl_to_reference"]}
+        for h in history
+    ]
+    plot_curve(curve, path, labels=("reward", "KL to reference"), ylabel="reward / KL")
+
+
+def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:
+    """The first human turn of each preference pair: prompts for PPO."""
+    from hearthlm.finetune.reward import transcript_messages
+    from hearthlm.rows import BadRows, read_rows
+
+    prompts = []
+    for row in read_rows(path, BadRows(strict=True, error=TrainingError, hint="")):
+        messages = transcript_messages(str(row.values.get("chosen", "")))
+        if messages and messages[0]["role"] == "user" and messages[0]["content"]:
+            prompts.append(messages[0]["content"])
+        if limit and len(prompts) == limit:
+            break
+    return prompts

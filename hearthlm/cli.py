@@ -387,8 +387,10 @@ def _messages(system: str | None, prompt: str) -> list[Any]:
 
 
 from hearthlm.eval.cli import eval_app  # noqa: E402  (sub-commands register on import)
+from hearthlm.finetune.cli import finetune_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
+app.add_typer(finetune_app, name="finetune")
 
 
 def main() -> None:

@@ -143,6 +143,11 @@ class ReActAgent(Runnable[str, AgentResult]):
         example = CALCULATOR_EXAMPLE if "calculator" in self.tools else ""
         self._system = SYSTEM.format(tools=listed, final=FINAL, example=example)
 
+    @property
+    def system_prompt(self) -> str:
+        """The system message every step is generated under (fine-tuning traces reuse it)."""
+        return self._system
+
     def invoke(
         self, input: str, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AgentResult:

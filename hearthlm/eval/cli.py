@@ -12,6 +12,7 @@ from rich.table import Table
 
 from hearthlm.cli_options import AdapterOpt, BackendOpt, ConfigOpt, ModelOpt, cli_config, overrides
 from hearthlm.errors import EvalError
+from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE
 
 eval_app = typer.Typer(
     help="Score the model and the chains: MMLU, generation, perplexity, GSM8K, RAG, agents.",
@@ -29,7 +30,6 @@ LimitOpt = Annotated[int | None, typer.Option(help="First N items (per subject/t
 TaskOpt = Annotated[Path | None, typer.Option("--task", help="A YAML or TOML task file.")]
 DataOpt = Annotated[Path | None, typer.Option(help="Data file (CSV, JSONL or JSON).")]
 TemplateOpt = Annotated[str | None, typer.Option(help="Prompt template, e.g. 'Q: {question}'.")]
-DIALOGSUM = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
 
 
 def _run(
@@ -147,7 +147,7 @@ def generate(
     }
     if preset == "dialogsum":
         fields = {
-            "template": DIALOGSUM,
+            "template": DIALOGSUM_TEMPLATE,
             "reference": "summary",
             "metrics": ["rouge"],
             "id": "fname",

@@ -37,6 +37,8 @@ Metric = Literal["rouge", "bleu", "chrf", "exact_match", "f1"]
 Kind = Literal["multiple_choice", "generate", "perplexity", "gsm8k", "rag", "agent"]
 MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
 MMLU_TEMPLATE = "{question}"
+# The prompt the DialogSum preset scores with, and fine-tuning on DialogSum trains with.
+DIALOGSUM_TEMPLATE = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
 
 
 def _default_metrics() -> list[Metric]:

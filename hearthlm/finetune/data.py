@@ -70,7 +70,7 @@ class Dataset:
         }
 
 
-def read_conversations(spec: DataSpec) -> list[tuple[list[dict[str, str]], str]]:
+def read_conversations(spec: DataSpec) -> list[tuple[list[dict[str, Any]], str]]:
     """(messages, "file:line") per row; any bad row is an error naming its file and line."""
     bad = BadRows(strict=True, error=TrainingError, hint="")
     out = []
@@ -83,7 +83,7 @@ def read_conversations(spec: DataSpec) -> list[tuple[list[dict[str, str]], str]]
     return out
 
 
-def _messages(row: Row, spec: DataSpec, bad: BadRows) -> list[dict[str, str]]:
+def _messages(row: Row, spec: DataSpec, bad: BadRows) -> list[dict[str, Any]]:
     values = row.values
     shape = spec.shape
     if shape == "auto":
@@ -104,14 +104,14 @@ def _messages(row: Row, spec: DataSpec, bad: BadRows) -> list[dict[str, str]]:
         ok = all(
             isinstance(m, dict)
             and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str)
+            and (isinstance(m.get("content"), str) or _is_segments(m))
             for m in messages
         )
         if not ok:
             bad.add(row.path, row.line, "each message needs a role and a string content")
         if messages[-1]["role"] != "assistant":
             bad.add(row.path, row.line, "the last message must be the assistant's")
-        return system + [{"role": m["role"], "content": m["content"]} for m in messages]
+        return system + [_message(m) for m in messages]
     if shape == "alpaca":
         instruction, output = _field(row, "instruction", bad), _field(row, "output", bad)
         extra = str(values.get("input") or "").strip()
@@ -128,6 +128,28 @@ def _messages(row: Row, spec: DataSpec, bad: BadRows) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": prompt}, _assistant(completion)]
 
 
+def _is_segments(message: dict[str, Any]) -> bool:
+    """An assistant turn given as ``[{"text": …, "train": bool}, …]``: parts with
+    ``"train": false`` (tool observations in an agent trace) are shown but not learned."""
+    content = message.get("content")
+    return (
+        message.get("role") == "assistant"
+        and isinstance(content, list)
+        and all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in content)
+    )
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    if _is_segments(m):
+        parts = m["content"]
+        return {
+            "role": "assistant",
+            "content": "".join(p["text"] for p in parts),
+            "segments": parts,
+        }
+    return {"role": m["role"], "content": m["content"]}
+
+
 def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
@@ -139,7 +161,7 @@ def _field(row: Row, name: str, bad: BadRows) -> str:
     return str(value)
 
 
-def tokenize_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
     """Token ids of the rendered chat and labels that keep only the assistant turns' tokens (their
     closing end-of-turn token included, so the model learns to stop)."""
     ids: list[int] = []
@@ -154,11 +176,32 @@ def tokenize_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[
         if before[: len(ids)] != ids:
             raise TrainingError("the chat template is not append-only across turns")
         labels += [IGNORE] * (len(before) - len(ids)) + through[len(before) :]
+        if "segments" in messages[end - 1]:
+            _mask_segments(tokenizer, messages[:end], labels, len(before))
         ids = through
     return ids, labels
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+def _mask_segments(
+    tokenizer: Any, messages: list[dict[str, Any]], labels: list[int], start: int
+) -> None:
+    """Set labels to IGNORE on the tokens of the last turn's untrained segments."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    last = messages[-1]
+    origin = text.rfind(last["content"])
+    hidden, cursor = [], origin
+    for part in last["segments"]:
+        if not part.get("train", True):
+            hidden.append((cursor, cursor + len(part["text"])))
+        cursor += len(part["text"])
+    for index in range(start, len(labels)):
+        begin = offsets["offset_mapping"][index][0]
+        if any(a <= begin < b for a, b in hidden):
+            labels[index] = IGNORE
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )

@@ -79,12 +79,12 @@ class PPOTrainer:
         method: MethodConfig | None = None,
     ) -> None:
         import torch
+        from transformers import set_seed
 
         from hearthlm.finetune.run import load_base
 
         self.config = config or PPOConfig()
-        torch.manual_seed(self.config.seed)
-        random.seed(self.config.seed)
+        set_seed(self.config.seed)
         model, tokenizer, backend = load_base(llm or LLMConfig())
         self.tokenizer = tokenizer
         self.device = backend.device

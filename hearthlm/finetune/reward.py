@@ -173,6 +173,9 @@ def train_reward_model(
     llm = llm or LLMConfig()
     method = method or MethodConfig(method="lora")
     train = train or TrainConfig(learning_rate=1e-4)
+    from transformers import set_seed
+
+    set_seed(train.seed)
     model, tokenizer = load_reward_backbone(llm, method)
     pairs = read_pairs(data, tokenizer, max_length)[:limit]
     random.Random(train.seed).shuffle(pairs)
@@ -180,7 +183,7 @@ def train_reward_model(
     held_out, train_pairs = pairs[:cut], pairs[cut:]
     parameters = count_parameters(model)
     log(f"reward model: {len(train_pairs)} train / {len(held_out)} validation pairs")
-    log(parameters)
+    log(str(parameters))
     out.mkdir(parents=True, exist_ok=True)
     pad = pad_id(tokenizer)
     trainer = Trainer(

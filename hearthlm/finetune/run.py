@@ -99,9 +99,12 @@ def finetune(
         f"examples, {report['truncated']} truncated to {max_length} tokens, "
         f"{report['dropped']} dropped"
     )
+    from transformers import set_seed
+
+    set_seed(train.seed)  # new weights (LoRA, soft prompt, adapters) start the same every run
     model = prepare(model, tokenizer, method)
     parameters = count_parameters(model)
-    log(parameters)
+    log(str(parameters))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(
         model, dataset.train, dataset.validation, train, out, pad_id=int(pad), progress=progress

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -157,16 +158,18 @@ class TransformersBackend(Backend):
 
         if is_bottleneck_folder(adapter):
             self.model = load_bottleneck_adapters(self.model, adapter)
-            self.model_name = f"{self.source.name}+{adapter.name}"
+            self.model_name = f"{self.source.name}+{_adapter_name(adapter)}"
             return
-        peft_model = PeftModel.from_pretrained(self.model, str(adapter))
+        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated for v6
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(self.model, str(adapter))
         if peft_model.peft_config["default"].is_prompt_learning:
             # Prompt tuning: keep the learned virtual-token embeddings and prepend them at prefill.
             self.soft_prompt = peft_model.get_prompt(batch_size=1).detach()
             self.model = peft_model.get_base_model()
         else:
             self.model = peft_model.merge_and_unload()
-        self.model_name = f"{self.source.name}+{adapter.name}"
+        self.model_name = f"{self.source.name}+{_adapter_name(adapter)}"
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -314,6 +317,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def _vocab_size(model: Any) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
+
+
+def _adapter_name(adapter: Path) -> str:
+    """``runs/lora/adapter`` is named after its run folder, ``lora``."""
+    return adapter.parent.name if adapter.name == "adapter" else adapter.name
 
 
 def _random_seed() -> int:

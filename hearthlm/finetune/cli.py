@@ -1,0 +1,314 @@
+"""``hearth finetune``: lora, prompt-tuning, full, selective, adapters, ia3, reward, ppo, dpo,
+export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hearthlm.cli_options import ConfigOpt, ModelOpt, cli_config
+from hearthlm.errors import TrainingError
+
+finetune_app = typer.Typer(
+    help="Adapt the local model: supervised methods, reward model, PPO, DPO, and export.",
+    no_args_is_help=True,
+)
+console = Console()
+
+DataOpt = Annotated[
+    list[Path], typer.Option("--data", help="Training data (JSON/JSONL); repeat to mix datasets.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder; running again resumes.")]
+StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")]
+BatchOpt = Annotated[int, typer.Option(help="Examples per micro-batch.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+LimitOpt = Annotated[int | None, typer.Option(help="First N rows of each dataset.")]
+MaxLenOpt = Annotated[int, typer.Option(help="Tokens per example; longer ones are cut.")]
+DEFAULT_LR = {
+    "full": 2e-5,
+    "selective": 5e-5,
+    "lora": 2e-4,
+    "ia3": 1e-3,
+    "adapters": 5e-4,
+    "prompt-tuning": 3e-3,
+}
+
+
+def _validated(cls: Any, **values: Any) -> Any:
+    """Settings from options; a bad value is one ConfigError line naming the option."""
+    from pydantic import ValidationError
+
+    from hearthlm.config import config_error_from
+
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise config_error_from(exc, "command-line options") from exc
+
+
+def _llm(config: Path | None, model: str | None) -> Any:
+    return cli_config(config, model=model).llm
+
+
+def _supervised(method: str) -> Any:
+    def command(
+        data: DataOpt,
+        out: OutOpt,
+        template: Annotated[str | None, typer.Option(help="Prompt template over fields.")] = None,
+        prompt_field: Annotated[str, typer.Option(help="Column of the prompt.")] = "prompt",
+        completion_field: Annotated[str, typer.Option(help="Column of the answer.")] = "completion",
+        system: Annotated[str | None, typer.Option(help="System message, every example.")] = None,
+        weights: Annotated[str | None, typer.Option(help="Mixture weights, e.g. 0.8,0.2.")] = None,
+        mix_total: Annotated[int | None, typer.Option(help="Examples in the mixture.")] = None,
+        max_length: MaxLenOpt = 512,
+        validation: Annotated[float, typer.Option(help="Held-out share.")] = 0.1,
+        pack: Annotated[bool, typer.Option(help="Pack examples into full blocks.")] = False,
+        epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 1.0,
+        max_steps: StepsOpt = None,
+        batch_size: BatchOpt = 4,
+        grad_accum: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+        lr: LrOpt = None,
+        warmup: Annotated[float, typer.Option(help="Warmup share of the steps.")] = 0.05,
+        eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 50,
+        save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+        early_stopping: Annotated[int | None, typer.Option(help="Patience in evals.")] = None,
+        bf16: Annotated[str, typer.Option(help="auto, on or off.")] = "auto",
+        seed: Annotated[int, typer.Option(help="Seed for data order and init.")] = 0,
+        rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+        alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
+        dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+        target_modules: Annotated[str | None, typer.Option(help="LoRA modules, comma-sep.")] = None,
+        virtual_tokens: Annotated[int, typer.Option(help="Soft prompt length.")] = 16,
+        init_text: Annotated[str | None, typer.Option(help="Soft prompt init text.")] = None,
+        trainable: Annotated[str | None, typer.Option(help="Selective: regexes.")] = None,
+        bottleneck: Annotated[int, typer.Option(help="Adapter bottleneck width.")] = 32,
+        limit: LimitOpt = None,
+        config: ConfigOpt = None,
+        model: ModelOpt = None,
+    ) -> None:
+        from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+
+        shares = [float(w) for w in weights.split(",")] if weights else [1.0] * len(data)
+        if len(shares) != len(data):
+            raise TrainingError(f"{len(data)} datasets but {len(shares)} weights")
+        specs = [
+            DataSpec(
+                path=path,
+                template=template,
+                prompt_field=prompt_field,
+                completion_field=completion_field,
+                system=system,
+                weight=w,
+                limit=limit,
+            )
+            for path, w in zip(data, shares, strict=True)
+        ]
+        method_options: dict[str, Any] = {
+            "method": method,
+            "rank": rank,
+            "alpha": alpha,
+            "dropout": dropout,
+            "virtual_tokens": virtual_tokens,
+            "init_text": init_text,
+            "bottleneck": bottleneck,
+        }
+        if target_modules:
+            method_options["target_modules"] = target_modules.split(",")
+        if trainable:
+            method_options["trainable"] = trainable.split(",")
+        train = _validated(
+            TrainConfig,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            learning_rate=lr or DEFAULT_LR[method],
+            warmup_ratio=warmup,
+            eval_every=eval_every,
+            save_every=save_every,
+            early_stopping=early_stopping,
+            bf16=bf16,
+            seed=seed,
+        )
+        run = finetune(
+            specs,
+            out,
+            method=_validated(MethodConfig, **method_options),
+            train=train,
+            llm=_llm(config, model),
+            max_length=max_length,
+            validation=validation,
+            pack=pack,
+            mix_total=mix_total,
+            log=console.print,
+        )
+        result = run.result
+        console.print(
+            f"[green]done:[/green] {result.steps} steps, train loss {result.train_loss:.4f}, "
+            f"validation loss {result.validation_loss}, {result.tokens_per_s:.0f} tokens/s"
+        )
+        use = "--model" if run.output.name == "model" else "--adapter"
+        console.print(f"Saved {run.output}; use it with {use} {run.output}", highlight=False)
+        console.print(f"Loss curve: {out / 'loss.png'}; metrics: {out / 'metrics.jsonl'}")
+
+    command.__doc__ = {
+        "lora": "LoRA: low-rank updates to the chosen projections.",
+        "prompt-tuning": "Prompt tuning: a trained soft prompt of virtual tokens.",
+        "full": "Full fine-tuning of every weight.",
+        "selective": "Train only the parameters matching --trainable; freeze the rest.",
+        "adapters": "Bottleneck adapters after the attention and MLP blocks of a frozen model.",
+        "ia3": "(IA)3: learned rescaling of keys, values and feed-forward activations.",
+    }[method]
+    return command
+
+
+for _method in ("lora", "prompt-tuning", "full", "selective", "adapters", "ia3"):
+    finetune_app.command(_method)(_supervised(_method))
+
+
+@finetune_app.command()
+def reward(
+    data: Annotated[Path, typer.Option(help="Preference pairs (JSONL chosen/rejected).")],
+    out: OutOpt,
+    max_steps: StepsOpt = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
+    batch_size: BatchOpt = 4,
+    lr: LrOpt = None,
+    max_length: MaxLenOpt = 384,
+    limit: LimitOpt = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Train a reward model on pairwise preferences; reports pairwise accuracy."""
+    from hearthlm.finetune import TrainConfig
+    from hearthlm.finetune.reward import train_reward_model
+
+    train = _validated(
+        TrainConfig,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=lr or 1e-4,
+    )
+    run = train_reward_model(
+        data,
+        out,
+        llm=_llm(config, model),
+        train=train,
+        max_length=max_length,
+        limit=limit,
+        log=console.print,
+    )
+    console.print(f"[green]done:[/green] validation pairwise accuracy {run.validation_accuracy}")
+    console.print(f"Saved the reward model to {out}", highlight=False)
+
+
+@finetune_app.command()
+def ppo(
+    reward_model: Annotated[Path, typer.Option("--reward", help="A `finetune reward` folder.")],
+    data: Annotated[Path, typer.Option(help="Prompts: preference pairs or JSONL 'prompt'.")],
+    out: OutOpt,
+    iterations: Annotated[int, typer.Option(help="Sample-score-update rounds.")] = 20,
+    prompts_per_iteration: Annotated[int, typer.Option(help="Replies sampled per round.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Reply length cap.")] = 32,
+    target_kl: Annotated[float, typer.Option(help="Target KL to the reference.")] = 4.0,
+    lr: LrOpt = None,
+    limit: LimitOpt = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """PPO against a reward model, with a frozen reference and a KL penalty."""
+    from hearthlm.finetune.ppo import PPOConfig, PPOTrainer, prompts_from_pairs
+    from hearthlm.finetune.reward import RewardModel
+
+    llm = _llm(config, model)
+    prompts = prompts_from_pairs(data, limit)
+    settings = _validated(
+        PPOConfig,
+        iterations=iterations,
+        prompts_per_iteration=prompts_per_iteration,
+        max_new_tokens=max_new_tokens,
+        target_kl=target_kl,
+        learning_rate=lr or 5e-5,
+    )
+    trainer = PPOTrainer(RewardModel.load(reward_model, llm), settings, llm=llm)
+    console.print(str(trainer.parameters))
+    result = trainer.train(prompts, out)
+    last = result.history[-1]
+    console.print(
+        f"[green]done:[/green] reward {last['reward']:.3f}, "
+        f"KL to reference {last['kl_to_reference']:.3f}"
+    )
+    console.print(f"Saved {out / 'adapter'}; curve {out / 'ppo.png'}", highlight=False)
+
+
+@finetune_app.command()
+def dpo(
+    data: Annotated[Path, typer.Option(help="Preference pairs (JSONL chosen/rejected).")],
+    out: OutOpt,
+    beta: Annotated[float, typer.Option(help="DPO temperature.")] = 0.1,
+    max_steps: StepsOpt = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs.")] = 1.0,
+    batch_size: BatchOpt = 4,
+    lr: LrOpt = None,
+    max_length: MaxLenOpt = 384,
+    limit: LimitOpt = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Direct preference optimisation (TRL) of a LoRA adapter."""
+    from hearthlm.finetune import TrainConfig
+    from hearthlm.finetune.dpo import train_dpo
+
+    train = _validated(
+        TrainConfig,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=lr or 5e-5,
+    )
+    train_dpo(
+        data,
+        out,
+        llm=_llm(config, model),
+        train=train,
+        beta=beta,
+        max_length=max_length,
+        limit=limit,
+    )
+    console.print(f"Saved {out / 'adapter'}; loss curve {out / 'loss.png'}", highlight=False)
+
+
+@finetune_app.command()
+def export(
+    trained: Annotated[Path, typer.Argument(help="A finetune output, adapter or model folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder or .gguf file.")],
+    to: Annotated[str, typer.Option("--format", help="merged, gguf-f16 or gguf-q8_0.")] = "merged",
+    check: Annotated[bool, typer.Option(help="Compare greedy replies after a GGUF export.")] = True,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Merge the adapter into a full model folder, or write a merged GGUF for llama.cpp."""
+    from hearthlm.finetune.export import agreement, export_gguf, merge
+
+    llm = _llm(config, model)
+    if to == "merged":
+        merge(trained, out, llm)
+        console.print(f"Saved {out}; use it with --model {out}", highlight=False)
+        return
+    if to not in ("gguf-f16", "gguf-q8_0"):
+        raise TrainingError(f"--format is merged, gguf-f16 or gguf-q8_0, not {to!r}")
+    export_gguf(trained, out, gguf_type=to.removeprefix("gguf-"), llm=llm)  # type: ignore[arg-type]
+    console.print(f"Saved {out}; use it with --backend llamacpp --model {out}", highlight=False)
+    if check:
+        report = agreement(out, trained, llm=llm)
+        console.print(
+            f"greedy agreement with transformers: {report['identical']}/{report['prompts']} "
+            f"replies identical, {report['mean_common_prefix_tokens']:.1f} common tokens on "
+            "average"
+        )
+        (out.with_suffix(".agreement.json")).write_text(json.dumps(report, indent=2))

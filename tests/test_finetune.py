@@ -1,0 +1,495 @@
+"""Fine-tuning on the real packaged model: data shapes and masking, loss going down, adapters that
+reload to the same greedy outputs, SIGKILL resume, reward model, PPO's KL bound, DPO, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hearthlm.config import LLMConfig
+from hearthlm.errors import TrainingError
+from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, build_dataset, finetune
+from hearthlm.finetune.data import IGNORE, read_conversations, tokenize_chat
+
+FACTS = [
+    ("What colour is a ripe banana?", "A ripe banana is yellow."),
+    ("What do cows drink?", "Cows drink water."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Where do fish live?", "Fish live in water."),
+    ("What season follows winter?", "Spring follows winter."),
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llm(hf_cache) -> LLMConfig:
+    return LLMConfig(backend="transformers", cache_dir=hf_cache)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(hf_chat):
+    return hf_chat.engine.tokenizer
+
+
+@pytest.fixture
+def facts(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "facts.jsonl", [{"prompt": q, "completion": a} for q, a in FACTS])
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_loss_mask_keeps_only_assistant_tokens(tokenizer):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye."},
+    ]
+    ids, labels = tokenize_chat(tokenizer, messages)
+    assert len(ids) == len(labels)
+    kept = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE]
+    assert tokenizer.decode(kept) == "Hello there.<|im_end|>Goodbye.<|im_end|>"
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert tokenizer.decode(ids) == rendered.rstrip("\n")
+    assert labels[: ids.index(tokenizer.encode("Hello")[0])] == [IGNORE] * ids.index(
+        tokenizer.encode("Hello")[0]
+    )
+
+
+def test_the_four_shapes_read_the_same_conversation(tmp_path):
+    rows = {
+        "pc.jsonl": {"prompt": "Say hi", "completion": "Hi!"},
+        "alpaca.json": None,
+        "chat.jsonl": {
+            "messages": [
+                {"role": "user", "content": "Say hi"},
+                {"role": "assistant", "content": "Hi!"},
+            ]
+        },
+        "mapped.jsonl": {"verb": "Say", "what": "hi", "answer": "Hi!"},
+    }
+    (tmp_path / "alpaca.json").write_text(
+        json.dumps([{"instruction": "Say hi", "input": "", "output": "Hi!"}])
+    )
+    for name, row in rows.items():
+        if row is not None:
+            write_jsonl(tmp_path / name, [row])
+    specs = [
+        DataSpec(path=tmp_path / "pc.jsonl"),
+        DataSpec(path=tmp_path / "alpaca.json"),
+        DataSpec(path=tmp_path / "chat.jsonl"),
+        DataSpec(
+            path=tmp_path / "mapped.jsonl", template="{verb} {what}", completion_field="answer"
+        ),
+    ]
+    expected = [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+    for spec in specs:
+        assert read_conversations(spec)[0][0] == expected, spec.path.name
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"empty\.jsonl: the file holds no examples"),
+        (
+            b'{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n',
+            r"empty\.jsonl:2: missing field 'completion'",
+        ),
+        (b'{"prompt": "a", "completion": "b"}\n\xff\xfe\n', r"empty\.jsonl:2: not UTF-8"),
+        (b'{"prompt": "a", "completion": "b"}\n{"prompt": \n', r"empty\.jsonl:2: not JSON"),
+    ],
+)
+def test_bad_training_data_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(TrainingError, match=message):
+        read_conversations(DataSpec(path=path))
+
+
+def test_truncation_split_packing_and_mixing(tokenizer, tmp_path):
+    long = write_jsonl(
+        tmp_path / "long.jsonl", [{"prompt": "Repeat.", "completion": "word " * 400}]
+    )
+    short = write_jsonl(
+        tmp_path / "short.jsonl",
+        [{"prompt": f"Number {i}?", "completion": str(i)} for i in range(20)],
+    )
+    data = build_dataset(tokenizer, [DataSpec(path=long)], max_length=64, validation=0)
+    assert data.truncated == 1 and len(data.train[0]) == 64
+
+    data = build_dataset(tokenizer, [DataSpec(path=short)], max_length=64, validation=0.25)
+    assert len(data.validation) == 5 and len(data.train) == 15
+    train_ids = {tuple(e.input_ids) for e in data.train}
+    assert not any(tuple(e.input_ids) in train_ids for e in data.validation)
+
+    packed = build_dataset(
+        tokenizer, [DataSpec(path=short)], max_length=256, validation=0, pack=True
+    )
+    assert len(packed.train) < 20 and all(len(e) <= 256 for e in packed.train)
+    assert sum(len(e) for e in packed.train) == sum(
+        len(e)
+        for e in build_dataset(
+            tokenizer, [DataSpec(path=short)], max_length=256, validation=0
+        ).train
+    )
+
+    facts = write_jsonl(
+        tmp_path / "facts.jsonl", [{"prompt": q, "completion": a} for q, a in FACTS]
+    )
+    mixed = build_dataset(
+        tokenizer,
+        [DataSpec(path=short, weight=3), DataSpec(path=facts, weight=1)],
+        max_length=64,
+        validation=0,
+        total=40,
+    )
+    origins = [e.source.split(":")[0] for e in mixed.train]
+    assert len(origins) == 40
+    assert origins.count(str(short)) == 30 and origins.count(str(facts)) == 10
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def lora_run(facts: Path, out: Path, llm: LLMConfig, steps: int = 8, **train):
+    return finetune(
+        [DataSpec(path=facts)],
+        out,
+        method=MethodConfig(method="lora", rank=8, dropout=0.0),
+        train=TrainConfig(
+            max_steps=steps, batch_size=3, learning_rate=2e-3, eval_every=steps, bf16="off", **train
+        ),
+        llm=llm,
+        validation=0,
+        progress=False,
+        log=lambda *a: None,
+    )
+
+
+def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, tmp_path, llm):
+    from hearthlm.llm import ChatHearth
+
+    run = lora_run(facts, tmp_path / "lora", llm)
+    history = run.result.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.7
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "lora" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()) == 8
+    summary = json.loads((tmp_path / "lora" / "hearth_finetune.json").read_text())
+    assert 0 < summary["parameters"]["percent"] < 5
+
+    question = [("human", FACTS[0][0])]
+    loaded = ChatHearth(
+        backend="transformers",
+        adapter=tmp_path / "lora",
+        cache_dir=llm.cache_dir,
+        max_new_tokens=12,
+    )
+    again = ChatHearth(
+        backend="transformers",
+        adapter=tmp_path / "lora" / "adapter",
+        cache_dir=llm.cache_dir,
+        max_new_tokens=12,
+    )
+    first, second = loaded.invoke(question).content, again.invoke(question).content
+    assert first == second
+    assert "yellow" in str(first).lower()  # it learned the fact it was trained on
+
+
+def test_bottleneck_adapter_and_prompt_tuning_train_save_and_reload(facts, tmp_path, llm):
+    from hearthlm.llm import ChatHearth
+
+    for method, lr in (("adapters", 2e-3), ("prompt-tuning", 3e-2)):
+        out = tmp_path / method
+        run = finetune(
+            [DataSpec(path=facts)],
+            out,
+            method=MethodConfig(method=method, virtual_tokens=8, init_text="Answer briefly."),
+            train=TrainConfig(max_steps=4, batch_size=3, learning_rate=lr, bf16="off"),
+            llm=llm,
+            validation=0,
+            progress=False,
+            log=lambda *a: None,
+        )
+        assert run.result.history[-1]["train_loss"] < run.result.history[0]["train_loss"]
+        chat = ChatHearth(
+            backend="transformers", adapter=out, cache_dir=llm.cache_dir, max_new_tokens=8
+        )
+        a, b = chat.invoke([("human", "Hi")]).content, chat.invoke([("human", "Hi")]).content
+        assert a == b and a
+
+
+TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from hearthlm.config import LLMConfig
+from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+finetune([DataSpec(path=Path(sys.argv[1]))], Path(sys.argv[2]),
+         method=MethodConfig(method="lora", rank=4),
+         train=TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-3, save_every=2,
+                           eval_every=3),
+         llm=LLMConfig(cache_dir=Path(sys.argv[3])), validation=0.2, progress=False)
+"""
+
+
+def test_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(facts, tmp_path, llm):
+    from safetensors.torch import load_file
+
+    def train(out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(facts), str(out), str(llm.cache_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    assert train(tmp_path / "whole").wait(timeout=600) == 0
+    victim = train(tmp_path / "killed")
+    deadline = time.monotonic() + 600
+    state = tmp_path / "killed" / "checkpoint" / "state.json"
+    while not state.is_file():
+        assert victim.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "adapter").exists()
+    assert json.loads(state.read_text())["step"] in (2, 4)
+    assert train(tmp_path / "killed").wait(timeout=600) == 0
+
+    whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert (whole[key] - resumed[key]).abs().max() < 1e-6, key
+    lines = [
+        json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_folder_holding_another_run(facts, tmp_path, llm):
+    lora_run(facts, tmp_path / "run", llm, steps=1)
+    with pytest.raises(TrainingError, match="different fine-tuning run"):
+        lora_run(facts, tmp_path / "run", llm, steps=2)
+
+
+# --- alignment ----------------------------------------------------------------------------------
+
+POLITE = [
+    "Of course, happy to help with that.",
+    "Sure, here is a clear answer for you.",
+    "Certainly, I can explain it step by step.",
+]
+RUDE = [
+    "No. Figure it out yourself, idiot.",
+    "That is a stupid question, go away.",
+    "I refuse, you are annoying.",
+]
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory, llm):
+    from hearthlm.finetune.reward import RewardModel, train_reward_model
+
+    folder = tmp_path_factory.mktemp("reward")
+    rows = []
+    for i, question in enumerate(q for q, _ in FACTS):
+        rows.append(
+            {
+                "chosen": f"\n\nHuman: {question}\n\nAssistant: {POLITE[i % 3]}",
+                "rejected": f"\n\nHuman: {question}\n\nAssistant: {RUDE[i % 3]}",
+            }
+        )
+    data = write_jsonl(folder / "pairs.jsonl", rows * 2)
+    run = train_reward_model(
+        data,
+        folder / "rm",
+        llm=llm,
+        validation=0.25,
+        progress=False,
+        log=lambda *a: None,
+        train=TrainConfig(
+            max_steps=12, batch_size=4, learning_rate=5e-4, eval_every=12, bf16="off"
+        ),
+    )
+    assert run.validation_accuracy == 1.0
+    return RewardModel.load(folder / "rm", llm)
+
+
+def test_reward_model_prefers_chosen_after_training(reward_model):
+    polite, rude = reward_model.score(
+        [
+            [
+                {"role": "user", "content": "Can you help me?"},
+                {"role": "assistant", "content": POLITE[0]},
+            ],
+            [
+                {"role": "user", "content": "Can you help me?"},
+                {"role": "assistant", "content": RUDE[0]},
+            ],
+        ]
+    )
+    assert polite > rude
+
+
+def test_ppo_update_runs_and_stops_at_its_kl_bound(reward_model, llm):
+    from hearthlm.finetune.ppo import PPOConfig, PPOTrainer
+
+    prompts = [q for q, _ in FACTS[:4]]
+    free = PPOTrainer(
+        reward_model,
+        PPOConfig(
+            prompts_per_iteration=4,
+            minibatch_size=2,
+            ppo_epochs=2,
+            max_new_tokens=8,
+            max_update_kl=10.0,
+        ),
+        llm=llm,
+    )
+    stats = free.step(prompts)
+    assert stats["epochs"] == 2 and not stats["stopped_at_kl_bound"]
+    assert stats["kl_to_reference"] == pytest.approx(0.0, abs=1e-4)  # LoRA starts as the base
+
+    bounded = PPOTrainer(
+        reward_model,
+        PPOConfig(
+            prompts_per_iteration=4,
+            minibatch_size=2,
+            ppo_epochs=4,
+            max_new_tokens=8,
+            learning_rate=5e-3,
+            max_update_kl=1e-6,
+        ),
+        llm=llm,
+    )
+    stats = bounded.step(prompts)
+    assert stats["stopped_at_kl_bound"] and stats["epochs"] == 1
+    assert stats["update_kl"] > 1e-6
+    second = bounded.step(prompts)
+    assert second["kl_to_reference"] != 0.0  # the policy moved away from the reference…
+    assert abs(second["kl_to_reference"]) < 5.0  # …by a bounded amount
+
+
+def test_dpo_through_trl_saves_an_adapter(tmp_path, llm):
+    from hearthlm.finetune.dpo import train_dpo
+
+    rows = [
+        {
+            "chosen": f"\n\nHuman: {q}\n\nAssistant: {POLITE[0]}",
+            "rejected": f"\n\nHuman: {q}\n\nAssistant: {RUDE[0]}",
+        }
+        for q, _ in FACTS
+    ]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    run = train_dpo(
+        data,
+        tmp_path / "dpo",
+        llm=llm,
+        max_length=128,
+        validation=0,
+        train=TrainConfig(max_steps=2, batch_size=2, learning_rate=1e-4),
+    )
+    assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
+    assert [h["loss"] for h in run.history if "loss" in h]
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def test_merge_and_gguf_export_agree_with_the_adapter(facts, tmp_path, llm):
+    from hearthlm.finetune.export import agreement, export_gguf, merge
+    from hearthlm.llm import ChatHearth
+
+    lora_run(facts, tmp_path / "lora", llm, steps=6)
+    merged = merge(tmp_path / "lora", tmp_path / "merged", llm)
+    question = [("human", FACTS[0][0])]
+    adapted = ChatHearth(
+        backend="transformers",
+        adapter=tmp_path / "lora",
+        cache_dir=llm.cache_dir,
+        max_new_tokens=12,
+    )
+    full = ChatHearth(backend="transformers", model=str(merged), max_new_tokens=12)
+    assert adapted.invoke(question).content == full.invoke(question).content
+
+    gguf = export_gguf(tmp_path / "lora", tmp_path / "lora.gguf", gguf_type="f16", llm=llm)
+    report = agreement(gguf, tmp_path / "lora", prompts=[q for q, _ in FACTS[:3]], llm=llm)
+    assert report["identical"] >= 2, report["rows"]
+
+
+def test_cli_finetune_lora_prints_parameters_and_writes_outputs(facts, tmp_path, llm, monkeypatch):
+    from hearthlm.cli import app
+
+    monkeypatch.setenv("HEARTH_LLM__CACHE_DIR", str(llm.cache_dir))
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "lora",
+            "--data",
+            str(facts),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--validation",
+            "0.34",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trainable parameters" in result.output and "%" in result.output
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    bad = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "lora",
+            "--data",
+            str(facts),
+            "--out",
+            str(tmp_path / "bad"),
+            "--bf16",
+            "maybe",
+        ],
+    )
+    assert bad.exit_code != 0
+
+
+def test_gsm8k_traces_teach_calls_not_observations(tmp_path, tokenizer):
+    from hearthlm.finetune.traces import gsm8k_react_traces
+
+    source = write_jsonl(
+        tmp_path / "gsm8k.jsonl",
+        [
+            {
+                "question": "Natalia sold 48 clips in April and half as many in May. How many?",
+                "answer": "May: 48/2 = <<48/2=24>>24.\nTotal 48+24 = <<48+24=72>>72.\n#### 72",
+            },
+            {"question": "Broken annotations", "answer": "<<2+2=5>>5\n#### 5"},
+        ],
+    )
+    assert gsm8k_react_traces(source, tmp_path / "traces.jsonl") == 1  # 2+2 is not 5
+    messages = read_conversations(DataSpec(path=tmp_path / "traces.jsonl"))[0][0]
+    assert messages[0]["content"].startswith("You answer the user's question")
+    assert messages[1]["content"].startswith("Question: Natalia")
+    ids, labels = tokenize_chat(tokenizer, messages)
+    learned = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE])
+    assert '"expression": "48/2"' in learned and '"answer": "72"' in learned
+    assert "Observation" not in learned and "24\n" not in learned

@@ -10,6 +10,7 @@ token that goes through the model (prompt and completion).
 from __future__ import annotations
 
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -58,10 +59,11 @@ def hearth(method: str, steps: int, batch: int, rows: int) -> dict:
 def baseline(steps: int, batch: int, rows: int) -> dict:
     """LoRA with plain transformers + PEFT: the same examples, no hearthlm in the loop."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hearthlm.finetune.data import DataSpec, build_dataset
+    from hearthlm.finetune.methods import MethodConfig, lora_config
     from hearthlm.llm.hf_backend import cached_safetensors
     from hearthlm.llm.sources import resolve_model
 
@@ -81,28 +83,13 @@ def baseline(steps: int, batch: int, rows: int) -> dict:
         max_length=384,
         validation=0,
     )
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=8,
-            lora_alpha=16,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-            target_modules=[
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
-        ),
-    )
+    model = get_peft_model(model, lora_config(MethodConfig(method="lora", dropout=0.0)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     model.train()
     tokens, start = 0, time.perf_counter()
-    examples = data.train
+    order = list(range(len(data.train)))
+    random.Random("0:0").shuffle(order)  # the order hearthlm's trainer uses for seed 0, epoch 0
+    examples = [data.train[i] for i in order]
     for step in range(steps):
         chunk = [examples[(step * batch + i) % len(examples)] for i in range(batch)]
         width = max(len(e) for e in chunk)

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import emit, parser
 
+from hearthlm.eval.chains import doc_ranking
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE = Path(__file__).parent / ".cache"
 
@@ -66,17 +68,6 @@ def build(name: str, corpus: Path, precision: str, quick: bool) -> object:
     index = DocumentIndex(config)
     index.index_path(corpus, progress=True)
     return index
-
-
-def doc_ranking(retriever, query: str, n_docs: int) -> list[str]:
-    docs: list[str] = []
-    for hit in retriever.search(query, k=retriever.fetch_k):
-        doc = hit.metadata.get("record")
-        if doc not in docs:
-            docs.append(doc)
-        if len(docs) == n_docs:
-            break
-    return docs
 
 
 def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:

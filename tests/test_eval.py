@@ -165,7 +165,7 @@ def test_scores_do_not_move_with_batch_size(scorer, tmp_path):
 def test_run_writes_results_and_report(eval_config, tmp_path):
     run = evaluate([quiz_task(tmp_path)], tmp_path / "run", eval_config, progress=False)
     result = json.loads(run.results_path.read_text())
-    assert result["items"] == 5
+    assert result["items"] == 5 and len(result["predictions"]) == 5
     assert 0.0 <= result["scores"]["tasks"]["quiz"]["accuracy"] <= 1.0
     assert len(result["model"]["sha256"]) == 64
     assert result["versions"]["transformers"]

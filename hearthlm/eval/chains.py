@@ -61,7 +61,7 @@ class RAGTask(Task):
         if not data["relevant"] and not data["references"]:
             bad.add(row.path, row.line, "nothing to score: no relevance judgements, no answers")
             return None
-        return Item(self._id(row), f"{row.path}:{row.line}", self.name, data)
+        return self._item(row, data)
 
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
@@ -75,7 +75,7 @@ class RAGTask(Task):
             record: dict[str, Any] = {"id": item.id, "task": self.name}
             relevant = item.data["relevant"]
             if relevant:
-                ranked = _doc_ranking(retriever, item.data["question"], self.spec.k)
+                ranked = doc_ranking(retriever, item.data["question"], self.spec.k)
                 record["ranked"] = ranked
                 record[f"recall_at_{self.spec.k}"] = metrics.recall_at_k(
                     ranked, relevant, self.spec.k
@@ -147,17 +147,14 @@ class AgentTask(Task):
     def item(self, row: Row, bad: BadRows) -> Item | None:
         from hearthlm.agents.cot import normalise_number
 
-        question = self._render(row, bad)
-        answer = field_of(row, self.spec.reference, bad)
-        if question is None or answer is None:
+        found = self._prompt_and_reference(row, bad)
+        if found is None:
             return None
+        question, answer = found
         text = str(answer)
         numeric = normalise_number(text.rpartition("####")[2]) if "####" in text else None
-        return Item(
-            self._id(row),
-            f"{row.path}:{row.line}",
-            self.name,
-            {"question": question, "references": _answers(answer), "number": numeric},
+        return self._item(
+            row, {"question": question, "references": _answers(answer), "number": numeric}
         )
 
     def predict(
@@ -234,7 +231,7 @@ def _read_qrels(path: Path, bad: BadRows) -> dict[str, dict[str, float]]:
     return qrels
 
 
-def _doc_ranking(retriever: Any, query: str, n_docs: int) -> list[str]:
+def doc_ranking(retriever: Any, query: str, n_docs: int) -> list[str]:
     """Document ids in rank order; a document ranks where its best chunk ranks."""
     docs: list[str] = []
     for hit in retriever.search(query, k=retriever.fetch_k):

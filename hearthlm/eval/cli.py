@@ -36,13 +36,14 @@ def _run(
     suite: str,
     tasks: list[Any],
     out: Path | None,
-    options: dict[str, Any],
-    batch_size: int,
-    strict: bool,
+    options: dict[str, Any],  # the command's locals(): config, backend, model, adapter
+    batch_size: int = 8,
+    strict: bool = False,
 ) -> None:
     from hearthlm.eval import evaluate
 
-    cfg = cli_config(options.pop("config"), **overrides(options))
+    model_options = {k: options.get(k) for k in ("backend", "model", "adapter")}
+    cfg = cli_config(options.get("config"), **overrides(model_options))
     folder = out or Path("eval-runs") / f"{suite}-{datetime.now():%Y%m%d-%H%M%S}"
     run = evaluate(tasks, folder, cfg, suite=suite, batch_size=batch_size, strict=strict)
     _print_scores(run.scores)
@@ -110,14 +111,7 @@ def mmlu(
         tasks = mmlu_tasks(data, names, shots, score_by, limit)  # type: ignore[arg-type]
     else:
         raise EvalError("give --data MMLU_FOLDER or --task FILE")
-    _run(
-        "mmlu",
-        tasks,
-        out,
-        {"config": config, "model": model, "adapter": adapter},
-        batch_size,
-        strict,
-    )
+    _run("mmlu", tasks, out, locals(), batch_size, strict)
 
 
 @eval_app.command()
@@ -159,14 +153,7 @@ def generate(
     if metrics:
         fields["metrics"] = [m.strip() for m in metrics.split(",")]
     built = _spec(task, "generate", **fields)
-    _run(
-        built.name,
-        [built],
-        out,
-        {"config": config, "backend": backend, "model": model, "adapter": adapter},
-        8,
-        strict,
-    )
+    _run(built.name, [built], out, locals(), strict=strict)
 
 
 @eval_app.command()
@@ -194,14 +181,7 @@ def perplexity(
         completion=completion,
         limit=limit,
     )
-    _run(
-        built.name,
-        [built],
-        out,
-        {"config": config, "model": model, "adapter": adapter},
-        batch_size,
-        strict,
-    )
+    _run(built.name, [built], out, locals(), batch_size, strict)
 
 
 @eval_app.command()
@@ -230,14 +210,7 @@ def gsm8k(
         limit=limit,
         reference="answer",
     )
-    _run(
-        f"gsm8k-{method}",
-        [built],
-        out,
-        {"config": config, "backend": backend, "model": model, "adapter": adapter},
-        8,
-        strict,
-    )
+    _run(f"gsm8k-{method}", [built], out, locals(), strict=strict)
 
 
 @eval_app.command()
@@ -272,14 +245,7 @@ def rag(
             template=template or "{question_text}", reference="answers_objects", id="question_id"
         )
     built = _spec(task, "rag", **fields)
-    _run(
-        built.name,
-        [built],
-        out,
-        {"config": config, "backend": backend, "model": model, "adapter": adapter},
-        8,
-        strict,
-    )
+    _run(built.name, [built], out, locals(), strict=strict)
 
 
 @eval_app.command()
@@ -307,14 +273,7 @@ def agent(
         max_steps=max_steps,
         limit=limit,
     )
-    _run(
-        built.name,
-        [built],
-        out,
-        {"config": config, "backend": backend, "model": model, "adapter": adapter},
-        8,
-        strict,
-    )
+    _run(built.name, [built], out, locals(), strict=strict)
 
 
 @eval_app.command()

@@ -1,10 +1,10 @@
 """Run tasks, save every prediction as it is made, and write the JSON and Markdown reports.
 
 A run folder holds ``items.jsonl`` (one record per scored item, appended and flushed as each chunk
-finishes), ``results.json`` (scores, resolved config, model and adapter hashes, package versions,
-prompt-template hashes, malformed rows) and ``report.md``. Running again into the same folder
-skips the items already there, so an interrupted run resumes where it stopped; a folder holding a
-different run is refused rather than mixed.
+finishes), ``results.json`` (scores, per-item predictions, resolved config, model and adapter
+hashes, package versions, prompt-template hashes, malformed rows) and ``report.md``. Running again
+into the same folder skips the items already there, so an interrupted run resumes where it
+stopped; a folder holding a different run is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def run_tasks(
         "versions": package_versions(),
         "platform": platform.platform(),
         **provenance,
+        "predictions": records,
     }
     _write_atomic(out / "results.json", json.dumps(result, indent=2, default=str))
     _write_atomic(out / "report.md", markdown_report(result))

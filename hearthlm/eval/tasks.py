@@ -184,6 +184,17 @@ class Task(ABC):
             return f"{self.name}/{row.values[self.spec.id]}"
         return f"{self.name}/{row.path.name}:{row.line}"
 
+    def _item(self, row: Row, data: dict[str, Any]) -> Item:
+        return Item(self._id(row), f"{row.path}:{row.line}", self.name, data)
+
+    def _prompt_and_reference(self, row: Row, bad: BadRows) -> tuple[str, Any] | None:
+        """The rendered prompt and the reference field, or None (recorded) when either fails."""
+        prompt = self._render(row, bad)
+        reference = field_of(row, self.spec.reference, bad)
+        if prompt is None or reference is None:
+            return None
+        return prompt, reference
+
     def _render(self, row: Row, bad: BadRows) -> str | None:
         try:
             return self.spec.template.format(**row.values)
@@ -268,7 +279,7 @@ class MultipleChoiceTask(Task):
         else:
             options = [f" {str(row.values[c]).strip()}" for c in self.spec.choices]
         data = {"question": question, "options": options, "gold": gold}
-        return Item(self._id(row), f"{row.path}:{row.line}", self.name, data)
+        return self._item(row, data)
 
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
@@ -335,17 +346,12 @@ class GenerateTask(Task):
     chunk = 16
 
     def item(self, row: Row, bad: BadRows) -> Item | None:
-        prompt = self._render(row, bad)
-        reference = field_of(row, self.spec.reference, bad)
-        if prompt is None or reference is None:
+        found = self._prompt_and_reference(row, bad)
+        if found is None:
             return None
+        prompt, reference = found
         refs = reference if isinstance(reference, list) else [str(reference)]
-        return Item(
-            self._id(row),
-            f"{row.path}:{row.line}",
-            self.name,
-            {"prompt": prompt, "references": refs},
-        )
+        return self._item(row, {"prompt": prompt, "references": refs})
 
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
@@ -406,7 +412,7 @@ class PerplexityTask(Task):
             if completion is None:
                 return None
             data = {"prompt": prompt, "completion": str(completion)}
-        return Item(self._id(row), f"{row.path}:{row.line}", self.name, data)
+        return self._item(row, data)
 
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
@@ -455,17 +461,15 @@ class GSM8KTask(Task):
     def item(self, row: Row, bad: BadRows) -> Item | None:
         from hearthlm.agents.cot import normalise_number
 
-        question = self._render(row, bad)
-        answer = field_of(row, self.spec.reference, bad)
-        if question is None or answer is None:
+        found = self._prompt_and_reference(row, bad)
+        if found is None:
             return None
+        question, answer = found
         gold = normalise_number(str(answer).rpartition("####")[2])
         if gold is None:
             bad.add(row.path, row.line, f"no number in the answer {str(answer)[-40:]!r}")
             return None
-        return Item(
-            self._id(row), f"{row.path}:{row.line}", self.name, {"question": question, "gold": gold}
-        )
+        return self._item(row, {"question": question, "gold": gold})
 
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress

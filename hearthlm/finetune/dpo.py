@@ -13,7 +13,7 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
-from hearthlm.finetune.methods import MethodConfig
+from hearthlm.finetune.methods import MethodConfig, lora_config
 from hearthlm.finetune.reward import transcript_messages
 from hearthlm.finetune.trainer import TrainConfig, plot_curve
 from hearthlm.rows import BadRows, read_rows
@@ -63,7 +63,6 @@ def train_dpo(
     limit: int | None = None,
 ) -> DPORun:
     from datasets import Dataset
-    from peft import LoraConfig, TaskType
     from trl import DPOConfig, DPOTrainer
 
     from hearthlm.finetune.run import load_base
@@ -105,13 +104,7 @@ def train_dpo(
         train_dataset=Dataset.from_list(rows[cut:]),
         eval_dataset=Dataset.from_list(rows[:cut]) if cut else None,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=method.rank,
-            lora_alpha=method.alpha,
-            lora_dropout=method.dropout,
-            target_modules=method.target_modules,
-        ),
+        peft_config=lora_config(method),
     )
     trainer.train()
     trained: Any = trainer.model

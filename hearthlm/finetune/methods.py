@@ -105,7 +105,6 @@ def prepare(model: Any, tokenizer: Any, config: MethodConfig) -> Any:
         return add_bottleneck_adapters(model, config.bottleneck, config.adapter_places)
     from peft import (
         IA3Config,
-        LoraConfig,
         PromptTuningConfig,
         PromptTuningInit,
         TaskType,
@@ -114,13 +113,7 @@ def prepare(model: Any, tokenizer: Any, config: MethodConfig) -> Any:
 
     peft_config: Any
     if method == "lora":
-        peft_config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=config.rank,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=config.target_modules,
-        )
+        peft_config = lora_config(config)
     elif method == "ia3":
         peft_config = IA3Config(
             task_type=TaskType.CAUSAL_LM,
@@ -157,6 +150,19 @@ def _prompt_tuning_from_text(model: Any, tokenizer: Any, peft_config: Any, confi
         peft_model.prompt_encoder["default"].embedding.weight.copy_(embedding)
     peft_config.prompt_tuning_init = PromptTuningInit.TEXT
     return peft_model
+
+
+def lora_config(config: MethodConfig, task_type: str = "CAUSAL_LM") -> Any:
+    """PEFT's LoRA settings from ours (causal LM, or ``SEQ_CLS`` for the reward model)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task_type,
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+    )
 
 
 # --- bottleneck adapters ------------------------------------------------------------------------

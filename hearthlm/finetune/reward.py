@@ -18,7 +18,7 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
-from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters
+from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters, lora_config
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.rows import BadRows, read_rows
 
@@ -127,7 +127,7 @@ def base_folder(llm: LLMConfig) -> Path:
 
 def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any]:
     """The sequence-classification model (one score) with LoRA on it, and its tokenizer."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = base_folder(llm)
@@ -137,13 +137,7 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
     )
     model.config.pad_token_id = pad_id(tokenizer)
     if method.method == "lora":
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=method.rank,
-            lora_alpha=method.alpha,
-            lora_dropout=method.dropout,
-            target_modules=method.target_modules,
-        )
+        config = lora_config(method, "SEQ_CLS")
         model = get_peft_model(model, config)
     return model, tokenizer
 

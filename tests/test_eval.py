@@ -313,3 +313,57 @@ def test_cli_eval_and_compare_make_a_table_and_chart(eval_config, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert "quiz/accuracy" in result.output and "base" in result.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rag_task_scores_retrieval_against_qrels(tmp_path, hf_cache):
+    corpus = [
+        {
+            "_id": "kettle",
+            "title": "Kettle",
+            "text": "Descale the kettle monthly with citric acid.",
+        },
+        {"_id": "router", "title": "Router", "text": "Hold the reset button for ten seconds."},
+        {
+            "_id": "bread",
+            "title": "Bread",
+            "text": "Knead the dough for ten minutes, then let it rise.",
+        },
+    ]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    queries = [
+        {"_id": "q1", "text": "how do I reset my router"},
+        {"_id": "q2", "text": "removing limescale from a kettle"},
+        {"_id": "q3", "text": "a query nobody judged"},
+    ]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (tmp_path / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\trouter\t1\nq2\tkettle\t1\n"
+    )
+    (tmp_path / "rag.yaml").write_text(
+        "name: mini\nkind: rag\ndata: queries.jsonl\ncorpus: corpus.jsonl\nqrels: qrels.tsv\n"
+        "template: '{text}'\nid: _id\nk: 2\n"
+    )
+    config = HearthConfig(llm=LLMConfig(cache_dir=hf_cache))
+    run = evaluate(
+        [make_task(load_task(tmp_path / "rag.yaml"))], tmp_path / "run", config, progress=False
+    )
+    scores = run.scores["tasks"]["mini"]
+    assert json.loads(run.results_path.read_text())["items"] == 2  # q3 has no judgements
+    assert scores["recall_at_2"] == 1.0 and scores["mrr"] == 1.0 and scores["ndcg_at_2"] == 1.0
+
+
+def test_agent_task_reports_success_and_valid_actions(tmp_path, hf_cache):
+    (tmp_path / "q.jsonl").write_text(
+        json.dumps({"question": "What is 1234 * 5678?", "answer": "#### 7006652"}) + "\n"
+    )
+    (tmp_path / "agent.toml").write_text(
+        'name = "maths"\nkind = "agent"\ndata = "q.jsonl"\ntemplate = "{question}"\n'
+        'tools = ["calculator"]\nmax_steps = 4\n'
+    )
+    config = HearthConfig(llm=LLMConfig(cache_dir=hf_cache))
+    run = evaluate(
+        [make_task(load_task(tmp_path / "agent.toml"))], tmp_path / "run", config, progress=False
+    )
+    scores = run.scores["tasks"]["maths"]
+    assert scores["success"] == 1.0 and scores["valid_action_rate"] == 1.0
+    assert 2 <= scores["mean_steps"] <= 4

@@ -66,6 +66,7 @@ class LoglikScorer:
         self.max_batch_tokens = max_batch_tokens
         self.max_length = backend.context_size
         self._eot = self._end_of_text_id()
+        self._cached_prefix: tuple[tuple[int, ...], Any] | None = None
 
     @classmethod
     def load(cls, config: LLMConfig, batch_size: int = 8) -> LoglikScorer:
@@ -104,55 +105,61 @@ class LoglikScorer:
                     f"request {index} is {len(context) + len(continuation)} tokens, more than the "
                     f"model's {self.max_length}; use fewer shots or a shorter template."
                 )
+        # One forward per distinct (context, continuation): requests with the same context and a
+        # one-token continuation (the answer letters of a question) share a single row.
+        rows: list[list[int]] = []  # context + continuation minus its last token
+        contexts: list[int] = []  # context length of each row
+        members: list[list[int]] = []
+        single: dict[tuple[int, ...], int] = {}
+        for index, (context, continuation) in enumerate(encoded):
+            if len(continuation) == 1:
+                key = tuple(context)
+                if key in single:
+                    members[single[key]].append(index)
+                    continue
+                single[key] = len(rows)
+            rows.append(context + continuation[:-1])
+            contexts.append(len(context))
+            members.append([index])
         results: list[Score | None] = [None] * len(requests)
         import torch
 
         with torch.inference_mode():
-            for shared, members in _groups(encoded):
-                self._score_group(encoded, shared, members, results, progress)
+            for shared, group in _groups(rows, contexts):
+                for batch in self._batches(group, shared, rows):
+                    self._score_batch(encoded, rows, contexts, members, shared, batch, results)
+                    if progress:
+                        progress(sum(len(members[r]) for r in batch))
         return [r for r in results if r is not None]
 
-    def _score_group(
+    def _score_batch(
         self,
         encoded: list[tuple[list[int], list[int]]],
+        rows: list[list[int]],
+        contexts: list[int],
+        members: list[list[int]],
         shared: int,
-        members: list[int],
+        batch: list[int],
         results: list[Score | None],
-        progress: Callable[[int], None] | None,
     ) -> None:
-        import torch
-        from transformers import DynamicCache
 
-        ids = encoded[members[0]][0][:shared]
-        prefix_cache = DynamicCache()
-        prefix_logits = None
+        cache = self._prefix_cache(rows[batch[0]][:shared])
+        tails = [rows[r][shared:] for r in batch]
+        width = max(map(len, tails))
+        padded = [t + [self._eot] * (width - len(t)) for t in tails]
+        # Tail position p - 1 predicts tail token p; a continuation starts at tail position
+        # ``first`` (>= 1: the shared part always leaves each context its last token).
+        firsts = [contexts[r] - shared for r in batch]
+        keep = width - (min(firsts) - 1)  # only the positions some continuation needs
         if shared:
-            prefix_logits = self._forward(self._tensor([ids]), prefix_cache, 1)
-        # Longest tails first: padding within a batch stays small and memory peaks early.
-        members = sorted(members, key=lambda i: -sum(map(len, encoded[i])))
-        for batch in self._batches(members, lambda i: sum(map(len, encoded[i])) - shared):
-            tails = [(encoded[i][0] + encoded[i][1])[shared:] for i in batch]
-            width = max(map(len, tails))
-            padded = [t + [self._eot] * (width - len(t)) for t in tails]
-            # Logit p of the joined tensor predicts tail token p: the first tail token is
-            # predicted by the prefix's last position, later ones by the tail itself.
-            firsts = [len(encoded[i][0]) - shared for i in batch]
-            keep = width - max(min(firsts) - 1, 0)  # only positions some continuation needs
-            cache = copy.deepcopy(prefix_cache)
-            if shared:
-                cache.batch_repeat_interleave(len(batch))
-            logits = self._forward(self._tensor(padded), cache, keep)  # (batch, keep, vocab)
-            offset = width - keep  # joined position p is logits[:, p - 1 - offset]
-            for row, index in enumerate(batch):
+            cache.batch_repeat_interleave(len(batch))
+        logits = self._forward(self._tensor(padded), cache, keep)  # (batch, keep, vocab)
+        offset = width - keep
+        for row, first in zip(range(len(batch)), firsts, strict=True):
+            for index in members[batch[row]]:
                 continuation = encoded[index][1]
-                rows = []
-                for p in range(firsts[row], firsts[row] + len(continuation)):
-                    if p == 0:
-                        assert prefix_logits is not None
-                        rows.append(prefix_logits[0, -1])
-                    else:
-                        rows.append(logits[row, p - 1 - offset])
-                picked = torch.stack(rows).float().log_softmax(dim=-1)  # (n, vocab)
+                at = [p - 1 - offset for p in range(first, first + len(continuation))]
+                picked = logits[row, at].float().log_softmax(dim=-1)  # (n, vocab)
                 target = self._tensor([continuation])[0]
                 chosen = picked.gather(-1, target[:, None])[:, 0]
                 results[index] = Score(
@@ -160,20 +167,32 @@ class LoglikScorer:
                     tokens=len(continuation),
                     greedy=bool((picked.argmax(-1) == target).all()),
                 )
-            if progress:
-                progress(len(batch))
 
-    def _batches(self, members: list[int], length: Callable[[int], int]) -> Iterator[list[int]]:
-        """Up to ``batch_size`` members, and no more than ``max_batch_tokens`` padded tokens."""
+    def _prefix_cache(self, ids: list[int]) -> Any:
+        """A KV cache holding ``ids`` (the few-shot block), computed once per group."""
+        from transformers import DynamicCache
+
+        key = tuple(ids)
+        if self._cached_prefix is None or self._cached_prefix[0] != key:
+            cache = DynamicCache()
+            if ids:
+                self._forward(self._tensor([ids]), cache, 1)
+            self._cached_prefix = (key, cache)
+        return copy.deepcopy(self._cached_prefix[1])
+
+    def _batches(self, group: list[int], shared: int, rows: list[list[int]]) -> Iterator[list[int]]:
+        """Rows longest first (little padding), up to ``batch_size`` of them and no more than
+        ``max_batch_tokens`` padded tokens."""
+        ordered = sorted(group, key=lambda r: -len(rows[r]))
         batch: list[int] = []
-        for index in members:
-            width = length(batch[0]) if batch else length(index)
+        for r in ordered:
+            width = len(rows[batch[0]] if batch else rows[r]) - shared
             if batch and (
                 len(batch) == self.batch_size or (len(batch) + 1) * width > self.max_batch_tokens
             ):
                 yield batch
                 batch = []
-            batch.append(index)
+            batch.append(r)
         if batch:
             yield batch
 
@@ -232,25 +251,22 @@ class LoglikScorer:
             yield Request(decode(context), decode(ids[start : start + step]))
 
 
-def _groups(encoded: list[tuple[list[int], list[int]]]) -> Iterator[tuple[int, list[int]]]:
-    """Requests grouped by identical context head: (shared token count, member indices).
+def _groups(rows: list[list[int]], contexts: list[int]) -> Iterator[tuple[int, list[int]]]:
+    """Rows grouped by their first 32 tokens: (shared token count, row indices).
 
-    Requests are keyed by their first 32 context tokens; within a key, the shared part is the
-    longest common prefix of all members' tokens, kept one token short of every member's end so
-    each member has at least one token of its own to run.
+    The shared part is the longest common prefix of the group's rows, kept at least one token
+    short of every context, so each row runs its last context token itself.
     """
     keyed: dict[tuple[int, ...], list[int]] = {}
-    for index, (context, _) in enumerate(encoded):
-        keyed.setdefault(tuple(context[:32]), []).append(index)
+    for index, row in enumerate(rows):
+        keyed.setdefault(tuple(row[:32]), []).append(index)
     for members in keyed.values():
-        first = encoded[members[0]][0] + encoded[members[0]][1]
-        shared = len(first) - 1
+        first = rows[members[0]]
+        shared = min(contexts[i] for i in members) - 1
         for index in members[1:]:
-            other = encoded[index][0] + encoded[index][1]
-            limit = min(shared, len(other) - 1)
+            other = rows[index]
             n = 0
-            while n < limit and first[n] == other[n]:
+            while n < shared and first[n] == other[n]:
                 n += 1
             shared = n
-        shared = min(shared, *(len(encoded[i][0]) for i in members))
-        yield shared, members
+        yield max(shared, 0), members

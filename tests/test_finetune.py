@@ -3,6 +3,7 @@ reload to the same greedy outputs, SIGKILL resume, reward model, PPO's KL bound,
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -194,6 +195,15 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, t
     assert 0 < summary["parameters"]["percent"] < 5
 
     question = [("human", FACTS[0][0])]
+    # The model as trained, in memory, against the adapter saved to disk and loaded again.
+    from hearthlm.llm.hf_backend import TransformersBackend
+    from hearthlm.llm.sources import resolve_model
+
+    merged = copy.deepcopy(run.model).merge_and_unload().eval()
+    tokenizer = ChatHearth(backend="transformers", cache_dir=llm.cache_dir).engine.tokenizer
+    in_memory = ChatHearth.from_backend(
+        TransformersBackend(merged, tokenizer, resolve_model(None), "cpu"), max_new_tokens=12
+    )
     loaded = ChatHearth(
         backend="transformers",
         adapter=tmp_path / "lora",
@@ -207,7 +217,7 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, t
         max_new_tokens=12,
     )
     first, second = loaded.invoke(question).content, again.invoke(question).content
-    assert first == second
+    assert first == second == in_memory.invoke(question).content
     assert "yellow" in str(first).lower()  # it learned the fact it was trained on
 
 

@@ -36,6 +36,7 @@ class FinetuneResult:
     parameters: ParameterCount
     data: dict[str, Any]
     result: TrainResult
+    model: Any = None  # the trained model in memory (a PEFT model for adapter methods)
 
     @property
     def output(self) -> Path:
@@ -134,7 +135,7 @@ def finetune(
         },
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return FinetuneResult(out, parameters, report, result)
+    return FinetuneResult(out, parameters, report, result, model)
 
 
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:

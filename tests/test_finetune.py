@@ -395,6 +395,50 @@ def test_ppo_update_runs_and_stops_at_its_kl_bound(reward_model, llm):
     assert abs(second["kl_to_reference"]) < 5.0  # …by a bounded amount
 
 
+def test_interrupted_ppo_resumes_and_ends_like_an_uninterrupted_run(tmp_path, reward_model, llm):
+    import torch
+
+    from hearthlm.finetune.ppo import PPOConfig, PPOTrainer
+
+    prompts = [q for q, _ in FACTS[:4]]
+    config = PPOConfig(
+        iterations=2, prompts_per_iteration=2, minibatch_size=2, ppo_epochs=1, max_new_tokens=6
+    )
+    whole = PPOTrainer(reward_model, config, llm=llm).train(prompts, tmp_path / "whole", False)
+
+    interrupted = PPOTrainer(reward_model, config, llm=llm)
+    real_step, calls = interrupted.step, []
+
+    def killed_in_second_iteration(batch):
+        calls.append(batch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(batch)
+
+    interrupted.step = killed_in_second_iteration  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(prompts, tmp_path / "resumed", False)
+    assert (tmp_path / "resumed" / "checkpoint").is_dir()
+
+    resumed = PPOTrainer(reward_model, config, llm=llm).train(prompts, tmp_path / "resumed", False)
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in whole.history]
+    assert [h["kl_to_reference"] for h in resumed.history] == pytest.approx(
+        [h["kl_to_reference"] for h in whole.history], abs=1e-6
+    )
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    other = PPOConfig(**{**config.model_dump(), "max_new_tokens": 7})
+    with pytest.raises(TrainingError, match="other settings"):
+        PPOTrainer(reward_model, other, llm=llm).train(prompts, tmp_path / "resumed", False)
+
+
 def test_dpo_through_trl_saves_an_adapter(tmp_path, llm):
     from hearthlm.finetune.dpo import train_dpo
 

@@ -24,7 +24,14 @@ from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
 from hearthlm.finetune.reward import RewardModel
-from hearthlm.finetune.trainer import plot_curve
+from hearthlm.finetune.trainer import (
+    load_trainable,
+    plot_curve,
+    read_checkpoint,
+    read_history,
+    write_checkpoint,
+    write_history,
+)
 from hearthlm.progress import progress_bar
 
 
@@ -257,37 +264,78 @@ class PPOTrainer:
         error = max(-0.2, min(0.2, kl / self.config.target_kl - 1))
         self.kl_coef *= 1 + error * n / self.config.kl_horizon
 
-    def train(self, prompts: Sequence[str], out: Path, progress: bool = True) -> PPOResult:
+    def train(
+        self, prompts: Sequence[str], out: Path, progress: bool = True, save_every: int = 1
+    ) -> PPOResult:
         """``iterations`` steps over ``prompts`` (cycled, seeded order); saves the LoRA policy,
-        the value head, ``metrics.jsonl`` and ``ppo.png``."""
+        the value head, ``metrics.jsonl`` and ``ppo.png``.
+
+        Every ``save_every`` iterations a checkpoint (policy, value head, optimizer, β, random
+        generators, position in the prompts) is written atomically; running again into the same
+        ``out`` after a kill resumes from it and ends where an uninterrupted run would."""
         import torch
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
         out.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(self.config.seed)
+        fingerprint = {"config": self.config.model_dump(), "prompts": len(prompts)}
+        state = self._resume(out, fingerprint) or {"iteration": 0, **fingerprint}
         pool = list(prompts)
-        rng.shuffle(pool)
-        history = []
-        cursor = 0
-        with (
-            (out / "metrics.jsonl").open("w", encoding="utf-8") as sink,
-            progress_bar(progress, self.config.iterations, "ppo", metric="reward") as advance,
-        ):
-            for iteration in range(1, self.config.iterations + 1):
-                batch = [
-                    pool[(cursor + i) % len(pool)] for i in range(self.config.prompts_per_iteration)
-                ]
-                cursor += self.config.prompts_per_iteration
+        random.Random(self.config.seed).shuffle(pool)
+        per = self.config.prompts_per_iteration
+        metrics_path = out / "metrics.jsonl"
+        history = read_history(metrics_path, state["iteration"])
+        write_history(metrics_path, history)
+        with progress_bar(
+            progress,
+            self.config.iterations,
+            "ppo",
+            completed=state["iteration"],
+            metric="reward",
+        ) as advance:
+            for iteration in range(state["iteration"] + 1, self.config.iterations + 1):
+                cursor = (iteration - 1) * per
+                batch = [pool[(cursor + i) % len(pool)] for i in range(per)]
                 record = {"step": iteration, **self.step(batch)}
                 history.append(record)
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
+                with metrics_path.open("a", encoding="utf-8") as sink:
+                    sink.write(json.dumps(record) + "\n")
                 advance(1, record["reward"])
+                state["iteration"] = iteration
+                if iteration % save_every == 0 and iteration < self.config.iterations:
+                    self._checkpoint(out, state)
         self.policy.save_pretrained(out / "adapter")
         torch.save(self.value_head.state_dict(), out / "value_head.pt")
         _plot(history, out / "ppo.png")
         return PPOResult(history, out)
+
+    def _checkpoint(self, out: Path, state: dict[str, Any]) -> None:
+        payload = {
+            "policy": {
+                name: p.detach().cpu().clone()
+                for name, p in self.policy.named_parameters()
+                if p.requires_grad
+            },
+            "value_head": self.value_head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        write_checkpoint(out, payload, {**state, "kl_coef": self.kl_coef})
+
+    def _resume(self, out: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+        found = read_checkpoint(out)
+        if found is None:
+            return None
+        payload, state = found
+        if {k: state.get(k) for k in fingerprint} != json.loads(json.dumps(fingerprint)):
+            raise TrainingError(
+                f"{out} holds a PPO run with other settings or prompts; "
+                "give a new --out, or delete the folder to start again"
+            )
+        load_trainable(self.policy, payload["policy"])
+        self.value_head.load_state_dict(payload["value_head"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.kl_coef = float(state.pop("kl_coef"))
+        return state
 
 
 def _gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tuple[Any, Any]:

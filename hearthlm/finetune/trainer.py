@@ -227,8 +227,8 @@ class Trainer:
             random.seed(self.config.seed)
             torch.manual_seed(self.config.seed)
         metrics_path = self.folder / "metrics.jsonl"
-        history = _read_history(metrics_path, state["step"])
-        _write_history(metrics_path, history)
+        history = read_history(metrics_path, state["step"])
+        write_history(metrics_path, history)
         self.model.to(self.device).train()
         started = time.perf_counter() - state["seconds"]
         stopped_early = False
@@ -338,70 +338,94 @@ class Trainer:
     def _load_weights(self, folder: Path) -> None:
         import torch
 
-        state = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
-        own = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                own[name].copy_(value.to(own[name].device))
+        load_trainable(
+            self.model, torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+        )
 
     def _checkpoint(self, state: dict[str, Any]) -> None:
-        import numpy as np
-        import torch
-
-        folder = self.folder / "checkpoint"
-        staging = self.folder / ".checkpoint.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        torch.save(
-            {
-                "weights": self._trainable_state(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": {
-                    "python": random.getstate(),
-                    "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                },
-            },
-            staging / "state.pt",
-        )
-        (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        old = self.folder / ".checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        payload = {
+            "weights": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        write_checkpoint(self.folder, payload, state)
 
     def _resume(self) -> dict[str, Any] | None:
-        import numpy as np
-        import torch
-
-        folder = self.folder / "checkpoint"
-        if not (folder / "state.json").is_file():
-            old = self.folder / ".checkpoint.old"  # killed between the two renames
-            if not (old / "state.json").is_file():
-                return None
-            old.rename(folder)
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        saved = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        own = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in saved["weights"].items():
-                own[name].copy_(value)
+        found = read_checkpoint(self.folder)
+        if found is None:
+            return None
+        payload, state = found
+        load_trainable(self.model, payload["weights"])
         self.model.to(self.device)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        random.setstate(saved["rng"]["python"])
-        np.random.set_state(saved["rng"]["numpy"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if saved["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        return dict(state)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        return state
 
 
-def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
+# --- checkpoints, shared with the PPO trainer ---------------------------------------------------
+
+
+def write_checkpoint(folder: Path, payload: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write ``folder/checkpoint`` atomically: tensors and every random generator to
+    ``state.pt``, the JSON ``state`` beside them. A kill at any moment leaves the old or the new
+    checkpoint whole."""
+    import numpy as np
+    import torch
+
+    target = folder / "checkpoint"
+    staging = folder / ".checkpoint.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save({**payload, "rng": rng}, staging / "state.pt")
+    (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    old = folder / ".checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The payload and state of ``folder/checkpoint`` with the random generators restored, or
+    ``None`` when there is none."""
+    import numpy as np
+    import torch
+
+    target = folder / "checkpoint"
+    if not (target / "state.json").is_file():
+        old = folder / ".checkpoint.old"  # killed between the two renames
+        if not (old / "state.json").is_file():
+            return None
+        old.rename(target)
+    state = json.loads((target / "state.json").read_text(encoding="utf-8"))
+    payload = torch.load(target / "state.pt", map_location="cpu", weights_only=False)
+    rng = payload.pop("rng")
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return payload, dict(state)
+
+
+def load_trainable(model: Any, weights: dict[str, Any]) -> None:
+    """Copy saved trainable tensors into ``model``'s parameters of the same names."""
+    import torch
+
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            own[name].copy_(value.to(own[name].device))
+
+
+def read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     """Logged steps up to the checkpoint; later ones are redone after a resume."""
     if not path.is_file():
         return []
@@ -416,7 +440,7 @@ def _read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     return history
 
 
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
 

@@ -9,6 +9,7 @@ Reports accuracy, seconds per question, and for ReAct the valid-action rate and 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ DIRECT = "Answer the math word problem with just the final number."
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     from rich.progress import Progress
 
@@ -42,7 +44,7 @@ def main() -> None:
     rows = [json.loads(line) for line in (DATA / "test_300.jsonl").open(encoding="utf-8")]
     rows = rows[: args.limit or (10 if args.quick else len(rows))]
     gold = [normalise_number(r["answer"].rpartition("####")[2]) for r in rows]
-    chat = ChatHearth()
+    chat = ChatHearth(threads=args.threads)
     examples = gsm8k_examples(DATA / "train.jsonl", 4)
     cot = ChainOfThought(chat, examples)
     self_consistency = ChainOfThought(chat, examples, samples=5, temperature=0.7)
@@ -57,7 +59,7 @@ def main() -> None:
         "react_calculator": None,
         "pal": lambda q: pal.invoke(q).answer,
     }
-    figures: dict[str, object] = {"questions": len(rows)}
+    figures: dict[str, object] = {"questions": len(rows), "threads": args.threads or os.cpu_count()}
     react_steps, react_valid = [], []
     with Progress() as progress:
         for name, method in methods.items():
@@ -76,6 +78,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             figures[f"{name}_accuracy"] = round(correct / len(rows), 4)
             figures[f"{name}_seconds_per_question"] = round(seconds / len(rows), 2)
+            progress.console.log(name, figures[f"{name}_accuracy"], f"{seconds:.0f} s")
     figures["react_valid_action_rate"] = round(sum(react_valid) / max(len(react_valid), 1), 4)
     figures["react_mean_steps"] = round(statistics.mean(react_steps), 2)
     figures["react_beats_direct"] = (

@@ -23,7 +23,7 @@ from _common import emit, parser
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def train(kind: str, out: Path, rows: int, steps: int) -> Path:
+def train(kind: str, out: Path, rows: int, steps: int, batch: int) -> Path:
     from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE
     from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
 
@@ -44,8 +44,8 @@ def train(kind: str, out: Path, rows: int, steps: int) -> Path:
         method=MethodConfig(method=method, dropout=0.05),
         train=TrainConfig(
             max_steps=steps,
-            batch_size=8,
-            learning_rate=3e-5 if method == "full" else 5e-4,
+            batch_size=batch,
+            learning_rate=5e-5 if method == "full" else 5e-4,
             eval_every=max(steps // 4, 1),
             save_every=max(steps // 4, 1),
         ),
@@ -56,7 +56,7 @@ def train(kind: str, out: Path, rows: int, steps: int) -> Path:
     return run.output
 
 
-def rouge(gguf: Path, dev: int, out: Path) -> dict[str, float]:
+def rouge(gguf: Path, dev: int, out: Path, threads: int | None) -> dict[str, float]:
     from hearthlm.config import HearthConfig, LLMConfig
     from hearthlm.eval import evaluate, make_task
     from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE, TaskSpec
@@ -72,7 +72,7 @@ def rouge(gguf: Path, dev: int, out: Path) -> dict[str, float]:
         max_new_tokens=96,
         limit=dev,
     )
-    config = HearthConfig(llm=LLMConfig(backend="llamacpp", model=str(gguf)))
+    config = HearthConfig(llm=LLMConfig(backend="llamacpp", model=str(gguf), threads=threads))
     run = evaluate([make_task(spec)], out, config)
     return run.scores["tasks"]["dialogsum"]
 
@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
     p.add_argument("--dev", type=int, default=None, help="DialogSum dev rows scored")
     p.add_argument("--mmlu", type=int, default=None, help="MMLU questions per subject")
+    p.add_argument("--batch", type=int, default=8, help="training batch size")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     rows = args.train or (32 if args.quick else 800)
     steps = args.steps or (2 if args.quick else 100)
@@ -104,17 +106,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-dialogsum-"))
     base = cached_safetensors(resolve_model(None), None)
     figures: dict[str, object] = {
-        "train_rows": rows, "steps": steps, "batch_size": 8, "dev_rows": dev,
+        "train_rows": rows, "steps": steps, "batch_size": args.batch, "dev_rows": dev,
         "mmlu_per_subject": limit, "mmlu_subjects": 12,
     }  # fmt: skip
     start = time.perf_counter()
     models = {"zero_shot": base}
     for kind in ("lora", "full", "mixed"):
-        models[kind] = train(kind, work / kind, rows, steps)
+        models[kind] = train(kind, work / kind, rows, steps, args.batch)
     figures["train_seconds"] = round(time.perf_counter() - start, 1)
     for name, trained in models.items():
         gguf = export_gguf(trained, work / f"{name}.gguf", gguf_type="f16")
-        scores = rouge(gguf, dev, work / f"rouge-{name}")
+        scores = rouge(gguf, dev, work / f"rouge-{name}", args.threads)
         figures[f"dialogsum_{name}_rouge1"] = round(scores["rouge1"], 4)
         figures[f"dialogsum_{name}_rougeL"] = round(scores["rougeL"], 4)
         if name == "zero_shot":

@@ -22,7 +22,9 @@ from _common import emit, parser
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 
 
-def react_accuracy(gguf: Path, rows: list[dict], label: str) -> dict[str, float]:
+def react_accuracy(
+    gguf: Path, rows: list[dict], label: str, threads: int | None
+) -> dict[str, float]:
     from rich.progress import track
 
     from hearthlm.agents.cot import extract_answer, normalise_number
@@ -30,7 +32,8 @@ def react_accuracy(gguf: Path, rows: list[dict], label: str) -> dict[str, float]
     from hearthlm.agents.tools import calculator_tool
     from hearthlm.llm import ChatHearth
 
-    agent = ReActAgent(ChatHearth(backend="llamacpp", model=str(gguf)), [calculator_tool()])
+    chat = ChatHearth(backend="llamacpp", model=str(gguf), threads=threads)
+    agent = ReActAgent(chat, [calculator_tool()])
     correct, steps, valid, start = 0, 0, 0, time.perf_counter()
     for row in track(rows, description=label):
         result = agent.invoke(row["question"])
@@ -51,6 +54,7 @@ def main() -> None:
     p.add_argument("--traces", type=int, default=None, help="GSM8K train rows turned into traces")
     p.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps")
     p.add_argument("--limit", type=int, default=None, help="test_300 questions")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     n_traces = args.traces or (40 if args.quick else 2000)
     steps = args.steps or (2 if args.quick else 250)
@@ -82,8 +86,8 @@ def main() -> None:
     rows = [json.loads(x) for x in (DATA / "test_300.jsonl").open(encoding="utf-8")][:limit]
     base = export_gguf(cached_safetensors(resolve_model(None), None), work / "base.gguf")
     tuned = export_gguf(run.output, work / "tuned.gguf")
-    before = react_accuracy(base, rows, "before")
-    after = react_accuracy(tuned, rows, "after")
+    before = react_accuracy(base, rows, "before", args.threads)
+    after = react_accuracy(tuned, rows, "after", args.threads)
     figures: dict[str, object] = {
         "traces": written,
         "steps": steps,

@@ -129,12 +129,18 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
     """The sequence-classification model (one score) with LoRA on it, and its tokenizer."""
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = base_folder(llm)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=1, local_files_only=True
-    )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new score head is missing by design; no load report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_id(tokenizer)
     if method.method == "lora":
         config = lora_config(method, "SEQ_CLS")

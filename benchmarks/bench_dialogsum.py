@@ -11,9 +11,9 @@ log-likelihood on transformers) is scored before and after.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,6 +38,8 @@ def train(kind: str, out: Path, rows: int, steps: int, batch: int) -> Path:
         alpaca = DataSpec(path=DATA / "instruction" / "alpaca_demo" / "alpaca_en_demo.json")
         data = [dialogsum, alpaca]
     method = "full" if kind == "full" else "lora"
+    if (out / "hearth_finetune.json").is_file():  # finished in an earlier, interrupted benchmark
+        return out / ("model" if method == "full" else "adapter")
     run = finetune(
         data,
         out,
@@ -93,6 +95,7 @@ def main() -> None:
     p.add_argument("--dev", type=int, default=None, help="DialogSum dev rows scored")
     p.add_argument("--mmlu", type=int, default=None, help="MMLU questions per subject")
     p.add_argument("--batch", type=int, default=8, help="training batch size")
+    p.add_argument("--work", type=Path, default=None, help="reuse (or resume) runs in this folder")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     rows = args.train or (32 if args.quick else 800)
@@ -103,17 +106,18 @@ def main() -> None:
     from hearthlm.llm.hf_backend import cached_safetensors
     from hearthlm.llm.sources import resolve_model
 
-    work = Path(tempfile.mkdtemp(prefix="bench-dialogsum-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-dialogsum-"))
     base = cached_safetensors(resolve_model(None), None)
     figures: dict[str, object] = {
         "train_rows": rows, "steps": steps, "batch_size": args.batch, "dev_rows": dev,
         "mmlu_per_subject": limit, "mmlu_subjects": 12,
     }  # fmt: skip
-    start = time.perf_counter()
     models = {"zero_shot": base}
     for kind in ("lora", "full", "mixed"):
         models[kind] = train(kind, work / kind, rows, steps, args.batch)
-    figures["train_seconds"] = round(time.perf_counter() - start, 1)
+        summary = json.loads((work / kind / "hearth_finetune.json").read_text(encoding="utf-8"))
+        figures[f"{kind}_train_seconds"] = summary["result"]["seconds"]
+        figures[f"{kind}_final_train_loss"] = round(summary["result"]["train_loss"], 4)
     for name, trained in models.items():
         gguf = export_gguf(trained, work / f"{name}.gguf", gguf_type="f16")
         scores = rouge(gguf, dev, work / f"rouge-{name}", args.threads)

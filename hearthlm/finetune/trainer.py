@@ -173,15 +173,20 @@ class Trainer:
             loss, count = self.objective.loss(self, examples)
             return loss, int(count)
         batch = self._collate(examples)
+        labels = batch["labels"]
+        # Logits only from the first position that predicts a completion token: the prompt's
+        # 49,152-way logits would be most of the activation memory and are never used. Counting
+        # from the end keeps this right when prompt tuning prepends virtual tokens.
+        targeted = (labels[:, 1:] != IGNORE).any(0).nonzero()
+        first = int(targeted[0]) if len(targeted) else labels.shape[1] - 1
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=labels.shape[1] - first,
             ).logits
-        labels = batch["labels"]
-        if logits.shape[1] != labels.shape[1]:  # prompt tuning prepends virtual tokens
-            logits = logits[:, logits.shape[1] - labels.shape[1] :]
         shift_logits = logits[:, :-1].float()
-        shift_labels = labels[:, 1:]
+        shift_labels = labels[:, first + 1 :]
         loss = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.shape[-1]),
             shift_labels.reshape(-1),

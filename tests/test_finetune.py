@@ -182,6 +182,31 @@ def lora_run(facts: Path, out: Path, llm: LLMConfig, steps: int = 8, **train):
     )
 
 
+def test_completion_only_logits_and_activation_checkpointing_keep_the_loss(
+    facts, tmp_path, llm, tokenizer
+):
+    from hearthlm.finetune.trainer import Trainer
+
+    plain = lora_run(facts, tmp_path / "plain", llm, steps=3)
+    recomputed = lora_run(facts, tmp_path / "ckpt", llm, steps=3, activation_checkpointing=True)
+    assert recomputed.model.get_base_model().is_activation_checkpointing
+    assert [h["train_loss"] for h in recomputed.result.history] == pytest.approx(
+        [h["train_loss"] for h in plain.result.history], rel=1e-4
+    )
+
+    # The trainer's loss (logits from the first completion position on) is transformers' own.
+    examples = build_dataset(tokenizer, [DataSpec(path=facts)], max_length=128, validation=0).train
+    trainer = Trainer(
+        plain.model, examples, [], TrainConfig(bf16="off"), tmp_path / "t", pad_id=0, progress=False
+    )
+    batch = trainer._collate(examples[:4])
+    total, count = trainer._loss(examples[:4])
+    reference = plain.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
+    assert float(total.detach()) / count == pytest.approx(float(reference.detach()), rel=1e-5)
+
+
 def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, tmp_path, llm):
     from hearthlm.llm import ChatHearth
 

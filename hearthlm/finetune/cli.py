@@ -77,6 +77,9 @@ def _supervised(method: str) -> Any:
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
         early_stopping: Annotated[int | None, typer.Option(help="Patience in evals.")] = None,
         bf16: Annotated[str, typer.Option(help="auto, on or off.")] = "auto",
+        activation_checkpointing: Annotated[
+            bool, typer.Option(help="Recompute activations: less memory, slower steps.")
+        ] = False,
         seed: Annotated[int, typer.Option(help="Seed for data order and init.")] = 0,
         rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
@@ -132,6 +135,7 @@ def _supervised(method: str) -> Any:
             save_every=save_every,
             early_stopping=early_stopping,
             bf16=bf16,
+            activation_checkpointing=activation_checkpointing,
             seed=seed,
         )
         run = finetune(

@@ -42,6 +42,11 @@ class TrainConfig(StrictModel):
     bf16: Literal["auto", "on", "off"] = Field(
         "auto", description="bfloat16 autocast; auto uses it where the hardware runs it natively."
     )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass: slower steps, a "
+        "fraction of the activation memory (long sequences and big batches on small machines).",
+    )
     eval_every: int = Field(50, ge=1)
     early_stopping: int | None = Field(
         None, ge=1, description="Stop after this many validations without improvement."
@@ -118,6 +123,10 @@ class Trainer:
         self.objective = objective
         self.device = pick_device(config.device)
         self.bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(self.device))
+        if config.activation_checkpointing:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            base.activation_checkpointing_enable()
+            base.config.use_cache = False
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the model has no trainable parameters")

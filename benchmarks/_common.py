@@ -19,10 +19,14 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 RESULTS = Path(__file__).parent / "results"
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, threads: bool = False) -> argparse.ArgumentParser:
+    """``--quick`` and ``--save``; with ``threads``, ``--threads`` for llama.cpp, so a benchmark
+    can share the machine with another without their threads fighting for the cores."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="CI-sized run")
     p.add_argument("--save", action="store_true", help="also write benchmarks/results/NAME.json")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     return p
 
 

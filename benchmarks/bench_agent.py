@@ -24,9 +24,8 @@ DIRECT = "Answer the math word problem with just the final number."
 
 
 def main() -> None:
-    p = parser(__doc__ or "")
+    p = parser(__doc__ or "", threads=True)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     from rich.progress import Progress
 

@@ -89,14 +89,13 @@ def mmlu(model: Path | None, adapter: Path | None, limit: int, out: Path) -> flo
 
 
 def main() -> None:
-    p = parser(__doc__ or "")
+    p = parser(__doc__ or "", threads=True)
     p.add_argument("--train", type=int, default=None, help="DialogSum train rows")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per model")
     p.add_argument("--dev", type=int, default=None, help="DialogSum dev rows scored")
     p.add_argument("--mmlu", type=int, default=None, help="MMLU questions per subject")
     p.add_argument("--batch", type=int, default=8, help="training batch size")
     p.add_argument("--work", type=Path, default=None, help="reuse (or resume) runs in this folder")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     rows = args.train or (32 if args.quick else 800)
     steps = args.steps or (2 if args.quick else 100)

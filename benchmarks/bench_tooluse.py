@@ -50,11 +50,10 @@ def react_accuracy(
 
 
 def main() -> None:
-    p = parser(__doc__ or "")
+    p = parser(__doc__ or "", threads=True)
     p.add_argument("--traces", type=int, default=None, help="GSM8K train rows turned into traces")
     p.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps")
     p.add_argument("--limit", type=int, default=None, help="test_300 questions")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
     args = p.parse_args()
     n_traces = args.traces or (40 if args.quick else 2000)
     steps = args.steps or (2 if args.quick else 250)

@@ -142,7 +142,6 @@ class LoglikScorer:
         batch: list[int],
         results: list[Score | None],
     ) -> None:
-
         cache = self._prefix_cache(rows[batch[0]][:shared])
         tails = [rows[r][shared:] for r in batch]
         width = max(map(len, tails))
@@ -155,7 +154,7 @@ class LoglikScorer:
             cache.batch_repeat_interleave(len(batch))
         logits = self._forward(self._tensor(padded), cache, keep)  # (batch, keep, vocab)
         offset = width - keep
-        for row, first in zip(range(len(batch)), firsts, strict=True):
+        for row, first in enumerate(firsts):
             for index in members[batch[row]]:
                 continuation = encoded[index][1]
                 at = [p - 1 - offset for p in range(first, first + len(continuation))]

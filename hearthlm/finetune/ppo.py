@@ -28,9 +28,9 @@ from hearthlm.finetune.trainer import (
     load_trainable,
     plot_curve,
     read_checkpoint,
-    read_history,
+    resume_history,
+    trainable_state,
     write_checkpoint,
-    write_history,
 )
 from hearthlm.progress import progress_bar
 
@@ -284,8 +284,7 @@ class PPOTrainer:
         random.Random(self.config.seed).shuffle(pool)
         per = self.config.prompts_per_iteration
         metrics_path = out / "metrics.jsonl"
-        history = read_history(metrics_path, state["iteration"])
-        write_history(metrics_path, history)
+        history = resume_history(metrics_path, state["iteration"])
         with progress_bar(
             progress,
             self.config.iterations,
@@ -311,11 +310,7 @@ class PPOTrainer:
 
     def _checkpoint(self, out: Path, state: dict[str, Any]) -> None:
         payload = {
-            "policy": {
-                name: p.detach().cpu().clone()
-                for name, p in self.policy.named_parameters()
-                if p.requires_grad
-            },
+            "policy": trainable_state(self.policy),
             "value_head": self.value_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }

@@ -241,8 +241,7 @@ class Trainer:
             random.seed(self.config.seed)
             torch.manual_seed(self.config.seed)
         metrics_path = self.folder / "metrics.jsonl"
-        history = read_history(metrics_path, state["step"])
-        write_history(metrics_path, history)
+        history = resume_history(metrics_path, state["step"])
         self.model.to(self.device).train()
         started = time.perf_counter() - state["seconds"]
         stopped_early = False
@@ -332,20 +331,13 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
-    def _trainable_state(self) -> dict[str, Any]:
-        return {
-            name: p.detach().cpu().clone()
-            for name, p in self.model.named_parameters()
-            if p.requires_grad
-        }
-
     def _save_weights(self, folder: Path) -> None:
         import torch
 
         staging = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        torch.save(self._trainable_state(), staging / "trainable.pt")
+        torch.save(trainable_state(self.model), staging / "trainable.pt")
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
 
@@ -358,7 +350,7 @@ class Trainer:
 
     def _checkpoint(self, state: dict[str, Any]) -> None:
         payload = {
-            "weights": self._trainable_state(),
+            "weights": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
@@ -429,6 +421,13 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
     return payload, dict(state)
 
 
+def trainable_state(model: Any) -> dict[str, Any]:
+    """CPU copies of ``model``'s trainable tensors, by parameter name."""
+    return {
+        name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad
+    }
+
+
 def load_trainable(model: Any, weights: dict[str, Any]) -> None:
     """Copy saved trainable tensors into ``model``'s parameters of the same names."""
     import torch
@@ -439,24 +438,21 @@ def load_trainable(model: Any, weights: dict[str, Any]) -> None:
             own[name].copy_(value.to(own[name].device))
 
 
-def read_history(path: Path, up_to: int) -> list[dict[str, Any]]:
-    """Logged steps up to the checkpoint; later ones are redone after a resume."""
-    if not path.is_file():
-        return []
+def resume_history(path: Path, up_to: int) -> list[dict[str, Any]]:
+    """The logged steps up to the checkpoint, with ``path`` cut back to them: later steps are
+    redone after a resume, and a torn last line is dropped."""
     history = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("step", 0) <= up_to:
-            history.append(record)
-    return history
-
-
-def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= up_to:
+                history.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    return history
 
 
 def plot_curve(

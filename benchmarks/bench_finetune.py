@@ -26,7 +26,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEMPLATE = "Summarize the following conversation.\n\n{dialogue}"
 
 
-def hearth(method: str, steps: int, batch: int, rows: int) -> dict:
+def hearth(
+    method: str,
+    steps: int,
+    batch: int,
+    rows: int,
+    max_length: int = 384,
+    checkpointing: bool = False,
+) -> dict:
     from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
 
     run = finetune(
@@ -41,10 +48,15 @@ def hearth(method: str, steps: int, batch: int, rows: int) -> dict:
         Path(tempfile.mkdtemp()) / method,
         method=MethodConfig(method=method, dropout=0.0),
         train=TrainConfig(
-            max_steps=steps, batch_size=batch, eval_every=10**6, save_every=10**6, bf16="off"
+            max_steps=steps,
+            batch_size=batch,
+            eval_every=10**6,
+            save_every=10**6,
+            bf16="off",
+            activation_checkpointing=checkpointing,
         ),
         validation=0,
-        max_length=384,
+        max_length=max_length,
         progress=False,
         log=lambda *a: None,
     )

@@ -220,6 +220,10 @@ def ppo(
     prompts_per_iteration: Annotated[int, typer.Option(help="Replies sampled per round.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Reply length cap.")] = 32,
     target_kl: Annotated[float, typer.Option(help="Target KL to the reference.")] = 4.0,
+    max_update_kl: Annotated[
+        float, typer.Option(help="KL bound of one round's update; it stops there.")
+    ] = 0.05,
+    bf16: Annotated[str, typer.Option(help="auto, on or off.")] = "auto",
     lr: LrOpt = None,
     limit: LimitOpt = None,
     config: ConfigOpt = None,
@@ -237,6 +241,8 @@ def ppo(
         prompts_per_iteration=prompts_per_iteration,
         max_new_tokens=max_new_tokens,
         target_kl=target_kl,
+        max_update_kl=max_update_kl,
+        bf16=bf16,
         learning_rate=lr or 5e-5,
     )
     trainer = PPOTrainer(RewardModel.load(reward_model, llm), settings, llm=llm)

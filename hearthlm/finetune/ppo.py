@@ -16,7 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,8 +25,8 @@ from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
 from hearthlm.finetune.reward import RewardModel
 from hearthlm.finetune.trainer import (
+    bf16_supported,
     load_trainable,
-    plot_curve,
     read_checkpoint,
     resume_history,
     trainable_state,
@@ -53,6 +53,9 @@ class PPOConfig(StrictModel):
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, gt=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast: auto uses it where the device supports it."
+    )
     seed: int = 0
 
 
@@ -108,6 +111,13 @@ class PPOTrainer:
         self.eos = set(backend.stop_token_ids)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.parameters = count_parameters(self.policy)
+        bf16 = self.config.bf16
+        self.bf16 = bf16 == "on" or (bf16 == "auto" and bf16_supported(self.device))
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --- sampling and scoring -------------------------------------------------------------------
 
@@ -118,14 +128,19 @@ class PPOTrainer:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(self, prompt: str, greedy: bool = False) -> list[int]:
+        return self.generate_batch([prompt], greedy)[0]
+
+    def generate_batch(self, prompts: Sequence[str], greedy: bool = False) -> list[list[int]]:
+        """Replies to ``prompts``, sampled in one left-padded batch; each ends at its first stop
+        token (kept) or at ``max_new_tokens``."""
         import torch
 
-        ids = torch.tensor([self.prompt_ids(prompt)], device=self.device)
+        ids, mask = self._left_padded([self.prompt_ids(p) for p in prompts])
         self.policy.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             out = self.policy.generate(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=mask,
                 do_sample=not greedy,
                 temperature=self.config.temperature if not greedy else None,
                 top_k=0 if not greedy else None,
@@ -134,7 +149,22 @@ class PPOTrainer:
                 pad_token_id=self.pad,
                 eos_token_id=sorted(self.eos),
             )
-        return [int(t) for t in out[0, ids.shape[1] :]]
+        replies = []
+        for row in out[:, ids.shape[1] :].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in self.eos), len(row))
+            replies.append(row[:end])
+        return replies
+
+    def _left_padded(self, sequences: Sequence[list[int]]) -> tuple[Any, Any]:
+        import torch
+
+        width = max(map(len, sequences))
+        ids = [[self.pad] * (width - len(s)) + s for s in sequences]
+        mask = [[0] * (width - len(s)) + [1] * len(s) for s in sequences]
+        return (
+            torch.tensor(ids, device=self.device),
+            torch.tensor(mask, device=self.device),
+        )
 
     def reply_text(self, reply: list[int]) -> str:
         return str(self.tokenizer.decode(reply, skip_special_tokens=True)).strip()
@@ -147,32 +177,39 @@ class PPOTrainer:
         return self.reward_model.score(chats)
 
     def _forward(self, rollouts: Sequence[Rollout], with_values: bool) -> tuple[Any, Any, Any]:
-        """Per-reply-token log-probs (and values), padded: (batch, reply_len) each, plus mask."""
+        """Per-reply-token log-probs (and values), padded: (batch, reply_len) each, plus mask.
+
+        Prompts are padded on the left and replies on the right, so every reply starts in the
+        same column and only the reply positions go through the vocabulary projection."""
         import torch
 
-        sequences = [r.prompt + r.reply for r in rollouts]
-        width = max(map(len, sequences))
-        ids = torch.tensor(
-            [s + [self.pad] * (width - len(s)) for s in sequences], device=self.device
-        )
-        mask = torch.tensor(
-            [[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=self.device
-        )
-        out = self.policy(input_ids=ids, attention_mask=mask, output_hidden_states=with_values)
-        logprobs = out.logits[:, :-1].float().log_softmax(-1)
-        token_lp = logprobs.gather(-1, ids[:, 1:, None])[..., 0]  # predicts token t+1
+        prompt_ids, prompt_mask = self._left_padded([r.prompt for r in rollouts])
         longest = max(len(r.reply) for r in rollouts)
-        lp = torch.zeros(len(rollouts), longest, device=self.device)
-        values = torch.zeros(len(rollouts), longest, device=self.device)
-        reply_mask = torch.zeros(len(rollouts), longest, device=self.device)
-        hidden = out.hidden_states[-1] if with_values else None
-        for i, r in enumerate(rollouts):
-            start, n = len(r.prompt) - 1, len(r.reply)
-            lp[i, :n] = token_lp[i, start : start + n]
-            reply_mask[i, :n] = 1
-            if hidden is not None:
-                values[i, :n] = self.value_head(hidden[i, start : start + n].float())[:, 0]
-        return lp, values, reply_mask
+        replies = [r.reply + [self.pad] * (longest - len(r.reply)) for r in rollouts]
+        reply_mask = torch.tensor(
+            [[1] * len(r.reply) + [0] * (longest - len(r.reply)) for r in rollouts],
+            device=self.device,
+        )
+        ids = torch.cat([prompt_ids, torch.tensor(replies, device=self.device)], 1)
+        mask = torch.cat([prompt_mask, reply_mask], 1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with self._autocast():
+            out = self.policy(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=longest + 1,
+                output_hidden_states=with_values,
+            )
+        # The last prompt position predicts the first reply token; the final position is unused.
+        logprobs = out.logits[:, :-1].float().log_softmax(-1)
+        lp = logprobs.gather(-1, ids[:, -longest:, None])[..., 0]
+        values = torch.zeros_like(lp)
+        if with_values:
+            hidden = out.hidden_states[-1][:, -longest - 1 : -1].float()
+            values = self.value_head(hidden)[..., 0]
+        reply_mask = reply_mask.float()
+        return lp * reply_mask, values * reply_mask, reply_mask
 
     # --- one iteration --------------------------------------------------------------------------
 
@@ -180,7 +217,7 @@ class PPOTrainer:
         import torch
 
         cfg = self.config
-        replies = [self.generate(p) for p in prompts]
+        replies = self.generate_batch(prompts)
         keep = [(p, r) for p, r in zip(prompts, replies, strict=True) if r]
         if not keep:
             raise TrainingError("the policy produced only empty replies")
@@ -305,7 +342,7 @@ class PPOTrainer:
                     self._checkpoint(out, state)
         self.policy.save_pretrained(out / "adapter")
         torch.save(self.value_head.state_dict(), out / "value_head.pt")
-        _plot(history, out / "ppo.png")
+        _plot(history, out / "ppo.png", self.config.target_kl)
         return PPOResult(history, out)
 
     def _checkpoint(self, out: Path, state: dict[str, Any]) -> None:
@@ -353,12 +390,38 @@ def _whiten(x: Any, mask: Any) -> Any:
     return (x - mean) / (var.sqrt() + 1e-8) * mask
 
 
-def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    curve = [
-        {"step": h["step"], "train_loss": h["reward"], "validation_loss": h["kl_to_reference"]}
-        for h in history
+def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
+    """Two panels over the iterations: the reward-model score (with a running mean), and the KL
+    to the reference against its target."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    rewards = [h["reward"] for h in history]
+    window = max(1, len(rewards) // 10)
+    running = [
+        sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
+        for i in range(len(rewards))
     ]
-    plot_curve(curve, path, labels=("reward", "KL to reference"), ylabel="reward / KL")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    top.plot(steps, rewards, alpha=0.45, label="mean reward of the iteration's replies")
+    top.plot(steps, running, label=f"running mean ({window} iterations)")
+    top.set_ylabel("reward")
+    top.legend()
+    bottom.plot(steps, [h["kl_to_reference"] for h in history], "o-", ms=3, label="KL to reference")
+    bottom.axhline(target_kl, color="grey", ls="--", label="target")
+    bottom.set_ylabel("KL per reply (nats)")
+    bottom.set_xlabel("iteration")
+    bottom.legend()
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:

@@ -197,7 +197,12 @@ def train_reward_model(
         objective=PairwiseObjective(pad),
     )
     result = trainer.fit()
-    accuracy = trainer.evaluate().get("validation_accuracy")
+    # fit() validated at its last step; only weights restored from the best step need a new pass.
+    final = result.history[-1] if result.history and not result.stopped_early else {}
+    if "validation_accuracy" in final:
+        accuracy = final["validation_accuracy"]
+    else:
+        accuracy = trainer.evaluate().get("validation_accuracy")
     model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
     (out / REWARD_FILE).write_text(
@@ -210,6 +215,8 @@ def train_reward_model(
                 "train_pairs": len(train_pairs),
                 "validation_pairs": len(held_out),
                 "steps": result.steps,
+                "batch_size": train.batch_size,
+                "train_seconds": round(result.seconds, 1),
             },
             indent=2,
         ),

@@ -423,6 +423,9 @@ def test_ppo_update_runs_and_stops_at_its_kl_bound(reward_model, llm):
     stats = bounded.step(prompts)
     assert stats["stopped_at_kl_bound"] and stats["epochs"] == 1
     assert stats["update_kl"] > 1e-6
+    # Only the first minibatch stepped: the second found the policy past the bound and stopped.
+    steps = {int(state["step"]) for state in bounded.optimizer.state.values()}
+    assert steps == {1}
     assert unbounded.step(prompts)["epochs"] == 4
     # The same seed samples the same first replies; the bound then keeps the policy nearer the
     # reference than the same update run to the end.

@@ -4,9 +4,10 @@
 Each iteration samples replies to a batch of prompts, scores them with the reward model, and takes
 the per-token KL to the reference as a penalty (``reward_t = -β·KL_t``, plus the reward-model score
 on the last token). Advantages come from GAE over the reply tokens. The update is the clipped
-surrogate objective with a clipped value loss; it stops early in an iteration once the policy has
-moved more than ``max_update_kl`` from the one that sampled (the KL bound of the update), and β
-adapts so the KL to the reference tracks ``target_kl`` (Ziegler et al., 2019).
+surrogate objective with a clipped value loss. Each minibatch first measures how far the policy
+has moved from the one that sampled; past ``max_update_kl`` (the KL bound of the update) the
+iteration takes no further step, as in Spinning Up's PPO. β adapts so the KL to the reference
+tracks ``target_kl`` (Ziegler et al., 2019).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class PPOConfig(StrictModel):
     value_coef: float = Field(0.1, ge=0)
     kl_coef: float = Field(0.05, ge=0, description="Initial β of the KL penalty.")
     target_kl: float = Field(4.0, gt=0, description="Target KL to the reference per reply.")
-    kl_horizon: int = Field(1000, ge=1)
+    kl_horizon: int = Field(
+        100, ge=1, description="Replies over which β may change by a factor of about e^±0.2."
+    )
     max_update_kl: float = Field(0.05, gt=0, description="KL bound of one iteration's update.")
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, gt=0, le=1)
@@ -264,10 +267,6 @@ class PPOTrainer:
                 tokens = m.sum().clamp(min=1)
                 pg_loss, value_loss = (pg * m).sum() / tokens, (vf * m).sum() / tokens
                 loss = pg_loss + cfg.value_coef * value_loss
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
                 with torch.no_grad():
                     log_ratio = new_lp - old
                     update_kl = float((((ratio - 1) - log_ratio) * m).sum() / tokens)
@@ -277,8 +276,13 @@ class PPOTrainer:
                 stats["clipfrac"].append(clipfrac)
                 stats["update_kl"].append(update_kl)
                 if update_kl > cfg.max_update_kl:
-                    stopped = True  # the policy moved as far as one iteration may
+                    # The policy has moved as far as one iteration may: no further step.
+                    stopped = True
                     break
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
             epochs_run += 1
             if stopped:
                 break

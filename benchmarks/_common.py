@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +54,22 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def report_to_parent(result: dict[str, Any]) -> None:
+    """In a child process: add this process's peak resident memory and print the result line."""
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print("RESULT " + json.dumps(result))
+
+
+def run_child(script: str, child: str, *args: str) -> dict[str, Any]:
+    """Run ``script --child CHILD ARGS`` in its own process (so its peak memory is its own) and
+    return what it reported with :func:`report_to_parent`."""
+    command = [sys.executable, script, "--child", child, *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return result
 
 
 def emit(name: str, figures: dict[str, Any], save: bool) -> None:

@@ -9,10 +9,7 @@ token that goes through the model (prompt and completion).
 
 from __future__ import annotations
 
-import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import emit, parser, report_to_parent, run_child
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEMPLATE = "Summarize the following conversation.\n\n{dialogue}"
@@ -121,8 +118,7 @@ def child(method: str, steps: int, batch: int, rows: int) -> None:
     result = (
         baseline(steps, batch, rows) if method == "baseline" else hearth(method, steps, batch, rows)
     )
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print("RESULT " + json.dumps(result))
+    report_to_parent(result)
 
 
 def main() -> None:
@@ -137,14 +133,7 @@ def main() -> None:
         return
     figures: dict[str, object] = {"steps": steps, "batch_size": batch, "max_length": 384}
     for method in ("full", "lora", "prompt-tuning", "baseline"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", method, "--steps", str(steps)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-        result = json.loads(line.removeprefix("RESULT "))
+        result = run_child(__file__, method, "--steps", str(steps))
         name = {"prompt-tuning": "prompt", "baseline": "peft_baseline_lora"}.get(method, method)
         for key, value in result.items():
             figures[f"{name}_{key}"] = value

@@ -7,15 +7,12 @@ The baseline is the default (no checkpointing).
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import emit, parser, report_to_parent, run_child
 from bench_finetune import hearth
 
 BATCH, MAX_LENGTH, ROWS = 8, 512, 32
@@ -28,20 +25,13 @@ def main() -> None:
     args = p.parse_args()
     steps = args.steps or (1 if args.quick else 2)
     if args.child:
-        result = hearth("lora", steps, BATCH, ROWS, MAX_LENGTH, args.child == "checkpointed")
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print("RESULT " + json.dumps(result))
+        report_to_parent(
+            hearth("lora", steps, BATCH, ROWS, MAX_LENGTH, args.child == "checkpointed")
+        )
         return
     figures: dict[str, object] = {"steps": steps, "batch_size": BATCH, "max_length": MAX_LENGTH}
     for child in ("plain", "checkpointed"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", child, "--steps", str(steps)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-        for key, value in json.loads(line.removeprefix("RESULT ")).items():
+        for key, value in run_child(__file__, child, "--steps", str(steps)).items():
             figures[f"lora_{child}_{key}"] = value
     for figure, key in (("memory", "peak_rss_mb"), ("speed", "tokens_per_s")):
         plain, checkpointed = figures[f"lora_plain_{key}"], figures[f"lora_checkpointed_{key}"]

@@ -26,11 +26,11 @@ from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
 from hearthlm.finetune.reward import RewardModel
 from hearthlm.finetune.trainer import (
-    bf16_supported,
     load_trainable,
     read_checkpoint,
     resume_history,
     trainable_state,
+    use_bf16,
     write_checkpoint,
 )
 from hearthlm.progress import progress_bar
@@ -114,8 +114,7 @@ class PPOTrainer:
         self.eos = set(backend.stop_token_ids)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.parameters = count_parameters(self.policy)
-        bf16 = self.config.bf16
-        self.bf16 = bf16 == "on" or (bf16 == "auto" and bf16_supported(self.device))
+        self.bf16 = use_bf16(self.config.bf16, self.device)
 
     def _autocast(self) -> Any:
         import torch
@@ -407,10 +406,10 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
     steps = [h["step"] for h in history]
     rewards = [h["reward"] for h in history]
     window = max(1, len(rewards) // 10)
-    running = [
-        sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
-        for i in range(len(rewards))
-    ]
+    running = []
+    for i in range(len(rewards)):
+        recent = rewards[max(0, i - window + 1) : i + 1]
+        running.append(sum(recent) / len(recent))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     top.plot(steps, rewards, alpha=0.45, label="mean reward of the iteration's replies")
     top.plot(steps, running, label=f"running mean ({window} iterations)")

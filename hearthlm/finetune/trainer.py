@@ -74,6 +74,11 @@ class TrainResult:
         return self.input_tokens / self.seconds if self.seconds else 0.0
 
 
+def use_bf16(setting: str, device: str) -> bool:
+    """Whether a ``bf16`` setting (auto, on, off) means autocast on ``device``."""
+    return setting == "on" or (setting == "auto" and bf16_supported(device))
+
+
 def bf16_supported(device: str) -> bool:
     import torch
 
@@ -122,7 +127,7 @@ class Trainer:
         # model's pairwise loss) supplies ``loss(trainer, examples) -> (sum, count)``.
         self.objective = objective
         self.device = pick_device(config.device)
-        self.bf16 = config.bf16 == "on" or (config.bf16 == "auto" and bf16_supported(self.device))
+        self.bf16 = use_bf16(config.bf16, self.device)
         if config.activation_checkpointing:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             base.activation_checkpointing_enable()

@@ -30,6 +30,19 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = DATA / "hh_rlhf" / "harmless_pairs_1800.jsonl"
 
 
+def prompt_lines(prompts: list[str]) -> list[int | None]:
+    """The line of ``PAIRS`` each prompt comes from (its first human turn); where a prompt
+    recurs, its last line, since the held-out prompts are the file's last."""
+    from hearthlm.finetune.reward import transcript_messages
+
+    last: dict[str, int] = {}
+    for number, text in enumerate(PAIRS.read_text(encoding="utf-8").splitlines(), 1):
+        messages = transcript_messages(str(json.loads(text).get("chosen", ""))) if text else []
+        if messages:
+            last[messages[0]["content"]] = number
+    return [last.get(prompt) for prompt in prompts]
+
+
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--pairs", type=int, default=None, help="preference pairs for the reward model")
@@ -163,10 +176,12 @@ def main() -> None:
     if args.save:
         RESULTS.mkdir(exist_ok=True)
         shutil.copy(work / "ppo" / "ppo.png", RESULTS / "bench_rlhf_ppo.png")
+        # The prompts stay in the shared data; the file names their lines there.
         with (RESULTS / "bench_rlhf_replies.jsonl").open("w", encoding="utf-8") as sink:
             greedy_before, greedy_after = before["greedy"][1], after["greedy"][1]
-            for prompt, a, b in zip(test_prompts[:12], greedy_before, greedy_after, strict=False):
-                sink.write(json.dumps({"prompt": prompt, "before": a, "after": b}) + "\n")
+            lines = prompt_lines(test_prompts[:12])
+            for line, a, b in zip(lines, greedy_before, greedy_after, strict=False):
+                sink.write(json.dumps({"pairs_line": line, "before": a, "after": b}) + "\n")
     emit("bench_rlhf", figures, args.save)
 
 

@@ -1,11 +1,16 @@
 """Retrieval quality and latency: SciFact nDCG@10 / recall@100 for dense, BM25 and hybrid;
 HotpotQA recall@5 of the supporting paragraphs; query latency at SciFact size and at 100k chunks.
 
+``--fusion`` scores only the ways of fusing dense and BM25 (weighted RRF and convex score fusion
+at several weights) against dense and BM25 alone, on SciFact and HotpotQA, and saves them as
+``bench_retrieval_fusion``: the hybrid default must be at least as good as the better of its two
+halves on each set.
+
 Documents are indexed exactly as users index them (token-aware chunks); a document's rank is the
 rank of its best chunk. The int8 embedder is scored beside the float32 one, since it may only be
 the default if its nDCG@10 stays within 0.01.
 
-    python benchmarks/bench_retrieval.py [--quick] [--save]
+    python benchmarks/bench_retrieval.py [--quick] [--save] [--fusion]
 """
 
 from __future__ import annotations
@@ -76,12 +81,33 @@ def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:
     return dcg / ideal
 
 
-def score(index, queries, qrels, modes) -> dict[str, float]:
+# (name, fusion, dense weight): the ways of fusing dense and BM25 that --fusion compares.
+FUSIONS = [
+    (f"{method}_w{weight}", method, weight)
+    for method in ("rrf", "score")
+    for weight in (0.3, 0.4, 0.5, 0.6, 0.7)
+]
+
+
+def retrievers(index, modes, fetch_k: int) -> dict[str, object]:
+    """Named retrievers: plain modes, and ``hybrid_<fusion>_w<weight>`` for each of FUSIONS."""
     from hearthlm.retrieval import HybridRetriever
 
-    out = {}
+    named = {}
     for mode in modes:
-        retriever = HybridRetriever.from_index(index, mode=mode, fetch_k=300)
+        if mode == "fusions":
+            for name, method, weight in FUSIONS:
+                named[f"hybrid_{name}"] = HybridRetriever.from_index(
+                    index, mode="hybrid", fetch_k=fetch_k, fusion=method, dense_weight=weight
+                )
+        else:
+            named[mode] = HybridRetriever.from_index(index, mode=mode, fetch_k=fetch_k)
+    return named
+
+
+def score(index, queries, qrels, modes) -> dict[str, float]:
+    out = {}
+    for mode, retriever in retrievers(index, modes, 300).items():
         ndcg, recall = [], []
         for qid, text in queries.items():
             ranked = doc_ranking(retriever, text, 100)
@@ -149,9 +175,10 @@ def scaled_copy(index, target: int, quick: bool) -> object:
     return scaled
 
 
-def hotpot(quick: bool) -> dict[str, float]:
+def hotpot_index(quick: bool) -> tuple[object, list[dict]]:
+    """The paragraphs of every HotpotQA dev question pooled into one index, and the rows."""
     from hearthlm.config import RetrievalConfig
-    from hearthlm.retrieval import DocumentIndex, HybridRetriever
+    from hearthlm.retrieval import DocumentIndex
 
     rows = [json.loads(line) for line in (DATA / "hotpotqa" / "dev_200.jsonl").open()]
     rows = rows[:30] if quick else rows
@@ -172,21 +199,55 @@ def hotpot(quick: bool) -> dict[str, float]:
     )
     index = DocumentIndex(config)
     index.index_path(pooled, progress=True)
-    retriever = HybridRetriever.from_index(index, fetch_k=100)
-    recalls = []
-    for row in rows:
-        gold = {f"{row['question_id']}:{c['id']}" for c in row["contexts"] if c["is_supporting"]}
-        ranked = doc_ranking(retriever, row["question_text"], 5)
-        recalls.append(len(set(ranked) & gold) / len(gold))
-    return {
-        "hotpotqa_questions": len(rows),
-        "hotpotqa_paragraphs": index.count,
-        "hotpotqa_hybrid_recall_at_5": round(statistics.mean(recalls), 4),
+    return index, rows
+
+
+def hotpot(quick: bool, modes=("hybrid",)) -> dict[str, float]:
+    index, rows = hotpot_index(quick)
+    out: dict[str, float] = {"hotpotqa_questions": len(rows), "hotpotqa_paragraphs": index.count}
+    for mode, retriever in retrievers(index, modes, 100).items():
+        recalls = []
+        for row in rows:
+            gold = {
+                f"{row['question_id']}:{c['id']}" for c in row["contexts"] if c["is_supporting"]
+            }
+            ranked = doc_ranking(retriever, row["question_text"], 5)
+            recalls.append(len(set(ranked) & gold) / len(gold))
+        out[f"hotpotqa_{mode}_recall_at_5"] = round(statistics.mean(recalls), 4)
+    return out
+
+
+def fusion(quick: bool, save: bool) -> None:
+    """Every fusion against dense and BM25 alone, on SciFact (nDCG@10) and HotpotQA (recall@5)."""
+    modes = ("dense", "bm25", "hybrid", "fusions")
+    corpus, queries, qrels = scifact(quick)
+    index = build("scifact", corpus, "float32", quick)
+    figures: dict[str, object] = {"scifact_queries": len(queries)}
+    figures |= {f"scifact_{k}": v for k, v in score(index, queries, qrels, modes).items()}
+    figures |= hotpot(quick, modes)
+    best = {}
+    for name, metric in (("scifact", "ndcg_at_10"), ("hotpotqa", "recall_at_5")):
+        halves = max(figures[f"{name}_dense_{metric}"], figures[f"{name}_bm25_{metric}"])
+        figures[f"{name}_best_half_{metric}"] = halves
+        best[name] = {
+            fused: figures[f"{name}_hybrid_{fused}_{metric}"] - halves for fused, _, _ in FUSIONS
+        }
+    # The fusions that never lose to their better half, best worst-case margin first.
+    margins = {
+        fused: min(best["scifact"][fused], best["hotpotqa"][fused]) for fused, _, _ in FUSIONS
     }
+    figures["fusion_margins"] = {k: round(v, 4) for k, v in margins.items()}
+    figures["fusion_best"] = max(margins, key=lambda k: margins[k])
+    emit("bench_retrieval_fusion", figures, save)
 
 
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument("--fusion", action="store_true", help="compare the fusion methods only")
+    args = p.parse_args()
+    if args.fusion:
+        fusion(args.quick, args.save)
+        return
     corpus, queries, qrels = scifact(args.quick)
     figures: dict[str, object] = {"scifact_queries": len(queries)}
     index = build("scifact", corpus, "float32", args.quick)

@@ -1,5 +1,12 @@
-"""Search: dense (Chroma), keyword (BM25) and hybrid by reciprocal-rank fusion, with MMR,
-metadata filters, a source glob, and a similarity threshold."""
+"""Search: dense (Chroma), keyword (BM25) and hybrid by weighted fusion, with MMR, metadata
+filters, a source glob, and a similarity threshold.
+
+Hybrid search fuses the two rankings either by weighted reciprocal-rank fusion (``rrf``: each list
+adds ``w / (60 + rank)``) or by score fusion (``score``: each list's scores are min-max normalised
+over its candidates and combined with convex weights). ``dense_weight`` is the dense list's
+weight; BM25 gets ``1 - dense_weight``. The defaults are the measured best of
+``benchmarks/bench_retrieval.py`` on SciFact and HotpotQA (see the README).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,12 @@ from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from hearthlm.retrieval.index import DocumentIndex
 
 RRF_K = 60  # the constant from Cormack et al. (2009); robust across corpora
+Fusion = Literal["rrf", "score"]
 
 
 @dataclass
@@ -47,6 +55,8 @@ class HybridRetriever(BaseRetriever):
 
     index: DocumentIndex
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fusion: Fusion = "rrf"
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     k: int = 4
     fetch_k: int = 40
     mmr: bool = False
@@ -60,6 +70,8 @@ class HybridRetriever(BaseRetriever):
         cfg = index.config
         values: dict[str, Any] = {
             "mode": cfg.search,
+            "fusion": cfg.fusion,
+            "dense_weight": cfg.dense_weight,
             "k": cfg.k,
             "fetch_k": cfg.fetch_k,
             "mmr": cfg.mmr,
@@ -96,7 +108,7 @@ class HybridRetriever(BaseRetriever):
         elif self.mode == "bm25":
             ranked = keyword
         else:
-            ranked = _rrf([dense, keyword])
+            ranked = fuse(dense, keyword, self.fusion, self.dense_weight)
         if not ranked:
             return []
         # MMR and the threshold choose among all candidates; otherwise the best k suffice.
@@ -170,10 +182,26 @@ class HybridRetriever(BaseRetriever):
         return hits
 
 
-def _rrf(rankings: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion: each list adds 1 / (60 + rank) for each id it ranks."""
+def fuse(
+    dense: list[tuple[str, float]],
+    keyword: list[tuple[str, float]],
+    method: Fusion = "rrf",
+    dense_weight: float = 0.5,
+) -> list[tuple[str, float]]:
+    """One ranking from a dense and a keyword ranking (each best first), best first.
+
+    ``rrf`` adds ``weight / (60 + rank)`` per list; ``score`` adds ``weight * normalised score``,
+    each list min-max normalised over its own candidates (an id a list did not return gets 0).
+    """
     fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, (cid, _) in enumerate(ranking, start=1):
-            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+    for ranking, weight in ((dense, dense_weight), (keyword, 1.0 - dense_weight)):
+        if method == "rrf":
+            for rank, (cid, _) in enumerate(ranking, start=1):
+                fused[cid] = fused.get(cid, 0.0) + weight / (RRF_K + rank)
+            continue
+        scores = [score for _, score in ranking]
+        low, span = (min(scores), max(scores) - min(scores)) if scores else (0.0, 0.0)
+        for cid, score in ranking:
+            normalised = (score - low) / span if span > 0 else 1.0
+            fused[cid] = fused.get(cid, 0.0) + weight * normalised
     return sorted(fused.items(), key=lambda item: -item[1])

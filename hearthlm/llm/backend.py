@@ -88,6 +88,11 @@ class Backend(ABC):
         """Yield generated token ids until an end-of-generation token (not yielded) or until the
         caller stops iterating. Callers hold ``lock`` while iterating."""
 
+    def loglikelihood(self, context: list[int], continuation: list[int]) -> float:
+        """Sum of the log-probabilities of ``continuation`` following ``context``. Callers hold
+        ``lock``. Backends that cannot score raise ``NotImplementedError``."""
+        raise NotImplementedError(f"the {self.name} backend does not score text")
+
     def describe(self) -> dict[str, Any]:
         """Facts shown in response metadata and ``hearth models``."""
         return {"backend": self.name, "model": self.model_name, "context_size": self.context_size}

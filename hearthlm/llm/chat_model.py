@@ -184,6 +184,22 @@ class ChatHearth(BaseChatModel):
 
     # -- generation --------------------------------------------------------------------------
 
+    def loglikelihood(self, context: str, continuation: str) -> float:
+        """Log-probability of ``continuation`` right after ``context`` (raw text, no chat
+        template): how well the model expects one text from the other.
+
+        Example:
+            >>> chat.loglikelihood("The capital of France is", " Paris")  # doctest: +SKIP
+            -1.2
+        """
+        engine = self.engine
+        context_ids = engine.tokenize(context)
+        continuation_ids = engine.tokenize(continuation)
+        if not context_ids or not continuation_ids:
+            raise ConfigError("loglikelihood needs a non-empty context and continuation")
+        with engine.lock:
+            return engine.loglikelihood(context_ids, continuation_ids)
+
     def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
         values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
         values.update({k: v for k, v in overrides.items() if k in _SAMPLING_FIELDS})

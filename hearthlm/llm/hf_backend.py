@@ -214,6 +214,17 @@ class TransformersBackend(Backend):
                 ids = torch.cat([ids, step], dim=1)
                 logits = self._forward(input_ids=step, cache=cache)
 
+    def loglikelihood(self, context: list[int], continuation: list[int]) -> float:
+        import torch
+
+        ids = context + continuation
+        with torch.inference_mode():
+            tensor = torch.tensor([ids], device=self.device)  # (1, len)
+            logits = self.model(input_ids=tensor).logits[0, len(context) - 1 : -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)  # (len(continuation), vocab)
+            targets = torch.tensor(continuation, device=self.device)
+            return float(logprobs.gather(1, targets[:, None]).sum())
+
     def _prefill(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         if self.soft_prompt is None:
             return self._forward(input_ids=ids, cache=cache)

@@ -43,6 +43,7 @@ class LlamaCppBackend(Backend):
             t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
         )
         self._grammars: dict[str, Any] = {}
+        self._scorer: Any = None  # a second context that keeps every position's logits
 
     @classmethod
     def load(cls, config: LLMConfig) -> LlamaCppBackend:
@@ -114,6 +115,40 @@ class LlamaCppBackend(Backend):
                 yield token
         finally:
             tokens.close()
+
+    def loglikelihood(self, context: list[int], continuation: list[int]) -> float:
+        import numpy as np
+
+        scorer = self._scoring_context()
+        ids = (context + continuation)[-int(scorer.n_ctx()) :]
+        first = len(ids) - len(continuation)
+        scorer.reset()
+        scorer.eval(ids)
+        logits = np.asarray(scorer.scores[: len(ids)], dtype=np.float64)  # (len(ids), vocab)
+        # the logits at position i predict token i + 1
+        rows = logits[first - 1 : len(ids) - 1]
+        top = rows.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        picked = rows[np.arange(len(rows)), ids[first:]]
+        return float((picked - log_norm).sum())
+
+    def _scoring_context(self) -> Any:
+        """The generation context computes the last position's logits only; scoring needs all,
+        so a second, small context over the same (memory-mapped) weights keeps them."""
+        if self._scorer is None:
+            from llama_cpp import Llama
+
+            params = self.llm.context_params
+            self._scorer = Llama(
+                model_path=str(self.source.path),
+                n_ctx=min(self.context_size, 1024),
+                n_threads=params.n_threads,
+                n_threads_batch=params.n_threads_batch,
+                n_gpu_layers=self.llm.model_params.n_gpu_layers,
+                logits_all=True,
+                verbose=False,
+            )
+        return self._scorer
 
     def _grammar(self, constraint: Constraint) -> Any:
         from llama_cpp import LlamaGrammar

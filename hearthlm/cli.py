@@ -17,6 +17,7 @@ from rich.table import Table
 
 from hearthlm.cli_options import (
     AdapterOpt,
+    AnswerOpt,
     BackendOpt,
     CollectionOpt,
     ConfigOpt,
@@ -126,6 +127,7 @@ def chat(
     collection: CollectionOpt = None,
     server: ServerOpt = None,
     index_dir: IndexDirOpt = None,
+    answer: AnswerOpt = None,
     system: SystemOpt = None,
     config: ConfigOpt = None,
     backend: BackendOpt = None,
@@ -250,18 +252,44 @@ def search(
 def _docs_qa(cfg: HearthConfig) -> Any:
     from hearthlm.retrieval import DocsQA, DocumentIndex, HybridRetriever
 
-    retriever = HybridRetriever.from_index(DocumentIndex(cfg.retrieval))
-    return DocsQA(chat_model(cfg), retriever, min_relevance=cfg.retrieval.min_relevance)
+    retrieval = cfg.retrieval
+    return DocsQA(
+        chat_model(cfg),
+        HybridRetriever.from_index(DocumentIndex(retrieval)),
+        min_relevance=retrieval.min_relevance,
+        answer=retrieval.answer,
+        on_ungrounded=retrieval.on_ungrounded,
+    )
 
 
 def _print_answer(answer: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer.as_dict()))
         return
+    print_sources(console, answer)
+
+
+def print_sources(out: Any, answer: Any) -> None:
+    """Where an answer came from: each quote with its file, page and character offsets, or each
+    cited source; then what a written answer stated without a source."""
     for removed in answer.removed_citations:
-        console.print(f"[yellow]removed citation [{removed}]: no such source[/yellow]")
+        out.print(f"[yellow]removed citation [{removed}]: no such source[/yellow]")
+    if answer.replaced is not None:
+        out.print(f"[yellow]replaced a written answer: {answer.replaced}[/yellow]", highlight=False)
+    elif answer.grounded is False:
+        unsupported = ", ".join(answer.unsupported)
+        out.print(f"[yellow]not in the cited sources: {unsupported}[/yellow]", highlight=False)
+    for quote in answer.quotes:
+        page = f", page {quote.page}" if quote.page else ""
+        out.print(
+            f"  [{quote.source}] {quote.path}{page}, characters {quote.start}-{quote.end}"
+            f' [dim]"{quote.display}"[/dim]',
+            highlight=False,
+        )
+    if answer.quotes:
+        return
     for cited in answer.citations:
-        console.print(
+        out.print(
             f"  [{cited.number}] {cited.path}"
             + (f", page {cited.page}" if cited.page else "")
             + (f" ({cited.heading})" if cited.heading else ""),
@@ -281,6 +309,7 @@ def ask(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
+    answer: AnswerOpt = None,
 ) -> None:
     """Answer a question from the indexed documents, with cited sources."""
     from hearthlm.retrieval import Answer

@@ -29,6 +29,12 @@ CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.
 ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
 KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
+AnswerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Answer mode: quote, constrained, free, or auto (quote on the default model)."
+    ),
+]
 # Which config section each command option sets.
 SECTIONS = {
     **dict.fromkeys(("backend", "model", "adapter"), "llm"),
@@ -36,7 +42,7 @@ SECTIONS = {
         ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed"),
         "sampling",
     ),
-    **dict.fromkeys(("collection", "server", "index_dir", "k"), "retrieval"),
+    **dict.fromkeys(("collection", "server", "index_dir", "k", "answer"), "retrieval"),
 }
 FIELD_NAMES = {"index_dir": "path"}
 

@@ -147,6 +147,14 @@ class RetrievalConfig(StrictModel):
     )
     json_id_field: str | None = Field(None, description="Field of a JSON record with its id.")
     search: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Search mode.")
+    fusion: Literal["rrf", "score"] = Field(
+        "rrf",
+        description="How hybrid search fuses the dense and BM25 rankings: weighted reciprocal-rank "
+        "fusion, or min-max normalised scores with convex weights.",
+    )
+    dense_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="The dense ranking's weight in fusion; BM25 gets the rest."
+    )
     k: int = Field(4, ge=1, description="Chunks returned per query.")
     fetch_k: int = Field(40, ge=1, description="Candidates per search before fusion and MMR.")
     mmr: bool = Field(False, description="Diversify results with maximal marginal relevance.")
@@ -158,6 +166,17 @@ class RetrievalConfig(StrictModel):
         0.3,
         description="If no chunk reaches this cosine similarity, the answer is 'I don't know' "
         "and the model is not called.",
+    )
+    answer: Literal["auto", "quote", "constrained", "free"] = Field(
+        "auto",
+        description="How the docs chatbot answers: 'quote' chooses verbatim sentences of the "
+        "sources, 'constrained' writes one cited sentence under a grammar, 'free' writes freely. "
+        "'auto' quotes on the packaged default model and writes on any other.",
+    )
+    on_ungrounded: Literal["flag", "quote"] = Field(
+        "flag",
+        description="A written answer that states a number, code or name its sources lack is "
+        "flagged ('flag'), or also replaced by the quote answer ('quote').",
     )
     history_path: Path = Field(
         default_factory=lambda: default_data_dir() / "chat_history.sqlite",

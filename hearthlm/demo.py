@@ -1,7 +1,8 @@
 """``make demo``: the chatbot over documents, on the embedded defaults, offline.
 
 It indexes the example folder shipped in ``examples/docs`` (incrementally: a second run embeds
-nothing) and answers two questions with cited sources.
+nothing) and answers three questions, the last of which the documents do not answer. Each answer
+shows where it came from: the file, page and characters of every quoted sentence.
 """
 
 from __future__ import annotations
@@ -15,11 +16,24 @@ from hearthlm.llm import ChatHearth
 from hearthlm.retrieval import Answer, DocsQA, DocumentIndex, HybridRetriever
 
 EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "docs"
-QUESTIONS = ("How long is the warranty?", "What does error E4 mean?")
+QUESTIONS = (
+    "How long is the warranty?",
+    "What does error E4 mean?",
+    "How do I update the kettle's firmware?",
+)
 
 
-def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) -> None:
-    retrieval = config.retrieval.model_copy(update={"collection": "hearth-demo"})
+def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) -> list[Answer]:
+    """Index ``docs`` and answer :data:`QUESTIONS`; returns the answers."""
+    from hearthlm.cli import print_sources
+
+    retrieval = config.retrieval.model_copy(
+        update={
+            "collection": "hearth-demo",
+            # the benchmark's questions live beside the documents; they are not documents
+            "exclude": [*config.retrieval.exclude, "questions.jsonl"],
+        }
+    )
     index = DocumentIndex(retrieval)
     report = index.index_path(docs)
     console.print(
@@ -28,14 +42,22 @@ def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) 
         soft_wrap=True,
     )
     chat = ChatHearth.from_config(config).model_copy(update={"max_new_tokens": 96})
-    qa = DocsQA(chat, HybridRetriever.from_index(index), config.retrieval.min_relevance)
+    qa = DocsQA(
+        chat,
+        HybridRetriever.from_index(index),
+        config.retrieval.min_relevance,
+        answer=config.retrieval.answer,
+        on_ungrounded=config.retrieval.on_ungrounded,
+    )
+    answers = []
     for question in QUESTIONS:
         console.print(f"\n[bold]Q:[/bold] {question}")
         console.print("[bold]A:[/bold] ", end="")
         for item in qa.stream(question):
             if isinstance(item, Answer):
                 console.print()
-                for source in item.citations:
-                    console.print(f"    [{source.number}] {source.label()}", highlight=False)
+                print_sources(console, item)
+                answers.append(item)
             else:
                 console.print(item, end="", highlight=False)
+    return answers

@@ -1,8 +1,19 @@
-"""Answers with citations: retrieve, pack the best chunks into the model's context budget, ask
-for ``[n]`` citations, and map every citation back to its source.
+"""Answers with citations: retrieve, pack the best chunks into the model's context budget,
+answer, and map every citation back to its source.
 
-A citation that points to no packed source is removed from the text and reported. When nothing
-relevant is retrieved, the answer says so and the model is not called, so it cannot invent one.
+Three answer modes (``DocsQA(answer=…)``):
+- ``quote``: the answer is verbatim sentences of the sources, chosen by the model among the best
+  candidates (:mod:`hearthlm.retrieval.reader`). Right by construction about what the documents
+  say; the default on the packaged 135M model, which invents details when it writes.
+- ``constrained``: the model writes one sentence under a grammar that opens it with a source
+  number. For a larger local model.
+- ``free``: the model writes and cites freely. For a large model or a remote one.
+
+A citation that points to no packed source is removed from the text and reported. A written
+answer is checked for grounding (:mod:`hearthlm.retrieval.grounding`): a number, code or name
+that none of its cited sources holds is reported, and with ``on_ungrounded="quote"`` the answer is
+replaced by the quote answer. When nothing relevant is retrieved, the answer says so and the
+model is not called, so it cannot invent one.
 """
 
 from __future__ import annotations
@@ -15,9 +26,14 @@ from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from hearthlm.errors import ContextWindowError
+from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.retrieval import reader
+from hearthlm.retrieval.grounding import unsupported
+from hearthlm.retrieval.reader import Quote
 from hearthlm.retrieval.retriever import Hit, HybridRetriever
+
+AnswerMode = Literal["auto", "quote", "constrained", "free"]
 
 NO_ANSWER = "I don't know: the indexed documents do not cover this question."
 SYSTEM = (
@@ -44,6 +60,7 @@ class Source:
     snippet: str
     chunk_id: str
     similarity: float | None
+    start: int = 0  # character offset of the snippet in the file's extracted text
 
     @classmethod
     def from_hit(cls, number: int, hit: Hit) -> Source:
@@ -56,6 +73,7 @@ class Source:
             snippet=hit.text,
             chunk_id=hit.id,
             similarity=hit.similarity,
+            start=int(meta.get("start", 0)),
         )
 
     def label(self) -> str:
@@ -69,7 +87,12 @@ class Source:
 
 @dataclass
 class Answer:
-    """The answer, every source it was given, and the citations it actually used."""
+    """The answer, every source it was given, and the citations it actually used.
+
+    ``quotes`` holds the verbatim sentences of a quote answer, with their offsets. ``grounded``
+    is ``False`` when a written answer states a number, code or name (listed in
+    ``unsupported``) that its cited sources do not hold; ``None`` when nothing was checked.
+    """
 
     question: str
     text: str
@@ -77,12 +100,27 @@ class Answer:
     citations: list[Source] = field(default_factory=list)
     removed_citations: list[int] = field(default_factory=list)
     standalone_question: str | None = None
+    mode: str = "quote"
+    quotes: list[Quote] = field(default_factory=list)
+    grounded: bool | None = None
+    unsupported: list[str] = field(default_factory=list)
+    replaced: str | None = None  # the written answer a quote replaced, if one did
+
+    @property
+    def known(self) -> bool:
+        """False for the "I don't know" answer."""
+        return self.text != NO_ANSWER
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "question": self.question,
             "standalone_question": self.standalone_question,
             "answer": self.text,
+            "mode": self.mode,
+            "quotes": [q.as_dict() for q in self.quotes],
+            "grounded": self.grounded,
+            "unsupported": self.unsupported,
+            "replaced": self.replaced,
             "citations": [s.number for s in self.citations],
             "removed_citations": self.removed_citations,
             "sources": [
@@ -92,6 +130,7 @@ class Answer:
                     "page": s.page,
                     "heading": s.heading,
                     "snippet": s.snippet[:300],
+                    "start": s.start,
                     "similarity": s.similarity,
                 }
                 for s in self.sources
@@ -102,10 +141,33 @@ class Answer:
 class DocsQA:
     """Question answering over a document index, with cited sources.
 
+    Args:
+        chat: the chat model. Quote answers and the ``constrained`` grammar need hearthlm's
+            :class:`ChatHearth`; with any other chat model the quote reader keeps its ranking's
+            choice, and ``auto`` writes freely and checks the answer's grounding.
+        retriever: where the sources come from.
+        min_relevance: below this cosine similarity no chunk counts, and the answer is
+            "I don't know" without a model call.
+        max_sources: chunks packed into the prompt (default: the retriever's ``k``).
+        answer: ``quote``, ``constrained``, ``free``, or ``auto``: ``quote`` on the packaged
+            default model, ``constrained`` on another local model, ``free`` on a chat model
+            that reads no grammar.
+        on_ungrounded: for written answers, ``flag`` marks an answer that states what its
+            sources do not hold (``Answer.grounded``); ``quote`` also replaces it by the quote
+            answer.
+        choices: most quote candidates the model chooses among.
+        choice_margin: candidates scoring within this share of the best are close enough
+            for the model to choose between (by query likelihood); 0 keeps the ranking.
+        min_quote_relevance: a quote answer needs a sentence at least this relevant
+            (:func:`hearthlm.retrieval.reader.relevance`); else "I don't know".
+        max_quotes: most sentences in a quote answer.
+        quote_ratio: a further sentence joins the answer when it comes from another source
+            and scores at least this share of the best one.
+
     Example:
         >>> qa = DocsQA(ChatHearth(), HybridRetriever.from_index(index))  # doctest: +SKIP
         >>> answer = qa.invoke("How do I reset the device?")  # doctest: +SKIP
-        >>> [c.path for c in answer.citations]  # doctest: +SKIP
+        >>> answer.text, [(q.path, q.start, q.end) for q in answer.quotes]  # doctest: +SKIP
     """
 
     def __init__(
@@ -114,13 +176,40 @@ class DocsQA:
         retriever: HybridRetriever,
         min_relevance: float = 0.3,
         max_sources: int | None = None,
-        citations: Literal["constrained", "free"] = "constrained",
+        answer: AnswerMode = "auto",
+        on_ungrounded: Literal["flag", "quote"] = "flag",
+        choices: int = 3,
+        choice_margin: float = 0.05,
+        min_quote_relevance: float = 0.15,
+        max_quotes: int = 2,
+        quote_ratio: float = 0.7,
+        citations: Literal["constrained", "free"] | None = None,
     ) -> None:
+        if answer not in ("auto", "quote", "constrained", "free"):
+            raise ConfigError(
+                f"answer mode {answer!r} is not one of auto, quote, constrained, free"
+            )
         self.chat = chat
         self.retriever = retriever
         self.min_relevance = min_relevance
         self.max_sources = max_sources or retriever.k
-        self.citations = citations
+        # ``citations=`` is the name this setting had before quote answers existed.
+        self.answer = citations or answer
+        self.on_ungrounded = on_ungrounded
+        self.choices = choices
+        self.choice_margin = choice_margin
+        self.min_quote_relevance = min_quote_relevance
+        self.max_quotes = max_quotes
+        self.quote_ratio = quote_ratio
+
+    @property
+    def mode(self) -> str:
+        """The answer mode in effect (``auto`` resolved for this chat model)."""
+        if self.answer != "auto":
+            return self.answer
+        if not isinstance(self.chat, ChatHearth):
+            return "free"
+        return "quote" if self.chat.model is None else "constrained"
 
     def invoke(self, question: str, history: Sequence[BaseMessage] = ()) -> Answer:
         """Answer ``question``; ``history`` is earlier turns of the same conversation."""
@@ -128,16 +217,22 @@ class DocsQA:
         for item in self.stream(question, history):
             if isinstance(item, Answer):
                 final = item
-        assert final is not None  # stream always ends with the Answer
+        if final is None:  # stream always ends with an Answer
+            raise RuntimeError("the answer stream ended without an answer")
         return final
 
     def stream(self, question: str, history: Sequence[BaseMessage] = ()) -> Iterator[str | Answer]:
-        """Text deltas as the model writes them, then the finished :class:`Answer`."""
+        """Text deltas as the answer is made, then the finished :class:`Answer`."""
+        mode = self.mode
+        if not question.strip():
+            yield NO_ANSWER
+            yield Answer(question, NO_ANSWER, mode=mode)
+            return
         hits = self.retriever.search(question, k=self.max_sources)
         relevant = [h for h in hits if (h.similarity or 0.0) >= self.min_relevance]
         if not relevant:
             yield NO_ANSWER
-            yield Answer(question, NO_ANSWER)
+            yield Answer(question, NO_ANSWER, mode=mode)
             return
         sources, messages = self._pack(question, relevant, history)
         if not sources:
@@ -145,29 +240,78 @@ class DocsQA:
                 "no retrieved chunk fits the context window beside the question and history; "
                 "shorten the history or raise llm.context_size."
             )
+        if mode == "quote":
+            answer = self.quote(question, sources)
+            yield answer.text
+            yield answer
+            return
+        yield from self._write(question, sources, messages, mode)
+
+    def quote(self, question: str, sources: list[Source]) -> Answer:
+        """The quote answer over already packed ``sources``: the sentence the model chooses among
+        the best candidates, or "I don't know" when no sentence is relevant enough."""
+        ranked = reader.candidates(question, sources, self._embeddings())
+        if not ranked or reader.relevance(ranked[0]) < self.min_quote_relevance:
+            return Answer(question, NO_ANSWER, sources, mode="quote")
+        pick, _ = reader.choose(self.chat, question, ranked, self.choice_margin, self.choices)
+        quotes = reader.select(ranked, pick, self.max_quotes, self.quote_ratio)
+        text = " ".join(f"{q.display} [{q.source}]" for q in quotes)
+        numbers = {q.source for q in quotes}
+        cited = [s for s in sources if s.number in numbers]
+        return Answer(question, text, sources, cited, mode="quote", quotes=quotes)
+
+    def _write(
+        self, question: str, sources: list[Source], messages: list[BaseMessage], mode: str
+    ) -> Iterator[str | Answer]:
+        """A written answer: deltas as the model writes, then the checked :class:`Answer`."""
         options: dict[str, Any] = {}
-        if self.citations == "constrained":
+        if mode == "constrained":
+            if not isinstance(self.chat, ChatHearth):
+                raise ConfigError(
+                    f"answer='constrained' needs hearthlm's ChatHearth, which reads grammars; "
+                    f"{type(self.chat).__name__} does not. Use answer='free' or 'quote'."
+                )
             numbers = " | ".join(f'"{s.number}"' for s in sources)
             options["grammar"] = CITED_SENTENCE.format(numbers=numbers)
+        replace = self.on_ungrounded == "quote"
         parts = []
         for chunk in self.chat.stream(messages, **options):
             text = str(chunk.content)
             parts.append(text)
-            if text:
+            if text and not replace:  # a reply that may be replaced is shown once checked
                 yield text
-        yield resolve_citations(question, "".join(parts), sources)
+        answer = resolve_citations(question, "".join(parts), sources)
+        answer.mode = mode
+        cited = answer.citations or sources
+        answer.unsupported = unsupported(answer.text, [s.snippet for s in cited])
+        answer.grounded = not answer.unsupported
+        if replace and not answer.grounded:
+            quoted = self.quote(question, sources)
+            quoted.replaced, quoted.grounded = answer.text, False
+            quoted.unsupported, quoted.mode = answer.unsupported, mode
+            quoted.removed_citations = answer.removed_citations
+            answer = quoted
+        if replace:
+            yield answer.text
+        yield answer
+
+    def _embeddings(self) -> Any:
+        index = getattr(self.retriever, "index", None)
+        return getattr(index, "embeddings", None)
 
     def _pack(
         self, question: str, hits: list[Hit], history: Sequence[BaseMessage]
     ) -> tuple[list[Source], list[BaseMessage]]:
-        """As many of the best chunks as fit the context, counted in the chat model's tokens."""
-        budget = self.chat.context_window - self.chat.max_new_tokens
+        """As many of the best chunks as fit the context, counted in the chat model's tokens.
+        A chat model that does not say its context window (a remote one) gets every chunk."""
+        window = getattr(self.chat, "context_window", None)
+        budget = window - int(getattr(self.chat, "max_new_tokens", 0)) if window else None
         sources: list[Source] = []
         messages = _messages([], question, history)
         for hit in hits:
             candidate = Source.from_hit(len(sources) + 1, hit)
             trial = _messages([*sources, candidate], question, history)
-            if self.chat.get_num_tokens_from_messages(trial) > budget:
+            if budget is not None and self.chat.get_num_tokens_from_messages(trial) > budget:
                 continue  # a later, shorter chunk may still fit
             sources.append(candidate)
             messages = trial
@@ -201,4 +345,4 @@ def resolve_citations(question: str, text: str, sources: list[Source]) -> Answer
     cleaned = _CITATION.sub(keep, text)
     cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned).strip()
     citations = [used[n] for n in sorted(used)]
-    return Answer(question, cleaned, sources, citations, removed)
+    return Answer(question, cleaned, sources, citations, removed, mode="free")

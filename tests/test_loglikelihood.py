@@ -1,0 +1,34 @@
+"""ChatHearth.loglikelihood: the same scores on both backends, and the ones a reader expects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hearthlm.errors import ConfigError
+
+
+def test_likely_continuations_score_higher_on_both_backends(llama_chat, hf_chat):
+    context = "The capital of France is"
+    for chat in (llama_chat, hf_chat):
+        paris = chat.loglikelihood(context, " Paris")
+        banana = chat.loglikelihood(context, " banana")
+        assert paris < 0 and banana < paris - 3
+    # the GGUF is Q4_1 and transformers runs its dequantised weights: close, not equal
+    assert math.isclose(
+        llama_chat.loglikelihood(context, " Paris"),
+        hf_chat.loglikelihood(context, " Paris"),
+        abs_tol=1.0,
+    )
+
+
+def test_scoring_leaves_generation_unchanged(llama_chat):
+    before = llama_chat.invoke("Count from 1 to 3.").content
+    llama_chat.loglikelihood("Passage: kettles boil water.\nQuestion:", " What boils water?")
+    assert llama_chat.invoke("Count from 1 to 3.").content == before
+
+
+def test_empty_text_is_a_clear_error(llama_chat):
+    with pytest.raises(ConfigError, match="non-empty"):
+        llama_chat.loglikelihood("", " Paris")

@@ -178,6 +178,9 @@ def index(
     server: ServerOpt = None,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also list library warnings, file by file.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
@@ -197,6 +200,15 @@ def index(
     )
     for skipped, reason in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False)
+    if verbose:
+        for source, message in report.warnings:
+            console.print(f"[dim]warning[/dim] {source}: {message}", highlight=False)
+    elif report.warnings:
+        files = len({source for source, _ in report.warnings})
+        console.print(
+            f"[dim]{len(report.warnings)} library warnings from {files} files; "
+            "--verbose lists them[/dim]"
+        )
 
 
 @app.command()

@@ -61,7 +61,7 @@ def test_walk_is_recursive_with_include_and_exclude(tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
-        ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "not UTF-8"),
+        ("noise.txt", bytes(range(128, 256)) * 8, "no other encoding reads as text"),
         ("empty.md", b"   \n\n", "empty"),
         ("report.docx", b"PK\x03\x04 zipped", "unsupported file type .docx"),
         ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "PDF"),

@@ -196,13 +196,18 @@ def index(
         f"{report.files_indexed} files indexed, {report.files_unchanged} unchanged, "
         f"{report.files_removed} removed; {report.chunks_added} chunks added, "
         f"{report.chunks_removed} removed, {report.embedded} embedded "
-        f"({docs.count} in '{cfg.retrieval.collection}') in {report.seconds:.1f}s"
+        f"({docs.count} in '{cfg.retrieval.collection}') in {report.seconds:.1f}s",
+        soft_wrap=True,
     )
-    for skipped, reason in report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False)
+    for skipped, reason in report.skipped:  # one line each, also in a log
+        console.print(
+            f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False, soft_wrap=True
+        )
     if verbose:
         for source, message in report.warnings:
-            console.print(f"[dim]warning[/dim] {source}: {message}", highlight=False)
+            console.print(
+                f"[dim]warning[/dim] {source}: {message}", highlight=False, soft_wrap=True
+            )
     elif report.warnings:
         files = len({source for source, _ in report.warnings})
         console.print(

@@ -147,9 +147,9 @@ class DocumentIndex:
         except Exception as exc:  # Chroma, SQLite or the disk: the store, not a file
             raise RetrievalError(
                 f"the index store at {self.config.server or self.config.path} failed while "
-                f"indexing {root}: {type(exc).__name__}: {exc}. Files finished before the failure "
-                "stay indexed; fix the cause (disk space, permissions, the Chroma server) and run "
-                "the same command again to complete the rest."
+                f"indexing {root}: {type(exc).__name__}: {str(exc).rstrip('.')}. Files finished "
+                "before the failure stay indexed; fix the cause (disk space, permissions, the "
+                "Chroma server) and run the same command again to complete the rest."
             ) from exc
         report.warnings.extend((STORE_SOURCE, message) for message in caught)
         report.seconds = time.perf_counter() - start

@@ -179,3 +179,14 @@ def test_ingest_file_always_answers(embeddings, tmp_path_factory, suffix: str, d
     splitter = TokenSplitter(embeddings.tokenizer, embeddings.max_tokens)
     outcome = ingest_file(path, splitter, LoaderOptions())
     assert (outcome.skipped is None) == bool(outcome.chunks)
+
+
+def test_a_folder_without_a_single_keyword(embeddings, tmp_path: Path):
+    """Found by the fuzz: chunks with no BM25 token at all ("\\x01") once crashed bm25s."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "0.html").write_bytes(b"\x01")
+    (folder / "symbols.txt").write_text("+ - * / = !", encoding="utf-8")
+    index = _new_index(tmp_path, embeddings)
+    _check_run(index, folder, 2)
+    assert index.count == 2 and index.bm25.search("anything", k=3) == []

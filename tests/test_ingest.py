@@ -95,7 +95,9 @@ def test_a_failing_store_stops_the_run_with_a_clear_error(embeddings, tmp_path: 
     before = index.store.files()
     # Another process deletes the collection under the running index.
     chromadb.PersistentClient(path=str(tmp_path / "idx")).delete_collection("docs")
-    with pytest.raises(RetrievalError, match=r"index store .* failed.*run the same command again"):
+    with pytest.raises(
+        RetrievalError, match=r"writing the index at .* failed.*run the same command again"
+    ):
         index.index_path(corpus, progress=False)
     assert index.store.files() == before  # no file recorded without its chunks
     assert DocumentIndex(index.config, embeddings).index_path(corpus, progress=False).skipped == []

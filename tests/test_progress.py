@@ -36,3 +36,20 @@ def test_disabled_progress_writes_nothing(capfd):
             advance()
     captured = capfd.readouterr()
     assert captured.out == captured.err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_keeps_only_the_bars_of_jobs_over_a_second():
+    instant, slow = _Terminal(), _Terminal()
+    with progress_bar(True, 2, "files", stream=instant) as advance:
+        advance(2)
+    with progress_bar(True, 2, "files", stream=slow) as advance:
+        time.sleep(1.1)
+        advance(2)
+    # What stays on screen is what follows the last carriage return.
+    assert "100%" not in instant.getvalue().rsplit("\r", 1)[-1]  # erased
+    assert "100%" in slow.getvalue().rsplit("\r", 1)[-1]

@@ -144,9 +144,9 @@ class DocumentIndex:
                 self._index(root, report, progress)
         except HearthError:
             raise
-        except Exception as exc:  # Chroma, SQLite or the disk: the store, not a file
+        except Exception as exc:  # Chroma, SQLite, the disk or the embedder: not one file
             raise RetrievalError(
-                f"the index store at {self.config.server or self.config.path} failed while "
+                f"writing the index at {self.config.server or self.config.path} failed while "
                 f"indexing {root}: {type(exc).__name__}: {str(exc).rstrip('.')}. Files finished "
                 "before the failure stay indexed; fix the cause (disk space, permissions, the "
                 "Chroma server) and run the same command again to complete the rest."

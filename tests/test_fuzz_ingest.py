@@ -43,6 +43,7 @@ SEEDS = {
     b"</p></main></body></html>",
     ".json": json.dumps([{"text": "Saturn has many moons."}, {"text": "Mars is red."}]).encode(),
     ".jsonl": b'{"text": "first record"}\n{"text": "second record"}\n',
+    ".csv": b'name,note\nAnna,"likes tea, not coffee"\nBo,cycles to work\n',
     ".pdf": _pdf_bytes(),
 }
 
@@ -63,6 +64,7 @@ FIXED = {
     "long-line.txt": b"x" * 20_000 + b"word " * 2_000,
     "nul.txt": b"text\x00with\x00nul bytes",
     "zero.jsonl": b"\x00" * 1000,
+    "ragged.csv": b'a,b\n1,2,3,4\n"open quote,5\n' + b"x" * 200_000 + b",y\n",
     "empty.md": b"",
     "name\nwith newline.txt": b"A file name with a newline is still a file.",
     "ünïcødé 名前.md": "# Überschrift\n\nText mit Umlauten: äöü.".encode(),

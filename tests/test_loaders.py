@@ -176,3 +176,16 @@ def test_a_deep_jsonl_line_is_dropped_and_the_rest_kept(tmp_path: Path):
         encoding="utf-8",
     )
     assert [(s.text, s.record) for s in load_file(path)] == [("first", "1"), ("third", "3")]
+
+
+def test_csv_rows_become_records_in_any_encoding(tmp_path: Path):
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(
+        "name;city;note\nJos\xe9;M\xfcnchen;caf\xe9 au lait\nAnna;Oslo;\n".encode("cp1252")
+    )
+    rows = load_file(path)
+    assert [(r.text, r.record) for r in rows] == [
+        ("name: Jos\xe9\ncity: M\xfcnchen\nnote: caf\xe9 au lait", "2"),
+        ("name: Anna\ncity: Oslo", "3"),
+    ]
+    assert {r.encoding for r in rows} == {"windows-1252"}

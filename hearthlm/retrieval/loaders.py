@@ -7,7 +7,9 @@ and :class:`LoaderOptions` caps what one file may cost: its size, a PDF's pages,
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
 import itertools
 import json
 import re
@@ -20,7 +22,7 @@ from hearthlm.retrieval.sections import LoaderOptions, LoadError, Section
 
 __all__ = ["SUPPORTED", "LoadError", "LoaderOptions", "Section", "check_size", "load_file", "walk"]
 
-SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".json", ".jsonl")
+SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".json", ".jsonl", ".csv")
 
 
 def walk(
@@ -203,6 +205,27 @@ def _parse_json(text: str, max_depth: int) -> Any:
     return json.loads(text)
 
 
+def _load_csv(path: Path, options: LoaderOptions) -> list[Section]:
+    """One section per row, as "column: value" lines; the delimiter is sniffed (, ; tab |)."""
+    text, encoding = _read_text(path)
+    try:
+        dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    rows = csv.reader(io.StringIO(text, newline=""), dialect)
+    try:
+        header = next(rows, [])
+        sections = []
+        for number, row in enumerate(rows, start=2):
+            names = header + [f"column {i}" for i in range(len(header) + 1, len(row) + 1)]
+            lines = [f"{n}: {v.strip()}" for n, v in zip(names, row, strict=False) if v.strip()]
+            if lines:
+                sections.append(Section("\n".join(lines), record=str(number)))
+    except csv.Error as exc:
+        raise LoadError(f"invalid CSV at line {rows.line_num}: {exc}") from None
+    return _with_encoding(sections, encoding)
+
+
 def _record(record: Any, where: str, options: LoaderOptions) -> Section | None:
     if not isinstance(record, dict):
         return None
@@ -228,4 +251,5 @@ _LOADERS: dict[str, Callable[[Path, LoaderOptions], list[Section]]] = {
     ".htm": _load_html,
     ".json": _load_json,
     ".jsonl": _load_jsonl,
+    ".csv": _load_csv,
 }

@@ -209,10 +209,10 @@ def index(
                 f"[dim]warning[/dim] {source}: {message}", highlight=False, soft_wrap=True
             )
     elif report.warnings:
-        files = len({source for source, _ in report.warnings})
+        count, files = len(report.warnings), len({source for source, _ in report.warnings})
         console.print(
-            f"[dim]{len(report.warnings)} library warnings from {files} files; "
-            "--verbose lists them[/dim]"
+            f"[dim]{count} library warning{'s' * (count != 1)} from {files} "
+            f"file{'s' * (files != 1)}; --verbose lists them[/dim]"
         )
 
 

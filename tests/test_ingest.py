@@ -116,7 +116,7 @@ def test_hearth_index_in_a_log(tmp_path: Path):
     first = hearth_index()
     assert first.returncode == 0, first.stderr
     assert "skipped" in first.stdout and "nested 100000 levels deep" in first.stdout
-    assert "1 library warnings from 1 files; --verbose lists them" in first.stdout
+    assert "1 library warning from 1 file; --verbose lists them" in first.stdout
     assert "EOF marker" not in first.stdout + first.stderr
     assert "━" not in first.stdout + first.stderr
     verbose = hearth_index("--verbose")

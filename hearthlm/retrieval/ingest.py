@@ -23,7 +23,7 @@ from hearthlm.retrieval.sections import LoaderOptions, LoadError
 from hearthlm.retrieval.splitter import Chunk, TokenSplitter
 
 # Loggers of the libraries that run while loading and writing; their records are captured.
-LIBRARY_LOGGERS = ("pypdf", "bs4", "charset_normalizer", "chromadb", "PIL", "fontTools")
+LIBRARY_LOGGERS = ("pypdf", "bs4", "chardet", "chromadb")
 MAX_WARNINGS = 5  # distinct messages kept per file; the rest are counted
 
 

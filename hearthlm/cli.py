@@ -180,6 +180,9 @@ def index(
     server: ServerOpt = None,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also list library warnings, file by file.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
@@ -195,10 +198,24 @@ def index(
         f"{report.files_indexed} files indexed, {report.files_unchanged} unchanged, "
         f"{report.files_removed} removed; {report.chunks_added} chunks added, "
         f"{report.chunks_removed} removed, {report.embedded} embedded "
-        f"({docs.count} in '{cfg.retrieval.collection}') in {report.seconds:.1f}s"
+        f"({docs.count} in '{cfg.retrieval.collection}') in {report.seconds:.1f}s",
+        soft_wrap=True,
     )
-    for skipped, reason in report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False)
+    for skipped, reason in report.skipped:  # one line each, also in a log
+        console.print(
+            f"[yellow]skipped[/yellow] {skipped}: {reason}", highlight=False, soft_wrap=True
+        )
+    if verbose:
+        for source, message in report.warnings:
+            console.print(
+                f"[dim]warning[/dim] {source}: {message}", highlight=False, soft_wrap=True
+            )
+    elif report.warnings:
+        count, files = len(report.warnings), len({source for source, _ in report.warnings})
+        console.print(
+            f"[dim]{count} library warning{'s' * (count != 1)} from {files} "
+            f"file{'s' * (files != 1)}; --verbose lists them[/dim]"
+        )
 
 
 @app.command()

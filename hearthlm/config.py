@@ -146,6 +146,12 @@ class RetrievalConfig(StrictModel):
         default_factory=lambda: ["text"], description="Fields of a JSON record that hold text."
     )
     json_id_field: str | None = Field(None, description="Field of a JSON record with its id.")
+    max_file_mb: float = Field(
+        100.0, gt=0, description="Larger files are skipped, with the reason, without being read."
+    )
+    max_pdf_pages: int = Field(
+        2000, ge=1, description="PDFs with more pages are skipped, with the reason."
+    )
     search: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Search mode.")
     fusion: Literal["rrf", "score"] = Field(
         "rrf",

@@ -68,15 +68,17 @@ def test_index_reindex_change_delete(retrieval_config, embeddings, tmp_path: Pat
 
 def test_bad_files_are_skipped_with_reasons_and_run_continues(embeddings, tmp_path: Path):
     corpus = write_corpus(tmp_path / "docs")
-    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (corpus / "noise.txt").write_bytes(bytes(range(128, 256)) * 8)
     (corpus / "empty.md").write_text("", encoding="utf-8")
     (corpus / "slides.pptx").write_bytes(b"PK\x03\x04")
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (corpus / "deep.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
     index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
     report = index.index_path(corpus, progress=False)
     reasons = {Path(p).name: r for p, r in report.skipped}
-    assert set(reasons) == {"latin1.txt", "empty.md", "slides.pptx", "broken.pdf"}
-    assert "not UTF-8" in reasons["latin1.txt"] and "empty" in reasons["empty.md"]
+    assert set(reasons) == {"noise.txt", "empty.md", "slides.pptx", "broken.pdf", "deep.json"}
+    assert "not UTF-8" in reasons["noise.txt"] and "empty" in reasons["empty.md"]
+    assert "nested 100000 levels deep" in reasons["deep.json"]
     assert report.files_indexed == 5
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_walk_is_recursive_with_include_and_exclude(tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
-        ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "not UTF-8"),
+        ("noise.txt", bytes(range(128, 256)) * 8, "no other encoding reads as text"),
         ("empty.md", b"   \n\n", "empty"),
         ("report.docx", b"PK\x03\x04 zipped", "unsupported file type .docx"),
         ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "PDF"),
@@ -106,3 +107,85 @@ def test_overlap_is_configurable(embeddings):
         chunks = TokenSplitter(embeddings.tokenizer, 64, overlap).split("s", [Section(prose)])
         shared = [a.metadata["end"] - b.metadata["start"] for a, b in itertools.pairwise(chunks)]
         assert (max(shared) > 0) == (overlap > 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "recorded"),
+    [
+        ("caf\xe9 cr\xe8me", "latin-1", "windows-1252"),
+        ("The caf\xe9 costs \u20ac5 \u2013 \u201cfine\u201d.", "cp1252", "windows-1252"),
+        ("Gr\xfc\xdfe aus M\xfcnchen, die Stra\xdfe ist sch\xf6n.", "latin-1", "windows-1252"),
+        ("Привет, как дела? Это тестовый текст на русском языке.", "cp1251", "windows-1251"),
+        ("# Titel\n\nGr\xfc\xdfe", "utf-16", "utf-16"),
+        ("# Titel\n\nGr\xfc\xdfe", "utf-32", "utf-32"),
+        ("# Titel\n\nGr\xfc\xdfe", "utf-8-sig", "utf-8"),
+        ("# Titel\n\nplain", "utf-8", "utf-8"),
+    ],
+)
+def test_text_in_legacy_encodings_is_read_and_its_encoding_kept(tmp_path, text, codec, recorded):
+    path = tmp_path / "note.md"
+    path.write_bytes(text.encode(codec))
+    sections = load_file(path)
+    assert "".join(s.text for s in sections) == text
+    assert {s.encoding for s in sections} == {recorded}
+
+
+def test_the_encoding_reaches_the_chunk_metadata(embeddings, tmp_path: Path):
+    path = tmp_path / "page.html"
+    path.write_bytes(
+        "<html><body><p>Cr\xe8me br\xfbl\xe9e \xe0 la carte.</p></body></html>".encode("cp1252")
+    )
+    splitter = TokenSplitter(embeddings.tokenizer, embeddings.max_tokens)
+    (chunk,) = splitter.split(str(path), load_file(path))
+    assert chunk.text == "Cr\xe8me br\xfbl\xe9e \xe0 la carte."
+    assert chunk.metadata["encoding"] == "windows-1252"
+
+
+def test_a_byte_order_mark_the_bytes_contradict(tmp_path: Path):
+    path = tmp_path / "odd.txt"
+    path.write_bytes(b"\xef\xbb\xbfcaf\xe9")  # UTF-8 mark, then Latin-1
+    with pytest.raises(LoadError, match="byte-order mark but is not valid utf-8"):
+        load_file(path)
+
+
+def test_each_file_has_a_cost_limit(tmp_path: Path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"word " * 300_000)
+    with pytest.raises(LoadError, match=r"too large: 1\.4 MB, over the 1 MB limit.*max_file_mb"):
+        load_file(big, LoaderOptions(max_file_bytes=2**20))
+    pdf = write_pdf(tmp_path / "three.pdf", list(TOPICS.values()))
+    with pytest.raises(LoadError, match=r"3 pages, over the 2-page limit.*max_pdf_pages"):
+        load_file(pdf, LoaderOptions(max_pdf_pages=2))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(LoadError, match="nested 100000 levels deep, over the limit of 100"):
+        load_file(deep)
+
+
+def test_json_depth_ignores_brackets_inside_strings(tmp_path: Path):
+    path = tmp_path / "brackets.json"
+    path.write_text(json.dumps({"text": "[" * 500 + " {quoted}"}), encoding="utf-8")
+    (section,) = load_file(path)
+    assert section.text.startswith("[[[")
+
+
+def test_a_deep_jsonl_line_is_dropped_and_the_rest_kept(tmp_path: Path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        '{"text": "first"}\n' + "[" * 5000 + "]" * 5000 + '\n{"text": "third"}\n',
+        encoding="utf-8",
+    )
+    assert [(s.text, s.record) for s in load_file(path)] == [("first", "1"), ("third", "3")]
+
+
+def test_csv_rows_become_records_in_any_encoding(tmp_path: Path):
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(
+        "name;city;note\nJos\xe9;M\xfcnchen;caf\xe9 au lait\nAnna;Oslo;\n".encode("cp1252")
+    )
+    rows = load_file(path)
+    assert [(r.text, r.record) for r in rows] == [
+        ("name: Jos\xe9\ncity: M\xfcnchen\nnote: caf\xe9 au lait", "2"),
+        ("name: Anna\ncity: Oslo", "3"),
+    ]
+    assert {r.encoding for r in rows} == {"windows-1252"}

@@ -41,11 +41,13 @@ class BM25Index:
         staging = self.folder.with_name(self.folder.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if rows:
-            ids, texts = zip(*rows, strict=True)
-            tokens = bm25s.tokenize(
-                list(texts), stopwords="en", stemmer=self._stem, show_progress=False
-            )
+        ids, texts = zip(*rows, strict=True) if rows else ((), ())
+        tokens = bm25s.tokenize(
+            list(texts), stopwords="en", stemmer=self._stem, show_progress=False
+        )
+        # No keyword in any chunk (only symbols or stopwords): nothing to search, and bm25s
+        # cannot build an index over an empty vocabulary.
+        if tokens.vocab:
             model = bm25s.BM25()
             model.index(tokens, show_progress=False)
             model.save(str(staging / "model"))

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from hearthlm.config import RetrievalConfig
-from hearthlm.errors import RetrievalError
+from hearthlm.errors import HearthError, RetrievalError
+from hearthlm.progress import progress_bar
 from hearthlm.retrieval.bm25 import BM25Index
 from hearthlm.retrieval.embeddings import HearthEmbeddings
-from hearthlm.retrieval.loaders import LoaderOptions, LoadError, load_file, walk
+from hearthlm.retrieval.ingest import Ingested, captured_warnings, ingest_file
+from hearthlm.retrieval.loaders import LoaderOptions, LoadError, check_size, walk
 from hearthlm.retrieval.splitter import Chunk, TokenSplitter
 from hearthlm.retrieval.store import SidecarStore
 
 CHROMA_BATCH = 5000
+STORE_SOURCE = "(index)"  # the source named for warnings raised outside any one file
 
 
 @dataclass
@@ -39,10 +42,15 @@ class IndexReport:
     chunks_removed: int = 0
     embedded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, library warning)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        return {
+            **self.__dict__,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "warnings": [{"path": p, "message": m} for p, m in self.warnings],
+        }
 
 
 class DocumentIndex:
@@ -112,78 +120,125 @@ class DocumentIndex:
     # -- indexing ----------------------------------------------------------------------------
 
     def index_path(self, root: Path, progress: bool = True) -> IndexReport:
-        """Bring the index up to date with the files under ``root``."""
-        import time
+        """Bring the index up to date with the files under ``root``.
 
+        A file that cannot be loaded is skipped with its reason in the report, whatever it
+        raises; library warnings go to ``report.warnings``, not to stderr. Only a failure of the
+        store itself (Chroma, the sidecar, the disk) stops the run, as a :class:`RetrievalError`;
+        files finished before it stay indexed and the next run completes the rest.
+
+        Args:
+            root: A file or a folder, walked recursively.
+            progress: Show progress (a bar on a terminal, a line now and then in a log).
+
+        Raises:
+            RetrievalError: ``root`` does not exist, or the store failed.
+        """
         start = time.perf_counter()
         root = root.expanduser().resolve()
         if not root.exists():
             raise RetrievalError(f"nothing to index at {root}: no such file or folder.")
         report = IndexReport()
+        try:
+            with captured_warnings() as caught:
+                self._index(root, report, progress)
+        except HearthError:
+            raise
+        except Exception as exc:  # Chroma, SQLite, the disk or the embedder: not one file
+            raise RetrievalError(
+                f"writing the index at {self.config.server or self.config.path} failed while "
+                f"indexing {root}: {type(exc).__name__}: {str(exc).rstrip('.')}. Files finished "
+                "before the failure stay indexed; fix the cause (disk space, permissions, the "
+                "Chroma server) and run the same command again to complete the rest."
+            ) from exc
+        report.warnings.extend((STORE_SOURCE, message) for message in caught)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _index(self, root: Path, report: IndexReport, progress: bool) -> None:
         cfg = self.config
         splitter = TokenSplitter(
             self.embeddings.tokenizer,
             min(cfg.chunk_tokens or self.embeddings.max_tokens, self.embeddings.max_tokens),
             cfg.chunk_overlap,
         )
-        options = LoaderOptions(cfg.json_text_fields, cfg.json_id_field)
+        options = LoaderOptions(
+            cfg.json_text_fields,
+            cfg.json_id_field,
+            max_file_bytes=int(cfg.max_file_mb * 2**20),
+            max_pdf_pages=cfg.max_pdf_pages,
+        )
+        changed = False
         if self.store.get_state("dirty"):
             self._reconcile()  # the last run was interrupted
+            changed = True  # and BM25 may predate the files it finished
         self.store.set_state("dirty", "1")
         known = self.store.files()
         files = list(walk(root, cfg.include, cfg.exclude))
         report.files_seen = len(files)
         present = {str(p) for p in files}
-        changed = False
-        with _progress(progress) as bar:
-            # Files that were indexed from under this root and are gone now.
-            for source in sorted(known):
-                if _under(source, root) and source not in present:
-                    report.chunks_removed += self._remove(known[source][1])
-                    self.store.drop_file(source)
-                    report.files_removed += 1
-                    changed = True
-            pending: list[tuple[str, str, list[Chunk]]] = []
-            task = bar.add_task("files", total=len(files)) if bar else None
-            for path in files:
-                source = str(path)
-                try:
-                    digest = _file_hash(path)
-                except OSError as exc:
-                    report.skipped.append((source, f"unreadable: {exc.strerror or exc}"))
-                    continue
-                if source in known and known[source][0] == digest:
-                    report.files_unchanged += 1
-                else:
-                    try:
-                        chunks = splitter.split(source, load_file(path, options))
-                    except LoadError as exc:
-                        report.skipped.append((source, str(exc)))
-                        if source in known:  # it was indexed before and is unusable now
-                            report.chunks_removed += self._remove(known[source][1])
-                            self.store.drop_file(source)
-                            changed = True
-                    else:
-                        pending.append((source, digest, chunks))
-                if bar and task is not None:
-                    bar.advance(task)
-            if pending:
+        # Files that were indexed from under this root and are gone now.
+        for source in sorted(known):
+            if _under(source, root) and source not in present:
+                report.chunks_removed += self._remove(known[source][1])
+                self.store.drop_file(source)
+                report.files_removed += 1
                 changed = True
-                self._write(pending, known, report, bar)
+        pending: list[tuple[str, str, list[Chunk]]] = []
+        with progress_bar(progress, len(files), "files") as advance:
+            for path in files:
+                changed |= self._load(path, known, splitter, options, pending, report)
+                advance()
+        if pending:
+            changed = True
+            self._write(pending, known, report, progress)
         if changed:
             version = int(self.store.get_state("version") or 0) + 1
             self.store.set_state("version", str(version))
             self.bm25.rebuild()
         self.store.set_state("dirty", None)
-        report.seconds = time.perf_counter() - start
-        return report
+
+    def _load(
+        self,
+        path: Path,
+        known: dict[str, tuple[str, list[str]]],
+        splitter: TokenSplitter,
+        options: LoaderOptions,
+        pending: list[tuple[str, str, list[Chunk]]],
+        report: IndexReport,
+    ) -> bool:
+        """Queue one file's chunks, or skip it; True when the index lost a file's chunks."""
+        source = str(path)
+        try:
+            check_size(path, options)  # before hashing: a huge file is not even read
+            digest = _file_hash(path)
+        except LoadError as exc:
+            outcome = Ingested(skipped=str(exc))
+        except OSError as exc:
+            report.skipped.append((source, f"unreadable: {exc.strerror or exc}"))
+            return False
+        else:
+            if source in known and known[source][0] == digest:
+                report.files_unchanged += 1
+                return False
+            outcome = ingest_file(path, splitter, options)
+        report.warnings.extend((source, message) for message in outcome.warnings)
+        if outcome.skipped is None:
+            pending.append((source, digest, outcome.chunks))
+            return False
+        report.skipped.append((source, outcome.skipped))
+        if source in known:  # it was indexed before and is unusable now
+            report.chunks_removed += self._remove(known[source][1])
+            self.store.drop_file(source)
+            return True
+        return False
 
     def _write(
         self,
         pending: list[tuple[str, str, list[Chunk]]],
         known: dict[str, tuple[str, list[str]]],
         report: IndexReport,
-        bar: Any,
+        progress: bool,
     ) -> None:
         """Embed and store new chunks wave by wave; finish each file once all its chunks are in."""
         stored = self.store.chunk_ids()
@@ -195,25 +250,24 @@ class DocumentIndex:
         recovered = [c for c in todo if c.id in in_chroma]
         self.store.add_chunks(recovered)
         todo = [c for c in todo if c.id not in in_chroma]
-        task = bar.add_task("chunks", total=len(todo)) if bar else None
         waiting = list(pending)
         done: set[str] = set(stored) | in_chroma
         wave_size = self.config.write_batch
-        for i in range(0, len(todo), wave_size):
-            wave = _dedupe(todo[i : i + wave_size])
-            vectors = self.embeddings.encode([c.text for c in wave])
-            self.collection.upsert(
-                ids=[c.id for c in wave],
-                embeddings=vectors,
-                documents=[c.text for c in wave],
-                metadatas=[c.metadata for c in wave],
-            )
-            self.store.add_chunks(wave)
-            report.embedded += len(wave)
-            done.update(c.id for c in wave)
-            waiting = self._finish_files(waiting, done, known, report)
-            if bar and task is not None:
-                bar.advance(task, len(wave))
+        with progress_bar(progress, len(todo), "chunks") as advance:
+            for i in range(0, len(todo), wave_size):
+                wave = _dedupe(todo[i : i + wave_size])
+                vectors = self.embeddings.encode([c.text for c in wave])
+                self.collection.upsert(
+                    ids=[c.id for c in wave],
+                    embeddings=vectors,
+                    documents=[c.text for c in wave],
+                    metadatas=[c.metadata for c in wave],
+                )
+                self.store.add_chunks(wave)
+                report.embedded += len(wave)
+                done.update(c.id for c in wave)
+                waiting = self._finish_files(waiting, done, known, report)
+                advance(len(todo[i : i + wave_size]))
         self._finish_files(waiting, done, known, report)
 
     def _finish_files(
@@ -299,29 +353,3 @@ def _file_hash(path: Path) -> str:
 
 def _under(source: str, root: Path) -> bool:
     return source == str(root) or source.startswith(str(root) + os.sep)
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description:>6}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        yield bar

@@ -1,46 +1,28 @@
 """Loaders: files to sections of text with their metadata (source, page, heading path).
 
-A file that cannot be loaded is skipped with a reason; a run never stops because of one file.
+A file that cannot be loaded raises :class:`LoadError` with the reason it is skipped. Text-like
+files are read in whatever encoding they were saved in (see :mod:`hearthlm.retrieval.encoding`),
+and :class:`LoaderOptions` caps what one file may cost: its size, a PDF's pages, JSON's nesting.
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".json", ".jsonl")
+from hearthlm.retrieval.encoding import decode_text
+from hearthlm.retrieval.sections import LoaderOptions, LoadError, Section
 
+__all__ = ["SUPPORTED", "LoadError", "LoaderOptions", "Section", "check_size", "load_file", "walk"]
 
-@dataclass
-class Section:
-    """A piece of a file that splits on its own: a page, a markdown section, a JSON record."""
-
-    text: str
-    offset: int = 0  # character offset of ``text`` in the file's extracted text
-    page: int | None = None
-    heading: str = ""
-    record: str | None = None  # a JSON record's id or line number
-
-
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-class LoadError(Exception):
-    """Raised inside a loader; becomes a :class:`Skipped` entry in the run summary."""
-
-
-@dataclass
-class LoaderOptions:
-    json_text_fields: Sequence[str] = ("text",)
-    json_id_field: str | None = None
+SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".json", ".jsonl", ".csv")
 
 
 def walk(
@@ -70,13 +52,16 @@ def load_file(path: Path, options: LoaderOptions | None = None) -> list[Section]
     """Sections of ``path``.
 
     Raises:
-        LoadError: unsupported type, unreadable, undecodable, or empty.
+        LoadError: unsupported type, too large, unreadable, undecodable, or empty. A
+            third-party parser may raise other exceptions on pathological files; the indexer
+            (:mod:`hearthlm.retrieval.ingest`) turns those into skipped files too.
     """
     options = options or LoaderOptions()
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise LoadError(f"unsupported file type {path.suffix or '(none)'}")
     try:
+        check_size(path, options)
         sections = loader(path, options)
     except OSError as exc:
         raise LoadError(f"unreadable: {exc.strerror or exc}") from None
@@ -86,21 +71,28 @@ def load_file(path: Path, options: LoaderOptions | None = None) -> list[Section]
     return sections
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise LoadError("binary content in a text file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
+def check_size(path: Path, options: LoaderOptions) -> None:
+    """Refuse a file over the size cap before reading any of it.
+
+    Raises:
+        LoadError: the file is larger than ``options.max_file_bytes``.
+        OSError: the file cannot be examined.
+    """
+    size = path.stat().st_size
+    if size > options.max_file_bytes:
         raise LoadError(
-            f"not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
-            "convert it to UTF-8"
-        ) from None
+            f"too large: {size / 2**20:.1f} MB, over the {options.max_file_bytes / 2**20:g} MB "
+            "limit; raise retrieval.max_file_mb to index it"
+        )
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    return decode_text(path.read_bytes())
 
 
 def _load_txt(path: Path, options: LoaderOptions) -> list[Section]:
-    return [Section(_read_text(path))]
+    text, encoding = _read_text(path)
+    return [Section(text, encoding=encoding)]
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -108,7 +100,7 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 def _load_markdown(path: Path, options: LoaderOptions) -> list[Section]:
     """One section per heading, each carrying its heading path ("Guide > Install > Linux")."""
-    text = _read_text(path)
+    text, encoding = _read_text(path)
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
     starts = [(m.start(), len(m.group(1)), m.group(2)) for m in _HEADING.finditer(text)]
@@ -121,7 +113,7 @@ def _load_markdown(path: Path, options: LoaderOptions) -> list[Section]:
         stack.append((level, title))
         heading = " > ".join(t for _, t in stack)
         sections.append(Section(text[start:end], start, heading=heading))
-    return sections
+    return _with_encoding(sections, encoding)
 
 
 def _load_pdf(path: Path, options: LoaderOptions) -> list[Section]:
@@ -132,6 +124,12 @@ def _load_pdf(path: Path, options: LoaderOptions) -> list[Section]:
         reader = PdfReader(path)
         if reader.is_encrypted:
             raise LoadError("encrypted PDF; decrypt it first")
+        count = len(reader.pages)
+        if count > options.max_pdf_pages:
+            raise LoadError(
+                f"PDF has {count} pages, over the {options.max_pdf_pages}-page limit; raise "
+                "retrieval.max_pdf_pages to index it"
+            )
         pages = [page.extract_text() or "" for page in reader.pages]
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise LoadError(f"corrupt PDF: {exc}") from None
@@ -146,33 +144,37 @@ def _load_html(path: Path, options: LoaderOptions) -> list[Section]:
     """The main text: <main> or <article> when present, without scripts, menus and footers."""
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(_read_text(path), "html.parser")
+    markup, encoding = _read_text(path)
+    soup = BeautifulSoup(markup, "html.parser")
     for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "aside", "form"]):
         tag.decompose()
     root = soup.find("main") or soup.find("article") or soup.body or soup
     lines = (line.strip() for line in root.get_text("\n").splitlines())
     title = soup.title.get_text(strip=True) if soup.title else ""
-    return [Section("\n".join(line for line in lines if line), heading=title)]
+    text = "\n".join(line for line in lines if line)
+    return [Section(text, heading=title, encoding=encoding)]
 
 
 def _load_json(path: Path, options: LoaderOptions) -> list[Section]:
-    text = _read_text(path)
+    text, encoding = _read_text(path)
     try:
-        data = json.loads(text)
+        data = _parse_json(text, options.max_json_depth)
     except json.JSONDecodeError as exc:
         raise LoadError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
     records = data if isinstance(data, list) else [data]
-    return [s for i, r in enumerate(records, 1) if (s := _record(r, str(i), options))]
+    sections = [s for i, r in enumerate(records, 1) if (s := _record(r, str(i), options))]
+    return _with_encoding(sections, encoding)
 
 
 def _load_jsonl(path: Path, options: LoaderOptions) -> list[Section]:
+    text, encoding = _read_text(path)
     sections, bad = [], []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = _parse_json(line, options.max_json_depth)
+        except (json.JSONDecodeError, LoadError):  # invalid or nested too deep: this line only
             bad.append(number)
             continue
         section = _record(record, str(number), options)
@@ -180,7 +182,48 @@ def _load_jsonl(path: Path, options: LoaderOptions) -> list[Section]:
             sections.append(section)
     if bad and not sections:
         raise LoadError(f"no valid JSON line (first bad line {bad[0]})")
-    return sections
+    return _with_encoding(sections, encoding)
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: linear on long strings
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _parse_json(text: str, max_depth: int) -> Any:
+    """``json.loads``, after refusing nesting deeper than ``max_depth``.
+
+    Python's parser recurses once per level and raises RecursionError near 1,000 levels, so the
+    depth is measured first, without recursion. A text with fewer brackets than the limit cannot
+    nest past it, which keeps the measuring off ordinary records.
+    """
+    if text.count("[") + text.count("{") > max_depth:
+        brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+        steps = (1 if c in "[{" else -1 for c in brackets)
+        depth = max(itertools.accumulate(steps, initial=0))
+        if depth > max_depth:
+            raise LoadError(f"JSON nested {depth} levels deep, over the limit of {max_depth}")
+    return json.loads(text)
+
+
+def _load_csv(path: Path, options: LoaderOptions) -> list[Section]:
+    """One section per row, as "column: value" lines; the delimiter is sniffed (, ; tab |)."""
+    text, encoding = _read_text(path)
+    try:
+        dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    rows = csv.reader(io.StringIO(text, newline=""), dialect)
+    try:
+        header = next(rows, [])
+        sections = []
+        for number, row in enumerate(rows, start=2):
+            names = header + [f"column {i}" for i in range(len(header) + 1, len(row) + 1)]
+            lines = [f"{n}: {v.strip()}" for n, v in zip(names, row, strict=False) if v.strip()]
+            if lines:
+                sections.append(Section("\n".join(lines), record=str(number)))
+    except csv.Error as exc:
+        raise LoadError(f"invalid CSV at line {rows.line_num}: {exc}") from None
+    return _with_encoding(sections, encoding)
 
 
 def _record(record: Any, where: str, options: LoaderOptions) -> Section | None:
@@ -193,6 +236,12 @@ def _record(record: Any, where: str, options: LoaderOptions) -> Section | None:
     return Section("\n".join(parts), record=str(ident) if ident is not None else where)
 
 
+def _with_encoding(sections: list[Section], encoding: str) -> list[Section]:
+    for section in sections:
+        section.encoding = encoding
+    return sections
+
+
 _LOADERS: dict[str, Callable[[Path, LoaderOptions], list[Section]]] = {
     ".txt": _load_txt,
     ".md": _load_markdown,
@@ -202,4 +251,5 @@ _LOADERS: dict[str, Callable[[Path, LoaderOptions], list[Section]]] = {
     ".htm": _load_html,
     ".json": _load_json,
     ".jsonl": _load_jsonl,
+    ".csv": _load_csv,
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from hearthlm.retrieval.loaders import Section
+from hearthlm.retrieval.sections import Section
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 
@@ -68,6 +68,8 @@ class TokenSplitter:
                     metadata["page"] = section.page
                 if section.record is not None:
                     metadata["record"] = section.record
+                if section.encoding is not None:
+                    metadata["encoding"] = section.encoding
                 chunk_id = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
                 chunks.append(Chunk(chunk_id, piece, metadata))
         return chunks

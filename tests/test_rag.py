@@ -62,7 +62,7 @@ def test_citation_maps_to_the_right_file_and_page(docs_index, llama_chat):
 
 
 def test_answers_stream_and_match_invoke(docs_index, llama_chat):
-    qa = DocsQA(llama_chat, HybridRetriever.from_index(docs_index, k=2))
+    qa = DocsQA(llama_chat, HybridRetriever.from_index(docs_index, k=2), answer="constrained")
     items = list(qa.stream("How long does a flat tyre repair take?"))
     final = items[-1]
     streamed = "".join(i for i in items[:-1] if isinstance(i, str))
@@ -70,6 +70,7 @@ def test_answers_stream_and_match_invoke(docs_index, llama_chat):
     assert final.text == qa.invoke("How long does a flat tyre repair take?").text
     assert streamed.startswith("[")  # the raw constrained form: "[n] sentence."
     assert final.citations and final.citations[0].path.endswith("page.html")
+    assert final.mode == "constrained" and final.grounded is not None  # written, so checked
 
 
 def test_nothing_relevant_means_i_dont_know_without_calling_the_model(docs_index, llama_chat):

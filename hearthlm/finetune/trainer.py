@@ -24,6 +24,8 @@ from pydantic import Field
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import IGNORE, Example
+from hearthlm.finetune.memory import MemoryBreakdown, MemoryMeter, estimate, return_freed_memory
+from hearthlm.finetune.profiling import profiled
 from hearthlm.progress import progress_bar
 
 
@@ -52,6 +54,16 @@ class TrainConfig(StrictModel):
         None, ge=1, description="Stop after this many validations without improvement."
     )
     save_every: int = Field(50, ge=1)
+    return_freed_memory: bool = Field(
+        True,
+        description="On glibc, unmap freed activation buffers instead of keeping them in the heap "
+        "(a fixed mmap threshold): the same tensors, a lower resident peak.",
+    )
+    profile_memory: bool = Field(
+        False,
+        description="Run training under torch.profiler with profile_memory and write the memory "
+        "timeline by category to memory_timeline.json (slow: for diagnosis, a few steps).",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -67,11 +79,23 @@ class TrainResult:
     tokens: int  # completion tokens the loss was computed on
     input_tokens: int  # every token that went through the model
     history: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)  # MemoryMeter.report()
 
     @property
     def tokens_per_s(self) -> float:
         """Training throughput: tokens through the model (prompt and completion) per second."""
         return self.input_tokens / self.seconds if self.seconds else 0.0
+
+
+def _length(example: Any) -> int:
+    try:
+        return len(example)
+    except TypeError:  # a pair for the reward model: any batch will do
+        return 0
+
+
+def _vocab_size(model: Any) -> int:
+    return int(getattr(model.config, "vocab_size", 0) or 0)
 
 
 def use_bf16(setting: str, device: str) -> bool:
@@ -128,6 +152,8 @@ class Trainer:
         self.objective = objective
         self.device = pick_device(config.device)
         self.bf16 = use_bf16(config.bf16, self.device)
+        if config.return_freed_memory:
+            return_freed_memory()
         if config.activation_checkpointing:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             base.activation_checkpointing_enable()
@@ -228,6 +254,15 @@ class Trainer:
         self.model.train()
         return {"validation_loss": total / max(count, 1), **extra}
 
+    def estimate_memory(self) -> MemoryBreakdown:
+        """The training-phase peak by component, from the parameters and one forward pass of the
+        largest micro-batch (nothing is trained); see :func:`~hearthlm.finetune.memory.estimate`.
+        """
+        size = self.config.batch_size
+        largest = sorted(self.train_examples, key=_length)[-size:]
+        self.model.to(self.device).train()
+        return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
+
     # --- loop -----------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
@@ -248,12 +283,18 @@ class Trainer:
         metrics_path = self.folder / "metrics.jsonl"
         history = resume_history(metrics_path, state["step"])
         self.model.to(self.device).train()
+        meter = MemoryMeter(self.model, self.optimizer, _vocab_size(self.model), self.device)
+        meter.start()
         started = time.perf_counter() - state["seconds"]
         stopped_early = False
         train_loss = None
-        with progress_bar(
-            self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
-        ) as advance:
+        with (
+            progress_bar(
+                self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
+            ) as advance,
+            meter.saving(),
+            profiled(self.config.profile_memory, self.folder, self.device),
+        ):
             batches = self._batches(state)
             while state["step"] < self.total_steps:
                 loss_sum, token_sum = 0.0, 0
@@ -277,8 +318,10 @@ class Trainer:
                 if self.config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
                 self.optimizer.step()
+                meter.stepped()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                meter.grads_freed()
                 state["step"] += 1
                 state["tokens"] += token_sum
                 train_loss = loss_sum / max(token_sum, 1)
@@ -314,6 +357,8 @@ class Trainer:
                 if state["step"] % self.config.save_every == 0 and not last:
                     state["seconds"] = time.perf_counter() - started
                     self._checkpoint(state)
+        memory = meter.report()
+        meter.close()
         if stopped_early and (self.folder / "best").is_dir():
             self._load_weights(self.folder / "best")
         seconds = time.perf_counter() - started
@@ -329,6 +374,7 @@ class Trainer:
             tokens=state["tokens"],
             input_tokens=state.get("input_tokens", 0),
             history=history,
+            memory=memory,
         )
 
     def _batches(self, state: dict[str, Any]) -> Iterator[tuple[int, list[Example]]]:

@@ -31,12 +31,13 @@ def lighten(model: Any) -> int:
     changed = 0
     for module in model.modules():
         if isinstance(module, LoraLinear):
-            module.forward = types.MethodType(_lean_linear_forward, module)  # type: ignore[method-assign]
+            forward = types.MethodType(_lean_linear_forward, module)
+            module.forward = forward  # type: ignore[method-assign]
             changed += 1
         elif all(hasattr(module, name) for name in ("gate_proj", "up_proj", "act_fn")) and (
             isinstance(getattr(module, "down_proj", None), LoraLinear)
         ):
-            module.forward = types.MethodType(_lean_mlp_forward, module)  # type: ignore[method-assign]
+            module.forward = types.MethodType(_lean_mlp_forward, module)
             changed += 1
     return changed
 

@@ -258,10 +258,29 @@ class Trainer:
         """The training-phase peak by component, from the parameters and one forward pass of the
         largest micro-batch (nothing is trained); see :func:`~hearthlm.finetune.memory.estimate`.
         """
-        size = self.config.batch_size
-        largest = sorted(self.train_examples, key=_length)[-size:]
+        largest = max(self._planned_batches(), key=self._batch_weight)
         self.model.to(self.device).train()
         return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
+
+    def _planned_batches(self) -> Iterator[list[Any]]:
+        """The micro-batches this run will train on, in order (without resuming)."""
+        left, epoch = self.total_steps * self.config.grad_accum, 0
+        while left > 0:
+            for _, examples in self._micro_batches(epoch, 0):
+                yield examples
+                left -= 1
+                if left == 0:
+                    return
+            epoch += 1
+
+    def _batch_weight(self, examples: list[Any]) -> float:
+        """Padded tokens, plus the positions that get logits (a 49,152-way row weighs about half
+        a token's activations in all layers) where the examples carry labels."""
+        width = max(map(_length, examples))
+        if self.objective is not None or not width:
+            return float(width * len(examples))
+        starts = [next((i for i, x in enumerate(e.labels) if x != IGNORE), width) for e in examples]
+        return width * len(examples) + 0.5 * len(examples) * (width - min(starts))
 
     # --- loop -----------------------------------------------------------------------------------
 

@@ -94,6 +94,12 @@ def _length(example: Any) -> int:
         return 0
 
 
+def _virtual_tokens(model: Any) -> int:
+    """How many soft-prompt positions a PEFT prompt-learning model puts before the input."""
+    config: Any = getattr(model, "active_peft_config", None)
+    return int(config.num_virtual_tokens) if getattr(config, "is_prompt_learning", False) else 0
+
+
 def _vocab_size(model: Any) -> int:
     return int(getattr(model.config, "vocab_size", 0) or 0)
 
@@ -213,27 +219,22 @@ class Trainer:
             loss, count = self.objective.loss(self, examples)
             return loss, int(count)
         batch = self._collate(examples)
-        labels = batch["labels"]
-        # Logits only from the first position that predicts a completion token: the prompt's
-        # 49,152-way logits would be most of the activation memory and are never used. Counting
-        # from the end keeps this right when prompt tuning prepends virtual tokens.
-        targeted = (labels[:, 1:] != IGNORE).any(0).nonzero()
-        first = int(targeted[0]) if len(targeted) else labels.shape[1] - 1
+        # Logits only where a completion token is predicted: the rest of the 49,152-way rows
+        # (prompt, padding) would be most of the activation memory and are never used. Position t
+        # predicts token t + 1; prompt tuning's virtual tokens come first and predict nothing.
+        targets = batch["labels"][:, 1:]
+        wanted = targets != IGNORE  # (batch, width - 1)
+        keep = torch.nn.functional.pad(wanted, (_virtual_tokens(self.model), 1))
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
-                logits_to_keep=labels.shape[1] - first,
-            ).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = labels[:, first + 1 :]
+                logits_to_keep=keep,
+            ).logits  # (completion tokens, vocab)
         loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
+            logits.float(), targets[wanted], ignore_index=IGNORE, reduction="sum"
         )
-        return loss, int((shift_labels != IGNORE).sum())
+        return loss, int(wanted.sum())
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss per completion token (per pair for the reward model), and whatever
@@ -274,13 +275,13 @@ class Trainer:
             epoch += 1
 
     def _batch_weight(self, examples: list[Any]) -> float:
-        """Padded tokens, plus the positions that get logits (a 49,152-way row weighs about half
-        a token's activations in all layers) where the examples carry labels."""
+        """Padded tokens, plus the completion tokens that get logits (a 49,152-way row weighs
+        about half a token's activations in all layers) where the examples carry labels."""
         width = max(map(_length, examples))
-        if self.objective is not None or not width:
+        if self.objective is not None:
             return float(width * len(examples))
-        starts = [next((i for i, x in enumerate(e.labels) if x != IGNORE), width) for e in examples]
-        return width * len(examples) + 0.5 * len(examples) * (width - min(starts))
+        completion = sum(x != IGNORE for e in examples for x in e.labels)
+        return width * len(examples) + 0.5 * completion
 
     # --- loop -----------------------------------------------------------------------------------
 

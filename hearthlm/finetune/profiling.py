@@ -1,18 +1,23 @@
-"""Training under ``torch.profiler`` with ``profile_memory``: the allocator's own view of where
-memory goes, by PyTorch's categories (parameters, optimizer state, inputs, temporaries,
-activations, gradients, autograd detail), written beside the run for a closer look than
-:class:`~hearthlm.finetune.memory.MemoryMeter` gives.
+"""The allocator's own view of where training memory goes, written beside the run for a closer
+look than :class:`~hearthlm.finetune.memory.MemoryMeter` gives.
+
+On the CPU, ``torch.profiler`` with ``profile_memory`` and its memory timeline by PyTorch's
+categories (parameters, optimizer state, inputs, temporaries, activations, gradients, autograd
+detail). torch deprecates that timeline in favour of CUDA memory snapshots, which have no CPU
+counterpart; on a GPU the snapshot is written instead (open it at https://pytorch.org/memory_viz).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 TIMELINE = "memory_timeline.json"
+SNAPSHOT = "memory_snapshot.pickle"
 # The columns of torch's memory timeline: an unused first one, then its categories in this order.
 CATEGORIES = (
     "parameter",
@@ -28,22 +33,30 @@ CATEGORIES = (
 
 @contextmanager
 def profiled(enabled: bool, folder: Path, device: str) -> Iterator[None]:
-    """Profile the block when ``enabled`` and write ``folder/memory_timeline.json``: the
-    timeline ``[times, sizes]`` from ``export_memory_timeline`` and the categories at its peak."""
+    """Profile the block when ``enabled``: on the CPU write ``folder/memory_timeline.json`` (the
+    timeline ``[times, sizes]`` and the categories at its peak), on CUDA a memory snapshot."""
     if not enabled:
         yield
         return
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU]
     if device == "cuda":
-        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
+        try:
+            yield
+        finally:
+            torch.cuda.memory._dump_snapshot(str(folder / SNAPSHOT))
+            torch.cuda.memory._record_memory_history(enabled=None)
+        return
     with profile(
-        activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
     ) as prof:
         yield
     target = folder / TIMELINE
-    prof.export_memory_timeline(str(target), device="cuda:0" if device == "cuda" else "cpu")
+    with warnings.catch_warnings():  # deprecated for CUDA snapshots, the only CPU timeline
+        warnings.simplefilter("ignore", FutureWarning)
+        prof.export_memory_timeline(str(target), device="cpu")
     times, sizes = json.loads(target.read_text(encoding="utf-8"))
     peak = peak_by_category(sizes)
     target.write_text(

@@ -24,7 +24,12 @@ from pydantic import Field
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import IGNORE, Example
-from hearthlm.finetune.memory import MemoryBreakdown, MemoryMeter, estimate, return_freed_memory
+from hearthlm.finetune.memory import (
+    MemoryBreakdown,
+    MemoryMeter,
+    estimate,
+    forward_buffers_unmapped,
+)
 from hearthlm.finetune.profiling import profiled
 from hearthlm.progress import progress_bar
 
@@ -56,8 +61,8 @@ class TrainConfig(StrictModel):
     save_every: int = Field(50, ge=1)
     return_freed_memory: bool = Field(
         True,
-        description="On glibc, unmap freed activation buffers instead of keeping them in the heap "
-        "(a fixed mmap threshold): the same tensors, a lower resident peak.",
+        description="On glibc, map the forward pass's buffers on their own so that the system gets "
+        "them back when the backward pass frees them: the same tensors, a lower resident peak.",
     )
     profile_memory: bool = Field(
         False,
@@ -158,8 +163,6 @@ class Trainer:
         self.objective = objective
         self.device = pick_device(config.device)
         self.bf16 = use_bf16(config.bf16, self.device)
-        if config.return_freed_memory:
-            return_freed_memory()
         if config.activation_checkpointing:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             base.activation_checkpointing_enable()
@@ -261,7 +264,8 @@ class Trainer:
         """
         largest = max(self._planned_batches(), key=self._batch_weight)
         self.model.to(self.device).train()
-        return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
+        with forward_buffers_unmapped(self.config.return_freed_memory):
+            return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
 
     def _planned_batches(self) -> Iterator[list[Any]]:
         """The micro-batches this run will train on, in order (without resuming)."""
@@ -327,7 +331,8 @@ class Trainer:
                         batches = self._batches(state)
                         position, examples = next(batches)
                     state["position"] = position
-                    loss, n = self._loss(examples)
+                    with forward_buffers_unmapped(self.config.return_freed_memory):
+                        loss, n = self._loss(examples)
                     losses.append((loss, n))
                     token_sum += n
                     state["input_tokens"] = state.get("input_tokens", 0) + sum(map(len, examples))

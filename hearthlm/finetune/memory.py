@@ -68,13 +68,17 @@ class MemoryBreakdown:
 
 
 @functools.cache
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or ``None`` off glibc."""
-    name = ctypes.util.find_library("c")
+def _libc_function(name: str) -> Any:
+    """glibc's ``mallopt`` or ``malloc_trim``, or ``None`` off glibc."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).mallopt if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
+
+
+def _mallopt() -> Any:
+    return _libc_function("mallopt")
 
 
 @contextmanager
@@ -189,6 +193,9 @@ class MemoryMeter:
         with torch.no_grad():  # page in weights that loading mapped from disk but never read
             for p in self._params:
                 p.sum()
+        trim = _libc_function("malloc_trim")
+        if trim is not None:  # free heap pages from loading or an earlier run leave the count
+            trim(0)
         reset_peak_rss()
         self.start_rss = rss()
 

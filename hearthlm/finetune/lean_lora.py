@@ -44,9 +44,11 @@ def lighten(model: Any) -> int:
 
 def _single_adapter(layer: Any) -> str | None:
     """The one active plain-LoRA adapter of ``layer`` when training through it, else ``None``
-    (merged, disabled, several adapters, a variant such as DoRA, or no gradients)."""
+    (merged or unloaded, disabled, several adapters, a variant such as DoRA, or no gradients)."""
     import torch
 
+    if not hasattr(layer, "lora_A"):  # merged and unloaded: a plain linear layer again
+        return None
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     if (
         not torch.is_grad_enabled()

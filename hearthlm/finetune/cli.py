@@ -81,6 +81,12 @@ def _supervised(method: str) -> Any:
             bool, typer.Option(help="Recompute activations: less memory, slower steps.")
         ] = False,
         seed: Annotated[int, typer.Option(help="Seed for data order and init.")] = 0,
+        estimate_memory: Annotated[
+            bool, typer.Option(help="Print the peak memory by component and exit; no training.")
+        ] = False,
+        profile_memory: Annotated[
+            bool, typer.Option(help="Write torch.profiler's memory timeline (slow).")
+        ] = False,
         rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
         dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
@@ -94,6 +100,7 @@ def _supervised(method: str) -> Any:
         model: ModelOpt = None,
     ) -> None:
         from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+        from hearthlm.finetune.run import estimate_finetune_memory
 
         shares = [float(w) for w in weights.split(",")] if weights else [1.0] * len(data)
         if len(shares) != len(data):
@@ -136,20 +143,24 @@ def _supervised(method: str) -> Any:
             early_stopping=early_stopping,
             bf16=bf16,
             activation_checkpointing=activation_checkpointing,
+            profile_memory=profile_memory,
             seed=seed,
         )
-        run = finetune(
-            specs,
-            out,
-            method=_validated(MethodConfig, **method_options),
-            train=train,
-            llm=_llm(config, model),
-            max_length=max_length,
-            validation=validation,
-            pack=pack,
-            mix_total=mix_total,
-            log=console.print,
-        )
+        options: dict[str, Any] = {
+            "method": _validated(MethodConfig, **method_options),
+            "train": train,
+            "llm": _llm(config, model),
+            "max_length": max_length,
+            "validation": validation,
+            "pack": pack,
+            "mix_total": mix_total,
+            "log": console.print,
+        }
+        if estimate_memory:
+            peak = estimate_finetune_memory(specs, **options)
+            console.print(peak.table(f"estimated training peak ({method}, batch {batch_size}):"))
+            return
+        run = finetune(specs, out, **options)
         result = run.result
         console.print(
             f"[green]done:[/green] {result.steps} steps, train loss {result.train_loss:.4f}, "
@@ -158,6 +169,11 @@ def _supervised(method: str) -> Any:
         use = "--model" if run.output.name == "model" else "--adapter"
         console.print(f"Saved {run.output}; use it with {use} {run.output}", highlight=False)
         console.print(f"Loss curve: {out / 'loss.png'}; metrics: {out / 'metrics.jsonl'}")
+        console.print(
+            f"Training peak: {result.memory['peak_mb']:,.0f} MB "
+            f"(by component in {out / 'hearth_finetune.json'})",
+            highlight=False,
+        )
 
     command.__doc__ = {
         "lora": "LoRA: low-rank updates to the chosen projections.",

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
+from hearthlm.finetune.lean_lora import lighten
 
 Place = Literal["attention", "mlp"]
 Method = Literal["full", "selective", "lora", "prompt-tuning", "ia3", "adapters"]
@@ -132,7 +133,10 @@ def prepare(model: Any, tokenizer: Any, config: MethodConfig) -> Any:
         if config.init_text:
             # PEFT re-reads the tokenizer by name; give it the one we already hold.
             return _prompt_tuning_from_text(model, tokenizer, peft_config, config)
-    return get_peft_model(model, peft_config)
+    peft_model = get_peft_model(model, peft_config)
+    if method == "lora":
+        lighten(peft_model)
+    return peft_model
 
 
 def _prompt_tuning_from_text(model: Any, tokenizer: Any, peft_config: Any, config: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import DataSpec, build_dataset
+from hearthlm.finetune.memory import MemoryBreakdown
 from hearthlm.finetune.methods import (
     MethodConfig,
     ParameterCount,
@@ -37,6 +39,7 @@ class FinetuneResult:
     data: dict[str, Any]
     result: TrainResult
     model: Any = None  # the trained model in memory (a PEFT model for adapter methods)
+    memory_estimate_mb: dict[str, float] | None = None  # with finetune(estimate_memory=True)
 
     @property
     def output(self) -> Path:
@@ -68,8 +71,13 @@ def finetune(
     mix_total: int | None = None,
     progress: bool = True,
     log: Any = print,
+    estimate_memory: bool = False,
 ) -> FinetuneResult:
-    """Adapt the local model on ``data`` into ``out``; an interrupted run resumes from there."""
+    """Adapt the local model on ``data`` into ``out``; an interrupted run resumes from there.
+
+    ``hearth_finetune.json`` records the measured training-phase peak by component; with
+    ``estimate_memory`` the estimate made before training is recorded beside it.
+    """
     method = method or MethodConfig()
     train = train or TrainConfig()
     llm = llm or LLMConfig()
@@ -84,6 +92,91 @@ def finetune(
         "mix_total": mix_total,
     }
     _claim(out, settings)
+    setup = _set_up(
+        data, out, method, train, llm, max_length, validation, pack, mix_total, log, progress
+    )
+    estimate = setup.trainer.estimate_memory().megabytes() if estimate_memory else None
+    result = setup.trainer.fit()
+    save_output(setup.model, setup.tokenizer, method, out)
+    parameters, report = setup.parameters, setup.report
+    summary = {
+        "settings": settings,
+        "base_model": setup.backend.source.name,
+        "base_model_path": str(setup.backend.source.path),
+        "parameters": {
+            "trainable": parameters.trainable,
+            "total": parameters.total,
+            "percent": round(parameters.percent, 6),
+        },
+        "data": report,
+        "result": {
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "validation_loss": result.validation_loss,
+            "best_validation_loss": result.best_validation_loss,
+            "stopped_early": result.stopped_early,
+            "seconds": round(result.seconds, 2),
+            "tokens": result.tokens,
+            "input_tokens": result.input_tokens,
+            "tokens_per_s": round(result.tokens_per_s, 2),
+        },
+        "memory": {**result.memory, **({"estimate_mb": estimate} if estimate else {})},
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return FinetuneResult(out, parameters, report, result, setup.model, estimate)
+
+
+def estimate_finetune_memory(
+    data: Sequence[DataSpec],
+    *,
+    method: MethodConfig | None = None,
+    train: TrainConfig | None = None,
+    llm: LLMConfig | None = None,
+    max_length: int = 512,
+    validation: float = 0.1,
+    pack: bool = False,
+    mix_total: int | None = None,
+    log: Any = print,
+) -> MemoryBreakdown:
+    """The training-phase peak of :func:`finetune` with these settings, by component, without
+    training: parameters give weights, gradients and AdamW's moments, and one forward pass of the
+    largest micro-batch gives the activations and logits.
+
+    Example:
+        >>> print(estimate_finetune_memory([spec]).table("estimate"))  # doctest: +SKIP
+    """
+    method, train, llm = method or MethodConfig(), train or TrainConfig(), llm or LLMConfig()
+    with tempfile.TemporaryDirectory() as folder:
+        setup = _set_up(
+            data, Path(folder), method, train, llm, max_length, validation, pack, mix_total, log
+        )
+        return setup.trainer.estimate_memory()
+
+
+@dataclass
+class _Setup:
+    model: Any
+    tokenizer: Any
+    backend: Any
+    trainer: Trainer
+    parameters: ParameterCount
+    report: dict[str, Any]
+
+
+def _set_up(
+    data: Sequence[DataSpec],
+    out: Path,
+    method: MethodConfig,
+    train: TrainConfig,
+    llm: LLMConfig,
+    max_length: int,
+    validation: float,
+    pack: bool,
+    mix_total: int | None,
+    log: Any,
+    progress: bool = False,
+) -> _Setup:
+    """The base model loaded and prepared for ``method``, the data built, and the trainer."""
     model, tokenizer, backend = load_base(llm)
     dataset = build_dataset(
         tokenizer,
@@ -110,32 +203,7 @@ def finetune(
     trainer = Trainer(
         model, dataset.train, dataset.validation, train, out, pad_id=int(pad), progress=progress
     )
-    result = trainer.fit()
-    save_output(model, tokenizer, method, out)
-    summary = {
-        "settings": settings,
-        "base_model": backend.source.name,
-        "base_model_path": str(backend.source.path),
-        "parameters": {
-            "trainable": parameters.trainable,
-            "total": parameters.total,
-            "percent": round(parameters.percent, 6),
-        },
-        "data": report,
-        "result": {
-            "steps": result.steps,
-            "train_loss": result.train_loss,
-            "validation_loss": result.validation_loss,
-            "best_validation_loss": result.best_validation_loss,
-            "stopped_early": result.stopped_early,
-            "seconds": round(result.seconds, 2),
-            "tokens": result.tokens,
-            "input_tokens": result.input_tokens,
-            "tokens_per_s": round(result.tokens_per_s, 2),
-        },
-    }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return FinetuneResult(out, parameters, report, result, model)
+    return _Setup(model, tokenizer, backend, trainer, parameters, report)
 
 
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:

@@ -24,6 +24,13 @@ from pydantic import Field
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import IGNORE, Example
+from hearthlm.finetune.memory import (
+    MemoryBreakdown,
+    MemoryMeter,
+    estimate,
+    forward_buffers_unmapped,
+)
+from hearthlm.finetune.profiling import profiled
 from hearthlm.progress import progress_bar
 
 
@@ -52,6 +59,16 @@ class TrainConfig(StrictModel):
         None, ge=1, description="Stop after this many validations without improvement."
     )
     save_every: int = Field(50, ge=1)
+    return_freed_memory: bool = Field(
+        True,
+        description="On glibc, map the forward pass's buffers on their own so that the system gets "
+        "them back when the backward pass frees them: the same tensors, a lower resident peak.",
+    )
+    profile_memory: bool = Field(
+        False,
+        description="Run training under torch.profiler with profile_memory and write the memory "
+        "timeline by category to memory_timeline.json (slow: for diagnosis, a few steps).",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -67,11 +84,29 @@ class TrainResult:
     tokens: int  # completion tokens the loss was computed on
     input_tokens: int  # every token that went through the model
     history: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)  # MemoryMeter.report()
 
     @property
     def tokens_per_s(self) -> float:
         """Training throughput: tokens through the model (prompt and completion) per second."""
         return self.input_tokens / self.seconds if self.seconds else 0.0
+
+
+def _length(example: Any) -> int:
+    try:
+        return len(example)
+    except TypeError:  # a pair for the reward model: any batch will do
+        return 0
+
+
+def _virtual_tokens(model: Any) -> int:
+    """How many soft-prompt positions a PEFT prompt-learning model puts before the input."""
+    config: Any = getattr(model, "active_peft_config", None)
+    return int(config.num_virtual_tokens) if getattr(config, "is_prompt_learning", False) else 0
+
+
+def _vocab_size(model: Any) -> int:
+    return int(getattr(model.config, "vocab_size", 0) or 0)
 
 
 def use_bf16(setting: str, device: str) -> bool:
@@ -187,27 +222,22 @@ class Trainer:
             loss, count = self.objective.loss(self, examples)
             return loss, int(count)
         batch = self._collate(examples)
-        labels = batch["labels"]
-        # Logits only from the first position that predicts a completion token: the prompt's
-        # 49,152-way logits would be most of the activation memory and are never used. Counting
-        # from the end keeps this right when prompt tuning prepends virtual tokens.
-        targeted = (labels[:, 1:] != IGNORE).any(0).nonzero()
-        first = int(targeted[0]) if len(targeted) else labels.shape[1] - 1
+        # Logits only where a completion token is predicted: the rest of the 49,152-way rows
+        # (prompt, padding) would be most of the activation memory and are never used. Position t
+        # predicts token t + 1; prompt tuning's virtual tokens come first and predict nothing.
+        targets = batch["labels"][:, 1:]
+        wanted = targets != IGNORE  # (batch, width - 1)
+        keep = torch.nn.functional.pad(wanted, (_virtual_tokens(self.model), 1))
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
-                logits_to_keep=labels.shape[1] - first,
-            ).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = labels[:, first + 1 :]
+                logits_to_keep=keep,
+            ).logits  # (completion tokens, vocab)
         loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
+            logits.float(), targets[wanted], ignore_index=IGNORE, reduction="sum"
         )
-        return loss, int((shift_labels != IGNORE).sum())
+        return loss, int(wanted.sum())
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss per completion token (per pair for the reward model), and whatever
@@ -227,6 +257,35 @@ class Trainer:
                 extra = self.objective.validate(self, self.validation)
         self.model.train()
         return {"validation_loss": total / max(count, 1), **extra}
+
+    def estimate_memory(self) -> MemoryBreakdown:
+        """The training-phase peak by component, from the parameters and one forward pass of the
+        largest micro-batch (nothing is trained); see :func:`~hearthlm.finetune.memory.estimate`.
+        """
+        largest = max(self._planned_batches(), key=self._batch_weight)
+        self.model.to(self.device).train()
+        with forward_buffers_unmapped(self.config.return_freed_memory):
+            return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
+
+    def _planned_batches(self) -> Iterator[list[Any]]:
+        """The micro-batches this run will train on, in order (without resuming)."""
+        left, epoch = self.total_steps * self.config.grad_accum, 0
+        while left > 0:
+            for _, examples in self._micro_batches(epoch, 0):
+                yield examples
+                left -= 1
+                if left == 0:
+                    return
+            epoch += 1
+
+    def _batch_weight(self, examples: list[Any]) -> float:
+        """Padded tokens, plus the completion tokens that get logits (a 49,152-way row weighs
+        about half a token's activations in all layers) where the examples carry labels."""
+        width = max(map(_length, examples))
+        if self.objective is not None:
+            return float(width * len(examples))
+        completion = sum(x != IGNORE for e in examples for x in e.labels)
+        return width * len(examples) + 0.5 * completion
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -248,12 +307,18 @@ class Trainer:
         metrics_path = self.folder / "metrics.jsonl"
         history = resume_history(metrics_path, state["step"])
         self.model.to(self.device).train()
+        meter = MemoryMeter(self.model, self.optimizer, _vocab_size(self.model), self.device)
+        meter.start()
         started = time.perf_counter() - state["seconds"]
         stopped_early = False
         train_loss = None
-        with progress_bar(
-            self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
-        ) as advance:
+        with (
+            progress_bar(
+                self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
+            ) as advance,
+            meter.saving(),
+            profiled(self.config.profile_memory, self.folder, self.device),
+        ):
             batches = self._batches(state)
             while state["step"] < self.total_steps:
                 loss_sum, token_sum = 0.0, 0
@@ -266,7 +331,8 @@ class Trainer:
                         batches = self._batches(state)
                         position, examples = next(batches)
                     state["position"] = position
-                    loss, n = self._loss(examples)
+                    with forward_buffers_unmapped(self.config.return_freed_memory):
+                        loss, n = self._loss(examples)
                     losses.append((loss, n))
                     token_sum += n
                     state["input_tokens"] = state.get("input_tokens", 0) + sum(map(len, examples))
@@ -277,8 +343,10 @@ class Trainer:
                 if self.config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
                 self.optimizer.step()
+                meter.stepped()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                meter.grads_freed()
                 state["step"] += 1
                 state["tokens"] += token_sum
                 train_loss = loss_sum / max(token_sum, 1)
@@ -314,6 +382,8 @@ class Trainer:
                 if state["step"] % self.config.save_every == 0 and not last:
                     state["seconds"] = time.perf_counter() - started
                     self._checkpoint(state)
+        memory = meter.report()
+        meter.close()
         if stopped_early and (self.folder / "best").is_dir():
             self._load_weights(self.folder / "best")
         seconds = time.perf_counter() - started
@@ -329,6 +399,7 @@ class Trainer:
             tokens=state["tokens"],
             input_tokens=state.get("input_tokens", 0),
             history=history,
+            memory=memory,
         )
 
     def _batches(self, state: dict[str, Any]) -> Iterator[tuple[int, list[Example]]]:

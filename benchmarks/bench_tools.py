@@ -151,15 +151,19 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
             "seconds": seconds,
         }
 
-    for i, row in enumerate(rows):
-        start = time.perf_counter()
-        message = auto_bound.invoke(row["request"])
-        records["bind_auto"].append(reply_record(message, time.perf_counter() - start))
-        if row["tool"] is None:
-            continue
-        start = time.perf_counter()
-        message = any_bound.invoke(row["request"])
-        records["bind_any"].append(reply_record(message, time.perf_counter() - start))
+    # One path at a time over every request: consecutive prompts then share their long tools
+    # prefix, which llama.cpp keeps in its KV cache instead of evaluating it again.
+    tool_rows = [row for row in rows if row["tool"] is not None]
+    for path, bound, path_rows in (
+        ("bind_any", any_bound, tool_rows),
+        ("bind_auto", auto_bound, rows),
+    ):
+        for row in path_rows:
+            start = time.perf_counter()
+            message = bound.invoke(row["request"])
+            records[path].append(reply_record(message, time.perf_counter() - start))
+        print(f"{variant} {path} done", file=sys.stderr, flush=True)
+    for row in tool_rows:
         start = time.perf_counter()
         result = react.invoke(row["request"])
         steps = result.steps
@@ -173,6 +177,8 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
                 "seconds": time.perf_counter() - start,
             }
         )
+    print(f"{variant} react done", file=sys.stderr, flush=True)
+    for i, row in enumerate(tool_rows):
         start = time.perf_counter()
         try:
             state = agent.invoke(
@@ -187,7 +193,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
             record = {"calls": [], "invalid": 1, "answer": None, "error": repr(exc)[:300]}
         record["seconds"] = time.perf_counter() - start
         records["create_agent"].append(record)
-        print(f"{variant} {i + 1}/{len(rows)}", file=sys.stderr, flush=True)
+        print(f"{variant} create_agent {i + 1}/{len(tool_rows)}", file=sys.stderr, flush=True)
     return records
 
 

@@ -7,7 +7,9 @@ xgrammar's converter does the same for every string with a ``maxLength`` (``[^"\
 no escapes), and every free string in a call has one. JSON (RFC 8259) and llama.cpp's own C++
 converter exclude U+0000 to U+001F. So we keep llama-cpp-python's converter, which covers the JSON
 schema that tools produce, swap its two character rules for llama.cpp's strict ones, and hand
-the same GBNF to llama.cpp and to xgrammar (``Grammar.from_ebnf`` reads it).
+the same GBNF to llama.cpp and to xgrammar (``Grammar.from_ebnf`` reads it). Its literals are
+escaped as llama.cpp's converter escapes them: llama-cpp-python's copy leaves backslashes alone,
+so an enum value or copied span holding ``\\`` or ``"`` gave a broken grammar.
 """
 
 from __future__ import annotations
@@ -30,11 +32,7 @@ def json_schema_gbnf(schema: dict[str, Any]) -> str:
     Raises:
         ConfigError: llama-cpp-python cannot convert the schema (the message says which part).
     """
-    from llama_cpp import llama_grammar
-
-    converter = llama_grammar.SchemaConverter(
-        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-    )
+    converter = _converter()
     try:
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "stdin")
         converter.visit(resolved, "")
@@ -49,3 +47,16 @@ def json_schema_gbnf(schema: dict[str, Any]) -> str:
     if "dot" in rules:
         rules["dot"] = STRICT_DOT
     return str(converter.format_grammar())
+
+
+def _converter() -> Any:
+    from llama_cpp import llama_grammar
+
+    class StrictConverter(llama_grammar.SchemaConverter):
+        def _format_literal(self, literal: str) -> str:
+            return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
+
+    return StrictConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}

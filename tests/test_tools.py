@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 import xgrammar as xgr
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool
@@ -103,6 +103,7 @@ def _check_calls(chat, schema, prompt, mode, temperature):
     max_examples=6,
     deadline=None,
     derandomize=True,
+    phases=[Phase.explicit, Phase.generate],  # each example runs the model: no shrinking
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
@@ -122,6 +123,7 @@ def test_every_constrained_call_is_strict_json_matching_its_schema(
 @settings(
     max_examples=30,
     deadline=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(schema=SCHEMAS, prompt=PROMPTS, mode=st.sampled_from(["write", "copy"]))

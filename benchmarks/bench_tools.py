@@ -18,6 +18,7 @@ called), ``exact_args`` (arguments equal to the gold ones, defaults filled in), 
 answers that repeat a phrase three times or hit their length cap) and ``seconds_per_request``.
 
     python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants baseline,copy]
+        [--agent-requests N] [--max-new-tokens N]
 """
 
 from __future__ import annotations
@@ -124,7 +125,18 @@ def load_requests(quick: bool) -> list[dict[str, Any]]:
 # -- the child: runs one variant, records raw outcomes -------------------------------------------
 
 
-def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
+def agent_rows(rows: list[dict[str, Any]], per_tool: int) -> list[dict[str, Any]]:
+    """The tool requests the agents run: the first ``per_tool`` of each tool (0: all)."""
+    seen: dict[str, int] = {}
+    picked = []
+    for row in rows:
+        if row["tool"] is not None and (not per_tool or seen.get(row["tool"], 0) < per_tool):
+            seen[row["tool"]] = seen.get(row["tool"], 0) + 1
+            picked.append(row)
+    return picked
+
+
+def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str, Any]:
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, HumanMessage
 
@@ -132,7 +144,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
     from hearthlm.agents.react import ReActAgent
     from hearthlm.llm import ChatHearth
 
-    options: dict[str, Any] = {"threads": threads}
+    options: dict[str, Any] = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
     if variant != "baseline":
         options["tool_arguments"] = variant
     chat = ChatHearth(**options).load()
@@ -163,7 +175,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
             message = bound.invoke(row["request"])
             records[path].append(reply_record(message, time.perf_counter() - start))
         print(f"{variant} {path} done", file=sys.stderr, flush=True)
-    for row in tool_rows:
+    for row in agent_rows(rows, args.agent_requests):
         start = time.perf_counter()
         result = react.invoke(row["request"])
         steps = result.steps
@@ -178,7 +190,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
             }
         )
     print(f"{variant} react done", file=sys.stderr, flush=True)
-    for i, row in enumerate(tool_rows):
+    for i, row in enumerate(agent_rows(rows, args.agent_requests)):
         start = time.perf_counter()
         try:
             state = agent.invoke(
@@ -193,7 +205,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], threads: int | None) -
             record = {"calls": [], "invalid": 1, "answer": None, "error": repr(exc)[:300]}
         record["seconds"] = time.perf_counter() - start
         records["create_agent"].append(record)
-        print(f"{variant} create_agent {i + 1}/{len(tool_rows)}", file=sys.stderr, flush=True)
+        print(f"{variant} create_agent {i + 1}", file=sys.stderr, flush=True)
     return records
 
 
@@ -218,11 +230,13 @@ def loops(text: str | None) -> bool:
     return any(ends_in_loop(words[:end]) for end in range(1, len(words) + 1))
 
 
-def score(records: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def score(
+    records: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], per_tool: int
+) -> dict[str, Any]:
     tool_rows = [r for r in rows if r["tool"] is not None]
     out: dict[str, Any] = {}
     for path, recs in records.items():
-        gold_rows = tool_rows
+        gold_rows = agent_rows(rows, per_tool) if path in ("react", "create_agent") else tool_rows
         if path == "bind_auto":
             pairs = list(zip(rows, recs, strict=True))
             no_tool = [rec for row, rec in pairs if row["tool"] is None]
@@ -271,6 +285,8 @@ def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
     env = {**os.environ, "PYTHONPATH": str(source)}
     command = [sys.executable, __file__, "--child", variant]
     command += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
+    command += ["--agent-requests", str(args.agent_requests)]
+    command += ["--max-new-tokens", str(args.max_new_tokens)]
     log = Path(tempfile.gettempdir()) / f"bench_tools_{variant}.log"
     print(f"{variant}: progress in {log}", file=sys.stderr)
     with log.open("w") as err:
@@ -293,13 +309,22 @@ def main() -> None:
     p = parser(__doc__ or "", threads=True)
     p.add_argument("--variants", default="baseline,copy", help="comma-separated; also: write")
     p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    p.add_argument(
+        "--agent-requests",
+        type=int,
+        default=0,
+        help="ReAct and create_agent run the first N requests of each tool (default 0: all)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=512, help="cap on free-text replies, every variant"
+    )
     p.add_argument("--child", default=None, help=argparse_hidden())
     args = p.parse_args()
     rows = load_requests(args.quick)
     if args.child:
         import hearthlm
 
-        records = run_variant(args.child, rows, args.threads)
+        records = run_variant(args.child, rows, args)
         print("RESULT " + json.dumps({"records": records, "hearthlm": hearthlm.__file__}))
         return
     figures: dict[str, Any] = {
@@ -308,6 +333,8 @@ def main() -> None:
         "tools": len(TOOLS),
         "threads": args.threads or os.cpu_count(),
         "baseline_commit": args.baseline_commit,
+        "agent_requests": len(agent_rows(rows, args.agent_requests)),
+        "max_new_tokens": args.max_new_tokens,
     }
     # The variants run side by side, one process each (pass --threads 1 to share two cores).
     variants = args.variants.split(",")
@@ -315,7 +342,7 @@ def main() -> None:
     raw = {}
     for variant in variants:
         raw[variant] = child_result(variant, *children[variant])["records"]
-        for key, value in score(raw[variant], rows).items():
+        for key, value in score(raw[variant], rows, args.agent_requests).items():
             figures[f"{variant}_{key}"] = value
     shipped = "copy" if "copy" in raw else None
     if shipped:

@@ -54,9 +54,25 @@ def _converter() -> Any:
 
     class StrictConverter(llama_grammar.SchemaConverter):
         def _format_literal(self, literal: str) -> str:
-            return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in literal) + '"'
+            return _literal(literal)
 
     return StrictConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 _LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}
+
+
+def choice_gbnf(options: list[str]) -> str:
+    """GBNF of plain text that is exactly one of ``options`` (each a literal).
+
+    Raises:
+        ConfigError: ``options`` is empty, so no reply could match.
+    """
+    if not options:
+        raise ConfigError("a choice grammar needs at least one option; got none.")
+    return "root ::= " + " | ".join(_literal(option) for option in options) + "\n"
+
+
+def _literal(text: str) -> str:
+    """A GBNF literal of ``text``, escaped as llama.cpp's own converter escapes it."""
+    return '"' + "".join(_LITERAL_ESCAPES.get(c, c) for c in text) + '"'

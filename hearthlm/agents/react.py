@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -112,6 +112,7 @@ class ReActAgent(Runnable[str, AgentResult]):
         max_tokens: int = 8000,
         thought_tokens: int = 48,
         require_tool: bool = True,
+        tool_arguments: Literal["copy", "write"] | None = None,
     ) -> None:
         self.chat = chat
         self.tools = {t.name: t for t in resolve_tools(tools)}
@@ -122,14 +123,13 @@ class ReActAgent(Runnable[str, AgentResult]):
         specs = [convert_to_openai_tool(t) for t in self.tools.values()]
         specs.append(convert_to_openai_tool(FinalAnswer))
         specs[-1]["function"]["name"] = FINAL
-        self._constraint = Constraint(json_schema=call_schema(specs))
+        self._specs = specs
         # A small model answers from its own (wrong) arithmetic if it may; with require_tool the
         # first action must be a tool call, so the answer rests on an observation.
-        self._first_constraint = (
-            Constraint(json_schema=call_schema(specs[:-1]))
-            if require_tool and len(specs) > 1
-            else self._constraint
-        )
+        self._first_specs = specs[:-1] if require_tool and len(specs) > 1 else specs
+        # As in ChatHearth: copied arguments are spans of the question (tool arguments) and of
+        # the observations (the final answer), so the answer cannot loop or drift.
+        self.tool_arguments = tool_arguments or getattr(chat, "tool_arguments", "write")
         listed = "\n".join(
             json.dumps(
                 {
@@ -186,7 +186,7 @@ class ReActAgent(Runnable[str, AgentResult]):
             )
             thought = str(thought_msg.content).strip()
             prefix = f"{scratchpad}Thought: {thought}\nAction: "
-            constraint = self._constraint if steps else self._first_constraint
+            constraint = self._action_constraint(question, steps)
             action_msg = self.chat.invoke(
                 self._messages(question, prefix), config, constraint=constraint
             )
@@ -207,6 +207,15 @@ class ReActAgent(Runnable[str, AgentResult]):
             if reason in ("final_answer", "repeated_action"):
                 break
         yield AgentResult(question, answer, reason, steps, time.perf_counter() - start, tokens)
+
+    def _action_constraint(self, question: str, steps: list[Step]) -> Constraint:
+        specs = self._specs if steps else self._first_specs
+        if self.tool_arguments != "copy":
+            return Constraint(json_schema=call_schema(specs))
+        observations = [s.observation for s in steps if s.valid and s.tool in self.tools]
+        texts = {s["function"]["name"]: [question, *observations] for s in specs}
+        texts[FINAL] = observations or [question]
+        return Constraint(json_schema=call_schema(specs, texts))
 
     def _messages(self, question: str, prefill: str) -> list[BaseMessage]:
         return [

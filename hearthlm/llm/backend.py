@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -44,6 +45,25 @@ class Constraint:
         import json
 
         return json.dumps([self.json_schema, self.allow_text, self.grammar], sort_keys=True)
+
+
+class GrammarCache:
+    """Compiled grammars by constraint key, the ``size`` most recently used kept: with copied
+    arguments each request has its own grammar, so an unbounded cache would grow forever."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, constraint: Constraint, build: Callable[[Constraint], Any]) -> Any:
+        key = constraint.key
+        if key in self._items:
+            self._items.move_to_end(key)
+        else:
+            self._items[key] = build(constraint)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return self._items[key]
 
 
 class Backend(ABC):

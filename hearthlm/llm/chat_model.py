@@ -43,9 +43,11 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, load_backend
-from hearthlm.llm.text import IncrementalDetokenizer, StopScanner, render_chat
+from hearthlm.llm.spans import copy_schema
+from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
 from hearthlm.llm.tools import (
     call_schema,
+    format_tools,
     parse_tool_call,
     render_tool_call,
     select_tools,
@@ -112,6 +114,19 @@ class ChatHearth(BaseChatModel):
         ge=16,
         description="Token cap for tool calls and structured replies, which max_new_tokens "
         "must not cut short: a cut JSON object is useless.",
+    )
+    stop_repetition: bool = Field(
+        True,
+        description="End a free-text reply once it repeats one phrase three times in a row "
+        "(finish_reason 'repetition'), instead of letting it loop to its length cap.",
+    )
+    tool_arguments: Literal["copy", "write"] = Field(
+        "copy",
+        description="How tool-call arguments and structured-output fields are decoded. 'copy': "
+        "each free string is a word span, and each number a number, of the user's messages and "
+        "tool results, chosen under the grammar (a field no span fits stays free); right by "
+        "construction for ids, names, cities and dates on a small model. 'write': the model "
+        "writes them freely under the schema (better for larger models).",
     )
 
     _engine: Backend | None = PrivateAttr(default=None)
@@ -291,6 +306,9 @@ class ChatHearth(BaseChatModel):
             budget = min(structured_budget, room)
         detokenizer = IncrementalDetokenizer(engine.decode)
         scanner = StopScanner(stop)
+        # Free text stops once it loops; JSON is left to its grammar, which bounds every string.
+        free_text = constraint is None or constraint.allow_text or constraint.grammar == TEXT_ONLY
+        guard = RepetitionGuard() if self.stop_repetition and free_text else None
         with engine.lock:
             tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
             try:
@@ -305,6 +323,9 @@ class ChatHearth(BaseChatModel):
                                 budget = min(structured_budget, room)  # it became a tool call
                         yield text
                     if scanner.stopped:
+                        break
+                    if guard and outcome.opening != "{" and guard.push(text):
+                        outcome.finish_reason = "repetition"
                         break
                     if outcome.output_tokens >= budget:
                         outcome.finish_reason = "length"
@@ -327,13 +348,14 @@ class ChatHearth(BaseChatModel):
         if kwargs.get("grammar"):
             constraint = Constraint(grammar=kwargs["grammar"])
         elif tools:
-            schema = call_schema(tools)
+            schema = call_schema(tools, self._copy_source(messages))
             constraint = Constraint(schema, allow_text=tools_optional)
         elif kwargs.get("tools") and kwargs.get("tool_choice") == "none":
             constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
-            constraint = Constraint(schema)
+            source = self._copy_source(messages)
+            constraint = Constraint(schema if source is None else copy_schema(schema, source))
         messages = list(messages)
         dropped = 0
         while True:
@@ -352,6 +374,14 @@ class ChatHearth(BaseChatModel):
                 )
             del messages[droppable[0]]
             dropped += 1
+
+    def _copy_source(self, messages: list[BaseMessage]) -> list[str] | None:
+        """The texts that arguments are copied from (the user's messages and tool results), or
+        None when arguments are written."""
+        if self.tool_arguments != "copy":
+            return None
+        kept = (m for m in messages if isinstance(m, HumanMessage | ToolMessage))
+        return [m.text if isinstance(m.text, str) else str(m.content) for m in kept]
 
     def _template_messages(
         self,
@@ -420,7 +450,7 @@ class ChatHearth(BaseChatModel):
             tool_choice: ``"auto"`` (default: call a tool or answer), ``"any"``/``"required"``
                 (must call one), a tool name (must call that one), or ``"none"``.
         """
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = format_tools(tools)
         select_tools(formatted, tool_choice)  # validate the choice now, not at first call
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 

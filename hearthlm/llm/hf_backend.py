@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
+from hearthlm.llm.grammar import json_schema_gbnf
 from hearthlm.llm.sources import (
     ModelSource,
     conversion_key,
@@ -116,7 +117,7 @@ class TransformersBackend(Backend):
         self.context_size = int(getattr(model.config, "max_position_embeddings", 2048))
         self.stop_token_ids = frozenset(_eos_ids(model, tokenizer))
         self.soft_prompt: torch.Tensor | None = None  # prompt-tuning adapters prepend this
-        self._grammars: dict[str, Any] = {}
+        self._grammars = GrammarCache()
         # transformers 5.24 renamed `past_key_values` to `cache`; accept both generations.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -240,10 +241,10 @@ class TransformersBackend(Backend):
         return self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     def _matcher(self, constraint: Constraint) -> _GrammarMatcher:
-        key = constraint.key
-        if key not in self._grammars:
-            self._grammars[key] = _compile(self.tokenizer, _vocab_size(self.model), constraint)
-        return _GrammarMatcher(self._grammars[key])
+        compiled = self._grammars.get(
+            constraint, lambda c: _compile(self.tokenizer, _vocab_size(self.model), c)
+        )
+        return _GrammarMatcher(compiled)
 
 
 class _GrammarMatcher:
@@ -281,7 +282,9 @@ def _compile(tokenizer: Any, vocab_size: int, constraint: Constraint) -> Any:
     compiler = xgr.GrammarCompiler(_tokenizer_info(tokenizer, vocab_size))
     if constraint.grammar is not None:
         return compiler.compile_grammar(xgr.Grammar.from_ebnf(constraint.grammar))
-    grammar = xgr.Grammar.from_json_schema(json.dumps(constraint.json_schema), any_whitespace=False)
+    # The same GBNF as on llama.cpp: xgrammar's own converter lets a string with maxLength (every
+    # free string in a call) hold raw control characters, which JSON forbids.
+    grammar = xgr.Grammar.from_ebnf(json_schema_gbnf(constraint.json_schema or {}))
     if constraint.allow_text:
         # Plain text that is not a tool call: it may not open with "{" or whitespace.
         text = xgr.Grammar.from_ebnf(f"root ::= {TEXT_REPLY}")

@@ -1,18 +1,19 @@
 """The llama.cpp backend: runs the GGUF directly, about five times faster decoding on CPU.
 
-Tool calls and structured output use llama.cpp's own grammar engine: the JSON schema becomes GBNF.
+Tool calls and structured output use llama.cpp's own grammar engine: the JSON schema becomes GBNF
+whose strings are strict JSON strings (see :mod:`hearthlm.llm.grammar`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
+from hearthlm.llm.grammar import json_schema_gbnf
 from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
 from hearthlm.llm.text import CHATML_TEMPLATE
 
@@ -42,7 +43,7 @@ class LlamaCppBackend(Backend):
         self.stop_token_ids = frozenset(
             t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
         )
-        self._grammars: dict[str, Any] = {}
+        self._grammars = GrammarCache()
         self._scorer: Any = None  # a second context that keeps every position's logits
 
     @classmethod
@@ -151,20 +152,20 @@ class LlamaCppBackend(Backend):
         return self._scorer
 
     def _grammar(self, constraint: Constraint) -> Any:
-        from llama_cpp import LlamaGrammar
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+        return self._grammars.get(constraint, _build_grammar)
 
-        key = constraint.key
-        if key not in self._grammars:
-            if constraint.grammar is not None:
-                gbnf = constraint.grammar
-            else:
-                gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema))
-            if constraint.allow_text:
-                gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
-                gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"
-            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
-        return self._grammars[key]
+
+def _build_grammar(constraint: Constraint) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    if constraint.grammar is not None:
+        gbnf = constraint.grammar
+    else:
+        gbnf = json_schema_gbnf(constraint.json_schema or {})
+    if constraint.allow_text:
+        gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
+        gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def _token_text(llm: Any, token: int) -> str:

@@ -122,3 +122,38 @@ class StopScanner:
                     best = k
                     break
         return best
+
+
+class RepetitionGuard:
+    """Notices free text that has started to loop, so that a reply stops there rather than at its
+    length cap: a small model that repeats a phrase three times in a row repeats it until the cap.
+
+    ``push`` takes each text delta and returns True once the text ends in the same phrase of up to
+    ``max_phrase_words`` words three times in a row (a single word: six times).
+    """
+
+    def __init__(self, max_phrase_words: int = 40) -> None:
+        self.max_phrase_words = max_phrase_words
+        self._text = ""
+        self.looped = False
+
+    def push(self, text: str) -> bool:
+        self._text += text
+        if not self.looped and text:
+            self.looped = ends_in_loop(self._text.split(), self.max_phrase_words)
+        return self.looped
+
+
+def ends_in_loop(words: list[str], max_phrase_words: int = 40) -> bool:
+    """Whether ``words`` end in one phrase repeated three times in a row (one word: six)."""
+    for size in range(1, max_phrase_words + 1):
+        repeats = 6 if size == 1 else 3
+        if size * repeats > len(words):
+            break
+        tail = words[len(words) - size :]
+        if all(
+            words[len(words) - size * (k + 1) : len(words) - size * k] == tail
+            for k in range(1, repeats)
+        ):
+            return True
+    return False

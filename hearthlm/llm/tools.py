@@ -1,7 +1,9 @@
 """Tool calling on small models: tools in the prompt, calls under a JSON-schema grammar.
 
 A call is one JSON object, ``{"name": ..., "arguments": {...}}``. Decoding is constrained to the
-bound tools' names and argument schemas, so even the 135M default model emits a well-formed call.
+bound tools' names and argument schemas, so even the 135M default model emits a well-formed call,
+and with ``copy_from`` its string and number arguments are chosen from the request's own words
+(:mod:`hearthlm.llm.spans`).
 """
 
 from __future__ import annotations
@@ -9,23 +11,38 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from hearthlm.errors import ConfigError
+from hearthlm.errors import ConfigError, ToolError
+from hearthlm.llm.spans import copy_schema
 
 TOOL_CHOICE_AUTO = {"auto", None}
 # Strings in calls are bounded so that a small model stuck repeating itself still closes its JSON.
 MAX_STRING_CHARS = 256
+# Arrays likewise: a small model can otherwise add items until the token cap cuts the JSON.
+MAX_ARRAY_ITEMS = 16
 TOOL_CHOICE_REQUIRED = {"any", "required", True}
 
 
 def format_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
-    """OpenAI-style function specs for LangChain tools, pydantic models, functions or dicts."""
-    return [convert_to_openai_tool(tool) for tool in tools]
+    """OpenAI-style function specs for LangChain tools, pydantic models, functions or dicts.
+
+    Raises:
+        ToolError: two tools share a name, so a call could not say which one it means.
+    """
+    specs = [convert_to_openai_tool(tool) for tool in tools]
+    names = [spec["function"]["name"] for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ToolError(
+            f"two tools share the name(s) {duplicates}; a call names its tool, so rename one "
+            "(StructuredTool.from_function(fn, name=...) or @tool('other_name'))."
+        )
+    return specs
 
 
 def select_tools(
@@ -80,13 +97,23 @@ def tools_instructions(tools: list[dict[str, Any]], required: bool) -> str:
     )
 
 
-def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """The JSON schema of one call to any of ``tools``; ``$defs`` are hoisted to the root."""
+def call_schema(
+    tools: list[dict[str, Any]],
+    copy_from: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The JSON schema of one call to any of ``tools``; ``$defs`` are hoisted to the root.
+
+    With ``copy_from`` (texts for every tool, or texts by tool name), free string and number
+    arguments must be spans and numbers of those texts (:func:`hearthlm.llm.spans.copy_schema`).
+    """
     defs: dict[str, Any] = {}
     variants = []
     for spec in tools:
         fn = spec["function"]
         params = strict_schema(fn.get("parameters") or {"type": "object", "properties": {}})
+        texts = copy_from.get(fn["name"]) if isinstance(copy_from, Mapping) else copy_from
+        if texts is not None:
+            params = copy_schema(params, texts)
         defs.update(params.pop("$defs", {}))
         variants.append(
             {
@@ -104,13 +131,15 @@ def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``schema`` whose objects accept no undeclared keys (small models invent them)
-    and whose free strings have a length bound."""
+    and whose free strings and arrays have a length bound."""
     schema = copy.deepcopy(schema)
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
             if node.get("type") == "object" and "properties" in node:
                 node.setdefault("additionalProperties", False)
+            if node.get("type") == "array":
+                node.setdefault("maxItems", MAX_ARRAY_ITEMS)
             if node.get("type") == "string" and not {"enum", "const", "format"} & node.keys():
                 node.setdefault("maxLength", MAX_STRING_CHARS)
             for value in node.values():
@@ -132,7 +161,7 @@ def parse_tool_call(text: str) -> tuple[list[ToolCall], list[InvalidToolCall]]:
         return [], []
     call_id = f"call_{uuid.uuid4().hex[:12]}"
     try:
-        data = json.loads(stripped)
+        data = json.loads(stripped, strict=True)  # no raw control characters in strings
         name, args = data["name"], data["arguments"]
         if not isinstance(name, str) or not isinstance(args, dict):
             raise TypeError("name must be a string and arguments an object")

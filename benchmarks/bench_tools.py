@@ -1,0 +1,370 @@
+"""Custom tools on the default model: do calls parse, name the right tool, and carry the right
+arguments? And do agents' final answers end without looping?
+
+63 requests (``data/tool_requests.jsonl``: 53 over 9 typed tools, with ids, names, cities, dates,
+numbers, enums and optional fields, and 10 that need no tool) run through four paths:
+``bind_tools`` with ``tool_choice="any"`` and ``"auto"``, ``ReActAgent`` and LangChain's
+``create_agent`` with ``call_tools_then_answer``. Each variant runs in its own process, side by
+side with the others:
+
+- ``baseline``: hearthlm as of commit 3083c62 (extracted with ``git archive``), before calls were
+  strict JSON and before arguments were copied;
+- ``write``: this tree with ``tool_arguments="write"`` (strict grammar, free arguments);
+- ``copy``: this tree as shipped (arguments are spans and numbers of the request).
+
+Metrics per path: ``parse`` (share of attempted calls that parse), ``tool_accuracy`` (gold tool
+called), ``exact_args`` (arguments equal to the gold ones, defaults filled in), ``no_tool_rate``
+(auto only: share of the 10 no-tool requests answered in text), ``looping_answers`` (agents: final
+answers that repeat a phrase three times or hit their length cap) and ``seconds_per_request``.
+
+    python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants baseline,copy]
+        [--agent-requests N] [--max-new-tokens N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Literal
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import emit, parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "tool_requests.jsonl"
+BASELINE_COMMIT = "3083c62"
+PATHS = ("bind_any", "bind_auto", "react", "create_agent")
+
+
+# -- the tools (plain typed functions, as a user writes them) -----------------------------------
+
+
+def order_status(order_id: str) -> str:
+    """Look up the delivery status of an order by its id."""
+    return f"Order {order_id} was delivered on Monday."
+
+
+def cancel_order(order_id: str, reason: Literal["damaged", "late", "changed_mind"]) -> str:
+    """Cancel an order by its id, giving the reason."""
+    return f"Order {order_id} is cancelled ({reason})."
+
+
+def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> str:
+    """Get the current weather in a city."""
+    return f"Sunny in {city}, 21 degrees {unit}."
+
+
+def book_flight(origin: str, destination: str, date: str) -> str:
+    """Book a flight from one city to another on a date written as YYYY-MM-DD."""
+    return f"Booked {origin} to {destination} on {date}, seat 14C."
+
+
+def convert_currency(
+    amount: float,
+    source: Literal["USD", "EUR", "GBP", "JPY"],
+    target: Literal["USD", "EUR", "GBP", "JPY"],
+) -> str:
+    """Convert an amount of money from one currency to another."""
+    return f"{amount} {source} is 1.1 times as many {target}."
+
+
+def send_message(recipient: str, text: str) -> str:
+    """Send a text message to a person."""
+    return f"Sent to {recipient}."
+
+
+def lookup_contact(name: str) -> str:
+    """Find the phone number of a person in the contacts by name."""
+    return f"{name}: +1 555 0100."
+
+
+def set_alarm(time: str, label: str | None = None) -> str:
+    """Set an alarm at a time written as HH:MM, with an optional label."""
+    return f"Alarm set for {time}."
+
+
+def city_population(city: str, year: int) -> str:
+    """Get the population of a city in a given year."""
+    return f"{city} had 2.1 million people in {year}."
+
+
+TOOLS = [
+    order_status,
+    cancel_order,
+    get_weather,
+    book_flight,
+    convert_currency,
+    send_message,
+    lookup_contact,
+    set_alarm,
+    city_population,
+]
+
+
+def load_requests(quick: bool) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in DATA.open(encoding="utf-8")]
+    if not quick:
+        return rows
+    per_tool: dict[Any, int] = {}
+    picked = []
+    for row in rows:  # two per tool, two without
+        if per_tool.get(row["tool"], 0) < 2:
+            per_tool[row["tool"]] = per_tool.get(row["tool"], 0) + 1
+            picked.append(row)
+    return picked
+
+
+# -- the child: runs one variant, records raw outcomes -------------------------------------------
+
+
+def agent_rows(rows: list[dict[str, Any]], per_tool: int) -> list[dict[str, Any]]:
+    """The tool requests the agents run: the first ``per_tool`` of each tool (0: all)."""
+    seen: dict[str, int] = {}
+    picked = []
+    for row in rows:
+        if row["tool"] is not None and (not per_tool or seen.get(row["tool"], 0) < per_tool):
+            seen[row["tool"]] = seen.get(row["tool"], 0) + 1
+            picked.append(row)
+    return picked
+
+
+def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str, Any]:
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from hearthlm.agents.middleware import call_tools_then_answer
+    from hearthlm.agents.react import ReActAgent
+    from hearthlm.llm import ChatHearth
+
+    options: dict[str, Any] = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
+    if variant != "baseline":
+        options["tool_arguments"] = variant
+    chat = ChatHearth(**options).load()
+    records: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+    any_bound = chat.bind_tools(TOOLS, tool_choice="any")
+    auto_bound = chat.bind_tools(TOOLS, tool_choice="auto")
+    react = ReActAgent(chat, TOOLS)
+    agent = create_agent(chat, tools=TOOLS, middleware=[call_tools_then_answer])
+
+    def reply_record(message: Any, seconds: float) -> dict[str, Any]:
+        calls = [{"name": c["name"], "args": c["args"]} for c in message.tool_calls]
+        return {
+            "calls": calls,
+            "invalid": len(message.invalid_tool_calls),
+            "text": str(message.content),
+            "seconds": seconds,
+        }
+
+    # One path at a time over every request: consecutive prompts then share their long tools
+    # prefix, which llama.cpp keeps in its KV cache instead of evaluating it again.
+    tool_rows = [row for row in rows if row["tool"] is not None]
+    for path, bound, path_rows in (
+        ("bind_any", any_bound, tool_rows),
+        ("bind_auto", auto_bound, rows),
+    ):
+        for row in path_rows:
+            start = time.perf_counter()
+            message = bound.invoke(row["request"])
+            records[path].append(reply_record(message, time.perf_counter() - start))
+        print(f"{variant} {path} done", file=sys.stderr, flush=True)
+    for row in agent_rows(rows, args.agent_requests):
+        start = time.perf_counter()
+        result = react.invoke(row["request"])
+        steps = result.steps
+        records["react"].append(
+            {
+                "calls": [{"name": s.tool, "args": s.tool_input} for s in steps[:1] if s.valid],
+                "invalid": sum(not s.valid for s in steps),
+                "attempts": len(steps),
+                "answer": result.answer,
+                "stopped": result.stopped_reason,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    print(f"{variant} react done", file=sys.stderr, flush=True)
+    for i, row in enumerate(agent_rows(rows, args.agent_requests)):
+        start = time.perf_counter()
+        try:
+            state = agent.invoke(
+                {"messages": [HumanMessage(row["request"])]}, config={"recursion_limit": 8}
+            )
+            ai = [m for m in state["messages"] if isinstance(m, AIMessage)]
+            first, last = ai[0], ai[-1]
+            record = reply_record(first, 0.0)
+            record["answer"] = str(last.content) if not last.tool_calls else None
+            record["finish"] = last.response_metadata.get("finish_reason")
+        except Exception as exc:  # the baseline may fail; record it rather than stop the run
+            record = {"calls": [], "invalid": 1, "answer": None, "error": repr(exc)[:300]}
+        record["seconds"] = time.perf_counter() - start
+        records["create_agent"].append(record)
+        print(f"{variant} create_agent {i + 1}", file=sys.stderr, flush=True)
+    return records
+
+
+# -- the parent: scores each variant with the same code ------------------------------------------
+
+
+def normalised(name: str, args: dict[str, Any]) -> Any:
+    """Arguments with defaults filled in, as the tool itself would receive them."""
+    from langchain_core.tools import StructuredTool
+
+    tool = StructuredTool.from_function({t.__name__: t for t in TOOLS}[name])
+    try:
+        return tool.args_schema.model_validate(args).model_dump()  # type: ignore[union-attr]
+    except Exception:  # a call the tool would reject matches nothing
+        return None
+
+
+def loops(text: str | None) -> bool:
+    from hearthlm.llm.text import ends_in_loop
+
+    words = (text or "").split()
+    return any(ends_in_loop(words[:end]) for end in range(1, len(words) + 1))
+
+
+def score(
+    records: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], per_tool: int
+) -> dict[str, Any]:
+    tool_rows = [r for r in rows if r["tool"] is not None]
+    out: dict[str, Any] = {}
+    for path, recs in records.items():
+        gold_rows = agent_rows(rows, per_tool) if path in ("react", "create_agent") else tool_rows
+        if path == "bind_auto":
+            pairs = list(zip(rows, recs, strict=True))
+            no_tool = [rec for row, rec in pairs if row["tool"] is None]
+            out[f"{path}_no_tool_rate"] = round(
+                sum(not rec["calls"] and not rec["invalid"] for rec in no_tool) / len(no_tool), 3
+            )
+            recs = [rec for row, rec in pairs if row["tool"] is not None]
+        attempts = sum(rec.get("attempts", len(rec["calls"]) + rec["invalid"]) for rec in recs)
+        parsed = attempts - sum(rec["invalid"] for rec in recs)
+        names = [
+            bool(rec["calls"]) and rec["calls"][0]["name"] == row["tool"]
+            for row, rec in zip(gold_rows, recs, strict=True)
+        ]
+        exact = [
+            ok
+            and normalised(row["tool"], rec["calls"][0]["args"])
+            == normalised(row["tool"], row["args"])
+            for ok, row, rec in zip(names, gold_rows, recs, strict=True)
+        ]
+        out[f"{path}_parse"] = round(parsed / attempts, 3) if attempts else 1.0
+        out[f"{path}_tool_accuracy"] = round(sum(names) / len(recs), 3)
+        out[f"{path}_exact_args"] = round(sum(exact) / len(recs), 3)
+        if path in ("react", "create_agent"):
+            out[f"{path}_looping_answers"] = sum(
+                loops(rec.get("answer")) or rec.get("finish") == "length" for rec in recs
+            )
+        every = records[path]
+        out[f"{path}_seconds_per_request"] = round(sum(r["seconds"] for r in every) / len(every), 2)
+    return out
+
+
+def baseline_tree(commit: str) -> Path:
+    """hearthlm as of ``commit``, extracted from this repository's history."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-tools-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, "hearthlm"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
+    """Start one variant in its own process; its progress goes to a log file beside the run."""
+    source = baseline_tree(args.baseline_commit) if variant == "baseline" else ROOT
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    command = [sys.executable, __file__, "--child", variant]
+    command += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
+    command += ["--agent-requests", str(args.agent_requests)]
+    command += ["--max-new-tokens", str(args.max_new_tokens)]
+    log = Path(tempfile.gettempdir()) / f"bench_tools_{variant}.log"
+    print(f"{variant}: progress in {log}", file=sys.stderr)
+    with log.open("w") as err:
+        child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=source
+        )
+    return child, log
+
+
+def child_result(variant: str, child: subprocess.Popen[str], log: Path) -> dict[str, Any]:
+    stdout, _ = child.communicate()
+    if child.returncode:
+        raise SystemExit(f"variant {variant} failed:\n{log.read_text()[-3000:]}")
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return result
+
+
+def main() -> None:
+    p = parser(__doc__ or "", threads=True)
+    p.add_argument("--variants", default="baseline,copy", help="comma-separated; also: write")
+    p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    p.add_argument(
+        "--agent-requests",
+        type=int,
+        default=0,
+        help="ReAct and create_agent run the first N requests of each tool (default 0: all)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=512, help="cap on free-text replies, every variant"
+    )
+    p.add_argument("--child", default=None, help=argparse_hidden())
+    args = p.parse_args()
+    rows = load_requests(args.quick)
+    if args.child:
+        import hearthlm
+
+        records = run_variant(args.child, rows, args)
+        print("RESULT " + json.dumps({"records": records, "hearthlm": hearthlm.__file__}))
+        return
+    figures: dict[str, Any] = {
+        "requests": len(rows),
+        "tool_requests": sum(r["tool"] is not None for r in rows),
+        "tools": len(TOOLS),
+        "threads": args.threads or os.cpu_count(),
+        "baseline_commit": args.baseline_commit,
+        "agent_requests": len(agent_rows(rows, args.agent_requests)),
+        "max_new_tokens": args.max_new_tokens,
+    }
+    # The variants run side by side, one process each (pass --threads 1 to share two cores).
+    variants = args.variants.split(",")
+    children = {variant: start_child(variant, args) for variant in variants}
+    raw = {}
+    for variant in variants:
+        raw[variant] = child_result(variant, *children[variant])["records"]
+        for key, value in score(raw[variant], rows, args.agent_requests).items():
+            figures[f"{variant}_{key}"] = value
+    shipped = "copy" if "copy" in raw else None
+    if shipped:
+        figures["targets_met"] = {
+            "parse_100": all(figures[f"copy_{p}_parse"] == 1.0 for p in PATHS),
+            "any_tool_accuracy_0.9": figures["copy_bind_any_tool_accuracy"] >= 0.9,
+            "exact_args_0.8": figures["copy_bind_any_exact_args"] >= 0.8,
+            "no_looping_answers": figures["copy_react_looping_answers"] == 0
+            and figures["copy_create_agent_looping_answers"] == 0,
+        }
+    if args.save:
+        replies = Path(__file__).parent / "results" / "bench_tools_replies.json"
+        replies.parent.mkdir(exist_ok=True)
+        replies.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    emit("bench_tools", figures, args.save)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

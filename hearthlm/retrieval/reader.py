@@ -170,16 +170,19 @@ def candidates(
             "dense": float(dense[i]),
             "coverage": matched / total,
             "typed": _typed(kind, texts[i], question),
+            # for "I don't know": how much of the question the sentence and its heading reach
+            "reach": sum(w for t, w in weights.items() if t in titles[i]) / total,
         }
-        candidate.score = sum(WEIGHTS[k] * v for k, v in candidate.features.items())
+        candidate.score = sum(w * candidate.features[k] for k, w in WEIGHTS.items())
     found.sort(key=lambda c: -c.score)
     return found
 
 
 def relevance(candidate: Candidate) -> float:
-    """How much of the question ``candidate`` speaks to: its weighted share of the question's
-    content words (a question whose rare words no source holds is not answered there)."""
-    return candidate.features["coverage"]
+    """How much of the question ``candidate`` speaks to: the rarity-weighted share of the
+    question's content words in it or its heading (a question whose rare words no source holds
+    is not answered there)."""
+    return candidate.features["reach"]
 
 
 def choose(

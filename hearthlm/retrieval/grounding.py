@@ -27,7 +27,7 @@ _NUMBER_WORDS = {word: str(value) for value, word in enumerate(_COUNTING.split()
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
 _CODE = re.compile(r"\b(?=[A-Za-z]*\d)(?=\w*[A-Za-z])[A-Za-z0-9]+(?:[.\-][A-Za-z0-9]+)*\b")
 _NAME = re.compile(r"\b[A-Z][a-zA-Z'\u2019]+(?:\s+[A-Z][a-zA-Z'\u2019]+)*")
-_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # "[2]", "[1, 3]": the numbers
 # Capitalised words that name nothing: sentence openers and the like.
 _OPENERS = (
     "I A An The This That These Those It Its If In On At For To Of And Or But So As By With "
@@ -46,7 +46,7 @@ def claims(answer: str) -> list[str]:
         >>> claims("The warranty is 2 years and 10 months [1].")
         ['2', '10']
     """
-    text = _CITATION.sub(" ", answer)
+    text = CITATION.sub(" ", answer)
     found: list[str] = []
     for match in _CODE.finditer(text):
         if not match.group().isdigit():

@@ -29,7 +29,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.chat_model import ChatHearth
 from hearthlm.retrieval import reader
-from hearthlm.retrieval.grounding import unsupported
+from hearthlm.retrieval.grounding import CITATION, unsupported
 from hearthlm.retrieval.reader import Quote
 from hearthlm.retrieval.retriever import Hit, HybridRetriever
 
@@ -46,7 +46,6 @@ CITED_SENTENCE = """root ::= "[" num "] " char+ [.!?]
 char ::= [^\\[\\]\\n.!?]
 num ::= {numbers}
 """
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 @dataclass
@@ -342,7 +341,7 @@ def resolve_citations(question: str, text: str, sources: list[Source]) -> Answer
     lead = re.match(r"^\[(\d+)\]\s+(.*?)([.!?]?)$", text.strip(), re.DOTALL)
     if lead:  # constrained form "[n] sentence." reads better as "sentence [n]."
         text = f"{lead.group(2)} [{lead.group(1)}]{lead.group(3)}"
-    cleaned = _CITATION.sub(keep, text)
+    cleaned = CITATION.sub(keep, text)
     cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned).strip()
     citations = [used[n] for n in sorted(used)]
     return Answer(question, cleaned, sources, citations, removed, mode="free")

@@ -262,10 +262,6 @@ def _terms(text: str) -> set[str]:
     return set(_stemmer().stemWords(words))
 
 
-def _question_terms(question: str) -> set[str]:
-    return _terms(question)
-
-
 def _answer_kind(question: str) -> str | None:
     q = question.lower()
     if re.search(r"\b(how (many|much|long|old|far|often|big|large|tall|high)|what (year|age))", q):

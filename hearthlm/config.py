@@ -154,12 +154,12 @@ class RetrievalConfig(StrictModel):
     )
     search: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Search mode.")
     fusion: Literal["rrf", "score"] = Field(
-        "rrf",
+        "score",
         description="How hybrid search fuses the dense and BM25 rankings: weighted reciprocal-rank "
         "fusion, or min-max normalised scores with convex weights.",
     )
     dense_weight: float = Field(
-        0.5, ge=0.0, le=1.0, description="The dense ranking's weight in fusion; BM25 gets the rest."
+        0.4, ge=0.0, le=1.0, description="The dense ranking's weight in fusion; BM25 gets the rest."
     )
     k: int = Field(4, ge=1, description="Chunks returned per query.")
     fetch_k: int = Field(40, ge=1, description="Candidates per search before fusion and MMR.")
@@ -170,8 +170,10 @@ class RetrievalConfig(StrictModel):
     )
     min_relevance: float = Field(
         0.3,
-        description="If no chunk reaches this cosine similarity, the answer is 'I don't know' "
-        "and the model is not called.",
+        description="Written answers (constrained, free) read only chunks of at least this "
+        "cosine similarity, and with none the answer is 'I don't know' without a model call. "
+        "Quote answers read every retrieved chunk and refuse by the relevance of their best "
+        "sentence instead, which separates answerable questions better.",
     )
     answer: Literal["auto", "quote", "constrained", "free"] = Field(
         "auto",

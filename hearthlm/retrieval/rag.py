@@ -145,8 +145,9 @@ class DocsQA:
             :class:`ChatHearth`; with any other chat model the quote reader keeps its ranking's
             choice, and ``auto`` writes freely and checks the answer's grounding.
         retriever: where the sources come from.
-        min_relevance: below this cosine similarity no chunk counts, and the answer is
-            "I don't know" without a model call.
+        min_relevance: for written answers, below this cosine similarity no chunk counts,
+            and with none left the answer is "I don't know" without a model call. Quote
+            answers read every hit and refuse by ``min_quote_relevance`` instead.
         max_sources: chunks packed into the prompt (default: the retriever's ``k``).
         answer: ``quote``, ``constrained``, ``free``, or ``auto``: ``quote`` on the packaged
             default model, ``constrained`` on another local model, ``free`` on a chat model
@@ -228,7 +229,11 @@ class DocsQA:
             yield Answer(question, NO_ANSWER, mode=mode)
             return
         hits = self.retriever.search(question, k=self.max_sources)
-        relevant = [h for h in hits if (h.similarity or 0.0) >= self.min_relevance]
+        # A chunk's cosine similarity is a coarse gate: "Within how many days are returns
+        # accepted?" scores 0.28 against the chunk that answers it. The quote reader reads every
+        # hit and refuses by its sentences' relevance instead.
+        floor = self.min_relevance if mode != "quote" else float("-inf")
+        relevant = [h for h in hits if (h.similarity or 0.0) >= floor]
         if not relevant:
             yield NO_ANSWER
             yield Answer(question, NO_ANSWER, mode=mode)
@@ -254,7 +259,7 @@ class DocsQA:
             return Answer(question, NO_ANSWER, sources, mode="quote")
         pick, _ = reader.choose(self.chat, question, ranked, self.choice_margin, self.choices)
         quotes = reader.select(ranked, pick, self.max_quotes, self.quote_ratio)
-        text = " ".join(f"{q.display} [{q.source}]" for q in quotes)
+        text = " ".join(f"{q.reads} [{q.source}]" for q in quotes)
         numbers = {q.source for q in quotes}
         cited = [s for s in sources if s.number in numbers]
         return Answer(question, text, sources, cited, mode="quote", quotes=quotes)

@@ -54,6 +54,8 @@ _AMOUNT = re.compile(
     re.IGNORECASE,
 )
 _NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+")
+# A sentence that opens so names its subject only in the sentences or title before it.
+_REFERS_BACK = re.compile(r"^(it|its|he|his|she|her|they|their|this|these|those)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -72,11 +74,21 @@ class Quote:
     start: int
     end: int
     score: float
+    title: str = ""  # the heading or title line the sentence sits under
 
     @property
     def display(self) -> str:
         """The text on one line, as it reads in an answer."""
         return " ".join(self.text.split())
+
+    @property
+    def reads(self) -> str:
+        """The quote as the answer shows it: led by its title when the sentence opens with a
+        pronoun. "It is told in first person …" says nothing without "Animorphs:" before it."""
+        title, text = " ".join(self.title.split()), self.display
+        if title and _REFERS_BACK.match(text):
+            return f"{title}: {text}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +100,7 @@ class Quote:
             "start": self.start,
             "end": self.end,
             "score": round(self.score, 4),
+            "title": self.title,
         }
 
 
@@ -102,8 +115,9 @@ class Candidate:
 
     def quote(self, span: Span | None = None) -> Quote:
         s, span = self.source, span or self.span
+        title = span.title or s.heading.rsplit(" > ", 1)[-1].strip()
         return Quote(
-            span.text, s.number, s.path, s.page, s.heading, span.start, span.end, self.score
+            span.text, s.number, s.path, s.page, s.heading, span.start, span.end, self.score, title
         )
 
 

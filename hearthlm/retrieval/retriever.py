@@ -55,8 +55,8 @@ class HybridRetriever(BaseRetriever):
 
     index: DocumentIndex
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    fusion: Fusion = "rrf"
-    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    fusion: Fusion = "score"
+    dense_weight: float = Field(0.4, ge=0.0, le=1.0)
     k: int = 4
     fetch_k: int = 40
     mmr: bool = False

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HEARTH = str(Path(sys.executable).with_name("hearth"))
+
+# Each test starts `hearth` processes (most load the model), seconds each: the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def hearth(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):

@@ -578,6 +578,15 @@ def test_dpo_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, 
         "checkpoint-4",
         "checkpoint-6",
     ]  # a checkpoint every save_every steps, the last two kept
+    import torch
+
+    from hearthlm.finetune.trainer import use_bf16
+    from hearthlm.llm.hf_backend import pick_device
+
+    saved = tmp_path / "whole" / "trl" / "checkpoint-6" / "training_args.bin"
+    args = torch.load(saved, weights_only=False)  # what TRL trained with
+    assert args.bf16 == use_bf16("auto", pick_device("auto"))  # bf16 where the hardware has it
+    assert (args.learning_rate, args.save_steps) == (1e-4, 2)
     victim = train(tmp_path / "killed")
     deadline = time.monotonic() + 900
     state = tmp_path / "killed" / "trl" / "checkpoint-2" / "trainer_state.json"

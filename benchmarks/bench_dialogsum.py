@@ -25,7 +25,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def train(kind: str, out: Path, rows: int, steps: int, batch: int) -> Path:
     from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE
-    from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+    from hearthlm.finetune import DataSpec, FullConfig, LoraConfig, TrainConfig, finetune
 
     dialogsum = DataSpec(
         path=DATA / "dialogsum" / "dialogsum.train.jsonl",
@@ -43,7 +43,7 @@ def train(kind: str, out: Path, rows: int, steps: int, batch: int) -> Path:
     run = finetune(
         data,
         out,
-        method=MethodConfig(method=method, dropout=0.05),
+        method=FullConfig() if method == "full" else LoraConfig(dropout=0.05),
         train=TrainConfig(
             max_steps=steps,
             batch_size=batch,

@@ -35,7 +35,7 @@ def hearth(
     checkpointing: bool = False,
     estimate: bool = False,
 ) -> dict:
-    from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+    from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
 
     run = finetune(
         [
@@ -47,7 +47,7 @@ def hearth(
             )
         ],
         Path(tempfile.mkdtemp()) / method,
-        method=MethodConfig(method=method, dropout=0.0),
+        method=method_config(method, **({"dropout": 0.0} if method == "lora" else {})),
         train=TrainConfig(
             max_steps=steps,
             batch_size=batch,
@@ -86,7 +86,7 @@ def baseline(steps: int, batch: int, rows: int, max_length: int = 384) -> dict:
 
     from hearthlm.finetune.data import DataSpec, build_dataset
     from hearthlm.finetune.memory import MemoryMeter
-    from hearthlm.finetune.methods import MethodConfig, lora_config
+    from hearthlm.finetune.methods import LoraConfig, lora_config
     from hearthlm.llm.hf_backend import cached_safetensors
     from hearthlm.llm.sources import resolve_model
 
@@ -106,7 +106,7 @@ def baseline(steps: int, batch: int, rows: int, max_length: int = 384) -> dict:
         max_length=max_length,
         validation=0,
     )
-    model = get_peft_model(model, lora_config(MethodConfig(method="lora", dropout=0.0)))
+    model = get_peft_model(model, lora_config(LoraConfig(dropout=0.0)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     model.train()
     meter = MemoryMeter(model, optimizer, model.config.vocab_size)  # measures, changes nothing

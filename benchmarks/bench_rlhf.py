@@ -33,7 +33,7 @@ PAIRS = DATA / "hh_rlhf" / "harmless_pairs_1800.jsonl"
 def prompt_lines(prompts: list[str]) -> list[int | None]:
     """The line of ``PAIRS`` each prompt comes from (its first human turn); where a prompt
     recurs, its last line, since the held-out prompts are the file's last."""
-    from hearthlm.finetune.reward import transcript_messages
+    from hearthlm.finetune.pairs import transcript_messages
 
     last: dict[str, int] = {}
     for number, text in enumerate(PAIRS.read_text(encoding="utf-8").splitlines(), 1):

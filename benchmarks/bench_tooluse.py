@@ -58,7 +58,7 @@ def main() -> None:
     n_traces = args.traces or (40 if args.quick else 2000)
     steps = args.steps or (2 if args.quick else 250)
     limit = args.limit or (5 if args.quick else 300)
-    from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+    from hearthlm.finetune import DataSpec, LoraConfig, TrainConfig, finetune
     from hearthlm.finetune.export import export_gguf
     from hearthlm.finetune.traces import gsm8k_react_traces
     from hearthlm.llm.hf_backend import cached_safetensors
@@ -70,7 +70,7 @@ def main() -> None:
     run = finetune(
         [DataSpec(path=work / "traces.jsonl")],
         work / "lora",
-        method=MethodConfig(method="lora", rank=16, alpha=32),
+        method=LoraConfig(rank=16, alpha=32),
         train=TrainConfig(
             max_steps=steps,
             batch_size=8,

@@ -327,8 +327,18 @@ def ask(
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
     answer: AnswerOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
 ) -> None:
-    """Answer a question from the indexed documents, with cited sources."""
+    """Answer a question from the indexed documents, with cited sources.
+
+    The sampling options matter to the answer modes that write (constrained, free); a quote
+    answer chooses sentences and ignores them.
+    """
     from hearthlm.retrieval import Answer
 
     cfg = cli_config(config, **overrides(locals()))
@@ -356,6 +366,12 @@ def agent(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    max_new_tokens: MaxTokensOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    seed: SeedOpt = None,
 ) -> None:
     """Run a ReAct agent with tools, showing each step as it happens."""
     from hearthlm.agents.react import AgentResult, ReActAgent

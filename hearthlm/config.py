@@ -5,9 +5,11 @@ Values are layered, each layer overriding the one before:
 1. the defaults below;
 2. a TOML file (``--config PATH``, else ``$HEARTH_CONFIG``, else ``./hearth.toml`` if present);
 3. environment variables ``HEARTH_<SECTION>__<FIELD>``, e.g. ``HEARTH_LLM__BACKEND=transformers``;
+   ``none`` or ``null`` sets a field to None, e.g. ``HEARTH_LLM__ADAPTER=none``;
 4. explicit overrides (CLI options, keyword arguments), as a nested dict or dotted keys.
 
-The configuration is validated once, here, and passed explicitly from then on.
+pydantic-settings reads and merges the layers. The configuration is validated once, here, and
+passed explicitly from then on.
 
 Example:
     >>> cfg = load_config(overrides={"sampling.temperature": 0.0})
@@ -17,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from hearthlm.errors import ConfigError
 
@@ -227,6 +237,9 @@ def load_config(
 ) -> HearthConfig:
     """Build the configuration from defaults, a TOML file, the environment and overrides.
 
+    The layers are pydantic-settings sources, merged section by section. A variable set to
+    ``none`` or ``null`` sets the field to None, even when the TOML file gives it a value.
+
     Args:
         path: A TOML file. Defaults to ``$HEARTH_CONFIG``, then ``./hearth.toml`` if it exists.
         overrides: Highest-priority values, nested (``{"llm": {"backend": "x"}}``) or dotted
@@ -236,15 +249,27 @@ def load_config(
 
     Raises:
         ConfigError: The file is missing or not valid TOML, or a value is invalid.
+
+    Example:
+        >>> load_config(environ={"HEARTH_LLM__MODEL": "none"}).llm.model is None
+        True
     """
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
     file = _config_file(path, environ)
-    if file is not None:
-        _deep_merge(merged, _read_toml(file))
-    _deep_merge(merged, _from_environ(environ))
-    _deep_merge(merged, _nest(overrides or {}))
-    return validate_config(merged, source=str(file) if file else "defaults")
+    source = str(file) if file else "defaults"
+    settings = _layered_settings(file, environ)
+    try:
+        layered = settings(**_nest(overrides or {}))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {file}: {exc}. Fix its TOML syntax.") from None
+    except SettingsError as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise ConfigError(f"{exc}. Fix the HEARTH_<SECTION>__<FIELD> variable.") from None
+    except ValidationError as exc:
+        raise config_error_from(exc, source) from None
+    # The sections are validated already; HearthConfig only regroups them, without the sources.
+    return HearthConfig.model_validate(dict(layered))
 
 
 def validate_config(data: Mapping[str, Any], source: str = "config") -> HearthConfig:
@@ -282,29 +307,54 @@ def _config_file(path: str | Path | None, environ: Mapping[str, str]) -> Path | 
     return default if default.is_file() else None
 
 
-def _read_toml(file: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse config file {file}: {exc}. Fix its TOML syntax.") from None
+class _EnvironSource(EnvSettingsSource):
+    """``HEARTH_<SECTION>__<FIELD>`` variables from a given mapping, not only ``os.environ``.
+
+    ``none`` and ``null`` (any case) become None, so a variable can unset a value that the TOML
+    file sets. A value for a list field is read as JSON.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {
+            key.lower(): None if value.lower() in {"none", "null"} else value
+            for key, value in environ.items()
+        }
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            names = [k for k, v in self.env_vars.items() if v == value and k.endswith(field_name)]
+            key = names[0].upper() if names else field_name
+            raise ConfigError(f"{key} is not a JSON list: {value!r}") from None
 
 
-def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "HEARTH_CONFIG" or "__" not in key:
-            continue
-        dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if value.lower() in {"none", "null"}:
-            values[dotted] = None
-        elif value.startswith("["):  # lists, e.g. HEARTH_RETRIEVAL__INCLUDE='["*.md"]'
-            try:
-                values[dotted] = json.loads(value)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{key} is not a JSON list: {value!r}") from None
-        else:
-            values[dotted] = value
-    return _nest(values)
+class _HearthSettings(BaseSettings, HearthConfig):
+    """:class:`HearthConfig` read from the layered sources, by pydantic-settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+
+def _layered_settings(file: Path | None, environ: Mapping[str, str]) -> type[_HearthSettings]:
+    """A settings class whose sources are, highest first: overrides, ``environ``, ``file``."""
+
+    class _Layered(_HearthSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = (TomlConfigSettingsSource(settings_cls, toml_file=file),) if file else ()
+            return (init_settings, _EnvironSource(settings_cls, environ), *toml)
+
+    return _Layered
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:

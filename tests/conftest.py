@@ -13,6 +13,17 @@ import pytest
 
 from hearthlm.llm import ChatHearth
 
+# Tests that use one of these fixtures load the real chat model (and most also generate with
+# it or train it), so they carry the `slow` mark: `make test-fast` (-m "not slow") skips them.
+# Other heavy tests (a `hearth` process, training, over ~5 s) carry the mark themselves.
+MODEL_FIXTURES = frozenset({"llama_chat", "hf_chat", "any_chat", "hf_cache"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def hf_cache(tmp_path_factory: pytest.TempPathFactory):

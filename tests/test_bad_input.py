@@ -59,6 +59,7 @@ def test_prompt_longer_than_context_is_a_clear_error():
     assert "context window is 128" in message and "drop_oldest" in message
 
 
+@pytest.mark.slow
 def test_truncation_only_when_configured_and_reported():
     chat = ChatHearth(context_size=192, truncation="drop_oldest", max_new_tokens=8)
     history = [SystemMessage("Be brief.")]

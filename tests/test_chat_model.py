@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
@@ -201,8 +201,17 @@ def test_tool_results_in_history_are_accepted(llama_chat):
         AIMessage("", tool_calls=[call]),
         ToolMessage("sunny, 21 degrees", tool_call_id="call_1", name="get_weather"),
     ]
-    reply = llama_chat.bind_tools([get_weather]).invoke(messages)
-    assert reply.content or reply.tool_calls
+    # Asked for an answer, the model states the tool's result in words.
+    answer = llama_chat.bind_tools([get_weather], tool_choice="none").invoke(messages)
+    assert answer.tool_calls == [] and answer.response_metadata["finish_reason"] == "stop"
+    assert "sunny" in answer.content and "21" in answer.content
+    # Left to choose, the greedy 135M model calls the tool again with the request's own
+    # well-formed arguments (agents stop such repeats: see test_tools).
+    again = llama_chat.bind_tools([get_weather]).invoke(messages)
+    assert again.invalid_tool_calls == []
+    assert [(c["name"], c["args"]) for c in again.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
 
 
 class Person(BaseModel):
@@ -230,8 +239,15 @@ def test_structured_output_other_forms(llama_chat):
     assert isinstance(via_tool.invoke("Ann is 40."), Person)
 
 
-def test_second_transformers_load_is_fast(hf_chat, hf_cache):
-    start = time.perf_counter()
-    ChatHearth(backend="transformers", cache_dir=hf_cache).load()
-    assert time.perf_counter() - start < 3.0
-    assert list(hf_cache.glob("models/*/model.safetensors"))
+def test_second_transformers_load_reads_the_cached_copy(hf_chat, hf_cache, caplog):
+    # How much faster the cached load is: benchmarks/bench_load.py.
+    cached = list(hf_cache.glob("models/*/model.safetensors"))
+    assert len(cached) == 1
+    written = cached[0].stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="hearthlm"):
+        again = ChatHearth(backend="transformers", cache_dir=hf_cache, max_new_tokens=48).load()
+    assert not [r for r in caplog.records if "converting" in r.getMessage()]  # no new conversion
+    assert cached[0].stat().st_mtime_ns == written  # the copy was read, not rewritten
+    assert not list(hf_cache.glob("models/.converting-*"))
+    question = "Name three primary colors."
+    assert again.invoke(question).content == hf_chat.invoke(question).content

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HEARTH = str(Path(sys.executable).with_name("hearth"))
+
+# Each test starts `hearth` processes (most load the model), seconds each: the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def hearth(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
@@ -128,3 +133,14 @@ def test_agent_shows_steps_and_answers():
     assert "Answer: 7006652" in run.stdout
     run = hearth("agent", "hi", "--tools", "teleport")
     assert run.returncode == 1 and "unknown tool(s) ['teleport']" in run.stderr
+
+
+def test_ask_and_agent_take_the_sampling_options(tmp_path: Path):
+    # An out-of-range value is refused by the config, naming the field, so the option reaches
+    # the sampling section on both commands (checked before any model or index is loaded).
+    idx = ["--index", str(tmp_path / "idx")]
+    for command in (["ask", "q", *idx], ["agent", "q", "--tools", "calculator"]):
+        run = hearth(*command, "--top-p", "2", "--seed", "1", "--max-new-tokens", "8")
+        assert run.returncode == 1 and "sampling.top_p = 2.0" in run.stderr, run.stderr
+    run = hearth("search", "q", "--temperature", "0")
+    assert run.returncode == 2 and "No such option" in run.stderr  # search does not generate

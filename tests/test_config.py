@@ -66,3 +66,39 @@ def test_broken_toml_and_missing_file_are_reported(tmp_path: Path):
         load_config(file, environ={})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml", environ={})
+
+
+def test_environment_none_unsets_a_value_the_toml_file_sets(tmp_path: Path):
+    file = tmp_path / "hearth.toml"
+    file.write_text(
+        '[llm]\nmodel = "big.gguf"\nadapter = "adapters/run1"\ncontext_size = 256\n',
+        encoding="utf-8",
+    )
+    assert load_config(file, environ={}).llm.model == "big.gguf"
+    env = {"HEARTH_LLM__MODEL": "none", "HEARTH_LLM__ADAPTER": "NULL"}
+    cfg = load_config(file, environ=env)
+    assert cfg.llm.model is None  # back to the packaged model
+    assert cfg.llm.adapter is None
+    assert cfg.llm.context_size == 256  # the rest of the file's section still applies
+    # An override left unset (None) still does not mask the lower layers.
+    assert load_config(file, overrides={"llm.model": None}, environ={}).llm.model == "big.gguf"
+
+
+def test_environment_none_on_a_required_field_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"llm\.backend = None"):
+        load_config(environ={"HEARTH_LLM__BACKEND": "none"})
+
+
+def test_environment_lists_are_json_and_bad_json_names_the_variable():
+    env = {"HEARTH_RETRIEVAL__INCLUDE": '["*.md", "*.txt"]'}
+    assert load_config(environ=env).retrieval.include == ["*.md", "*.txt"]
+    with pytest.raises(ConfigError, match="HEARTH_RETRIEVAL__INCLUDE is not a JSON list"):
+        load_config(environ={"HEARTH_RETRIEVAL__INCLUDE": "[*.md"})
+
+
+def test_invalid_environment_value_names_field_value_and_fix():
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"HEARTH_SAMPLING__TOP_K": "many"})
+    message = str(info.value)
+    assert "sampling.top_k = 'many'" in message
+    assert "HEARTH_<SECTION>__<FIELD>" in message

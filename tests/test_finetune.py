@@ -16,8 +16,16 @@ import pytest
 from typer.testing import CliRunner
 
 from hearthlm.config import LLMConfig
-from hearthlm.errors import TrainingError
-from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, build_dataset, finetune
+from hearthlm.errors import ConfigError, TrainingError
+from hearthlm.finetune import (
+    BottleneckAdapterConfig,
+    DataSpec,
+    LoraConfig,
+    PromptTuningConfig,
+    TrainConfig,
+    build_dataset,
+    finetune,
+)
 from hearthlm.finetune.data import IGNORE, read_conversations, tokenize_chat
 
 FACTS = [
@@ -171,7 +179,7 @@ def lora_run(facts: Path, out: Path, llm: LLMConfig, steps: int = 8, **train):
     return finetune(
         [DataSpec(path=facts)],
         out,
-        method=MethodConfig(method="lora", rank=8, dropout=0.0),
+        method=LoraConfig(rank=8, dropout=0.0),
         train=TrainConfig(
             max_steps=steps, batch_size=3, learning_rate=2e-3, eval_every=steps, bf16="off", **train
         ),
@@ -249,12 +257,16 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, t
 def test_bottleneck_adapter_and_prompt_tuning_train_save_and_reload(facts, tmp_path, llm):
     from hearthlm.llm import ChatHearth
 
-    for method, lr in (("adapters", 2e-3), ("prompt-tuning", 3e-2)):
-        out = tmp_path / method
+    methods = (
+        (BottleneckAdapterConfig(), 2e-3),
+        (PromptTuningConfig(virtual_tokens=8, init_text="Answer briefly."), 3e-2),
+    )
+    for method, lr in methods:
+        out = tmp_path / method.method
         run = finetune(
             [DataSpec(path=facts)],
             out,
-            method=MethodConfig(method=method, virtual_tokens=8, init_text="Answer briefly."),
+            method=method,
             train=TrainConfig(max_steps=4, batch_size=3, learning_rate=lr, bf16="off"),
             llm=llm,
             validation=0,
@@ -273,9 +285,9 @@ TRAIN_SCRIPT = """
 import json, sys
 from pathlib import Path
 from hearthlm.config import LLMConfig
-from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+from hearthlm.finetune import DataSpec, LoraConfig, TrainConfig, finetune
 finetune([DataSpec(path=Path(sys.argv[1]))], Path(sys.argv[2]),
-         method=MethodConfig(method="lora", rank=4),
+         method=LoraConfig(rank=4),
          train=TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-3, save_every=2,
                            eval_every=3),
          llm=LLMConfig(cache_dir=Path(sys.argv[3])), validation=0.2, progress=False)
@@ -320,6 +332,23 @@ def test_resume_refuses_a_folder_holding_another_run(facts, tmp_path, llm):
     lora_run(facts, tmp_path / "run", llm, steps=1)
     with pytest.raises(TrainingError, match="different fine-tuning run"):
         lora_run(facts, tmp_path / "run", llm, steps=2)
+
+
+def test_python_finetune_trains_at_the_methods_own_learning_rate(facts, tmp_path, llm):
+    # No learning rate given: prompt tuning's 3e-3, as `hearth finetune prompt-tuning` uses.
+    run = finetune(
+        [DataSpec(path=facts)],
+        tmp_path / "pt",
+        method=PromptTuningConfig(virtual_tokens=2),
+        train=TrainConfig(max_steps=1, batch_size=2, scheduler="constant", bf16="off"),
+        llm=llm,
+        validation=0,
+        progress=False,
+        log=lambda *a: None,
+    )
+    assert run.result.history[0]["learning_rate"] == pytest.approx(3e-3)
+    summary = json.loads((tmp_path / "pt" / "hearth_finetune.json").read_text())
+    assert summary["settings"]["train"]["learning_rate"] == 3e-3
 
 
 # --- alignment ----------------------------------------------------------------------------------
@@ -518,6 +547,95 @@ def test_dpo_through_trl_saves_an_adapter(tmp_path, llm):
     )
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
     assert [h["loss"] for h in run.history if "loss" in h]
+
+
+DPO_SCRIPT = """
+import sys
+from pathlib import Path
+from hearthlm.config import LLMConfig
+from hearthlm.finetune import TrainConfig
+from hearthlm.finetune.dpo import train_dpo
+train_dpo(Path(sys.argv[1]), Path(sys.argv[2]), llm=LLMConfig(cache_dir=Path(sys.argv[3])),
+          max_length=128, validation=0,
+          train=TrainConfig(max_steps=6, batch_size=2, learning_rate=1e-4, save_every=2))
+"""
+
+
+def test_dpo_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, llm):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _dpo_rows())
+
+    def train(out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", DPO_SCRIPT, str(data), str(out), str(llm.cache_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    assert train(tmp_path / "whole").wait(timeout=900) == 0
+    assert sorted(p.name for p in (tmp_path / "whole" / "trl").glob("checkpoint-*")) == [
+        "checkpoint-4",
+        "checkpoint-6",
+    ]  # a checkpoint every save_every steps, the last two kept
+    import torch
+
+    from hearthlm.finetune.trainer import use_bf16
+    from hearthlm.llm.hf_backend import pick_device
+
+    saved = tmp_path / "whole" / "trl" / "checkpoint-6" / "training_args.bin"
+    args = torch.load(saved, weights_only=False)  # what TRL trained with
+    assert args.bf16 == use_bf16("auto", pick_device("auto"))  # bf16 where the hardware has it
+    assert (args.learning_rate, args.save_steps) == (1e-4, 2)
+    victim = train(tmp_path / "killed")
+    deadline = time.monotonic() + 900
+    state = tmp_path / "killed" / "trl" / "checkpoint-2" / "trainer_state.json"
+    while not state.is_file():
+        assert victim.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "adapter").exists()
+    assert train(tmp_path / "killed").wait(timeout=900) == 0
+
+    whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert (whole[key] - resumed[key]).abs().max() < 1e-6, key
+    metrics = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    lines = [json.loads(x) for x in metrics]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("train", "refused"),
+    [
+        (TrainConfig(early_stopping=2), "early_stopping = 2"),
+        (TrainConfig(profile_memory=True), "profile_memory = True"),
+        (TrainConfig(return_freed_memory=False), "return_freed_memory = False"),
+    ],
+)
+def test_dpo_refuses_training_settings_it_cannot_honour(tmp_path, train, refused):
+    from hearthlm.finetune.dpo import train_dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _dpo_rows())
+    with pytest.raises(ConfigError, match="DPO cannot honour") as info:
+        train_dpo(data, tmp_path / "dpo", train=train)
+    assert refused in str(info.value)
+    with pytest.raises(ConfigError, match="LoRA adapters, not 'prompt-tuning'"):
+        train_dpo(data, tmp_path / "dpo", method=PromptTuningConfig())
+    assert not (tmp_path / "dpo").exists()  # refused before anything was loaded or written
+
+
+def _dpo_rows() -> list[dict]:
+    return [
+        {
+            "chosen": f"\n\nHuman: {q}\n\nAssistant: {POLITE[0]}",
+            "rejected": f"\n\nHuman: {q}\n\nAssistant: {RUDE[0]}",
+        }
+        for q, _ in FACTS
+    ]
 
 
 # --- outputs ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hearthlm.config import LLMConfig
-from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+from hearthlm.finetune import DataSpec, LoraConfig, TrainConfig, finetune, method_config
 
 SENTENCES = [
     "The ferry leaves the north pier at seven and returns before noon.",
@@ -45,7 +45,7 @@ def train(data: Path, out: Path, llm: LLMConfig, method: str, **options) -> obje
     return finetune(
         [DataSpec(path=data)],
         out,
-        method=MethodConfig(method=method),
+        method=method_config(method),
         train=TrainConfig(
             max_steps=2, batch_size=4, bf16="off", eval_every=100, save_every=100, **options
         ),
@@ -134,7 +134,7 @@ def test_lean_lora_keeps_fewer_activations_and_the_same_numbers(llm):
 
     _, tokenizer, _ = load_base(llm)
     ids = torch.tensor([tokenizer.encode(" ".join(SENTENCES * 3))] * 2)
-    config = MethodConfig(method="lora", dropout=0.05)
+    config = LoraConfig(dropout=0.05)
     results = []
     for lean in (False, True):
         model, _, _ = load_base(llm)

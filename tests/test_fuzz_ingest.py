@@ -91,6 +91,7 @@ def _new_index(root: Path, embeddings) -> DocumentIndex:
     return DocumentIndex(config, embeddings)
 
 
+@pytest.mark.slow
 def test_pathological_files_never_stop_a_run(embeddings, tmp_path: Path):
     folder = tmp_path / "docs"
     folder.mkdir()

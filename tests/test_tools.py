@@ -98,6 +98,7 @@ def _check_calls(chat, schema, prompt, mode, temperature):
     json.loads(json.dumps(call["args"]), strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["llamacpp", "transformers"])
 @settings(
     max_examples=6,

@@ -2,17 +2,31 @@
 adapters), align it (reward model, PPO, DPO), and export it for both backends.
 
 Example:
-    >>> from hearthlm.finetune import DataSpec, MethodConfig, finetune
+    >>> from hearthlm.finetune import DataSpec, PromptTuningConfig, finetune
     >>> run = finetune([DataSpec(path=Path("train.jsonl"))], Path("runs/lora"))  # doctest: +SKIP
+    >>> soft = finetune([DataSpec(path=Path("train.jsonl"))], Path("runs/pt"),
+    ...                 method=PromptTuningConfig(virtual_tokens=8))  # doctest: +SKIP
     >>> ChatHearth(backend="transformers", adapter=run.output)  # doctest: +SKIP
 """
 
 import warnings
 
 from hearthlm.finetune.data import DataSpec, build_dataset, tokenize_chat
-from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
+from hearthlm.finetune.methods import (
+    BottleneckAdapterConfig,
+    FullConfig,
+    IA3Config,
+    LoraConfig,
+    MethodConfig,
+    PromptTuningConfig,
+    SelectiveConfig,
+    available_methods,
+    count_parameters,
+    method_config,
+    prepare,
+)
 from hearthlm.finetune.run import FinetuneResult, finetune
-from hearthlm.finetune.trainer import TrainConfig, Trainer
+from hearthlm.finetune.trainer import Objective, TrainConfig, Trainer, TrainState
 
 # PEFT 0.21 reads a property transformers 5 deprecated; the warning is theirs and says nothing
 # about the run, so it is not shown on every adapter.
@@ -21,14 +35,24 @@ warnings.filterwarnings(
 )
 
 __all__ = [
+    "BottleneckAdapterConfig",
     "DataSpec",
     "FinetuneResult",
+    "FullConfig",
+    "IA3Config",
+    "LoraConfig",
     "MethodConfig",
+    "Objective",
+    "PromptTuningConfig",
+    "SelectiveConfig",
     "TrainConfig",
+    "TrainState",
     "Trainer",
+    "available_methods",
     "build_dataset",
     "count_parameters",
     "finetune",
+    "method_config",
     "prepare",
     "tokenize_chat",
 ]

@@ -25,17 +25,11 @@ DataOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder; running again resumes.")]
 StepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")]
 BatchOpt = Annotated[int, typer.Option(help="Examples per micro-batch.")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+LrOpt = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate (default: the method's own).")
+]
 LimitOpt = Annotated[int | None, typer.Option(help="First N rows of each dataset.")]
 MaxLenOpt = Annotated[int, typer.Option(help="Tokens per example; longer ones are cut.")]
-DEFAULT_LR = {
-    "full": 2e-5,
-    "selective": 5e-5,
-    "lora": 2e-4,
-    "ia3": 1e-3,
-    "adapters": 5e-4,
-    "prompt-tuning": 3e-3,
-}
 
 
 def _validated(cls: Any, **values: Any) -> Any:
@@ -55,6 +49,9 @@ def _llm(config: Path | None, model: str | None) -> Any:
 
 
 def _supervised(method: str) -> Any:
+    # Not at the top: `hearth` starts without the training stack (methods.py is torch-free).
+    from hearthlm.finetune.methods import method_class
+
     def command(
         data: DataOpt,
         out: OutOpt,
@@ -99,7 +96,7 @@ def _supervised(method: str) -> Any:
         config: ConfigOpt = None,
         model: ModelOpt = None,
     ) -> None:
-        from hearthlm.finetune import DataSpec, MethodConfig, TrainConfig, finetune
+        from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
         from hearthlm.finetune.run import estimate_finetune_memory
 
         shares = [float(w) for w in weights.split(",")] if weights else [1.0] * len(data)
@@ -118,7 +115,6 @@ def _supervised(method: str) -> Any:
             for path, w in zip(data, shares, strict=True)
         ]
         method_options: dict[str, Any] = {
-            "method": method,
             "rank": rank,
             "alpha": alpha,
             "dropout": dropout,
@@ -130,13 +126,15 @@ def _supervised(method: str) -> Any:
             method_options["target_modules"] = target_modules.split(",")
         if trainable:
             method_options["trainable"] = trainable.split(",")
+        own = method_class(method).model_fields  # each method takes only its own options
+        method_options = {k: v for k, v in method_options.items() if k in own}
         train = _validated(
             TrainConfig,
             epochs=epochs,
             max_steps=max_steps,
             batch_size=batch_size,
             grad_accum=grad_accum,
-            learning_rate=lr or DEFAULT_LR[method],
+            learning_rate=lr,  # None: the method's own default, set by the library
             warmup_ratio=warmup,
             eval_every=eval_every,
             save_every=save_every,
@@ -147,7 +145,7 @@ def _supervised(method: str) -> Any:
             seed=seed,
         )
         options: dict[str, Any] = {
-            "method": _validated(MethodConfig, **method_options),
+            "method": method_config(method, **method_options),
             "train": train,
             "llm": _llm(config, model),
             "max_length": max_length,
@@ -175,19 +173,19 @@ def _supervised(method: str) -> Any:
             highlight=False,
         )
 
-    command.__doc__ = {
-        "lora": "LoRA: low-rank updates to the chosen projections.",
-        "prompt-tuning": "Prompt tuning: a trained soft prompt of virtual tokens.",
-        "full": "Full fine-tuning of every weight.",
-        "selective": "Train only the parameters matching --trainable; freeze the rest.",
-        "adapters": "Bottleneck adapters after the attention and MLP blocks of a frozen model.",
-        "ia3": "(IA)3: learned rescaling of keys, values and feed-forward activations.",
-    }[method]
+    command.__doc__ = (method_class(method).__doc__ or method).strip().splitlines()[0]
     return command
 
 
-for _method in ("lora", "prompt-tuning", "full", "selective", "adapters", "ia3"):
-    finetune_app.command(_method)(_supervised(_method))
+def _register_methods() -> None:
+    """One sub-command per registered training method, plugins included."""
+    from hearthlm.finetune.methods import available_methods
+
+    for name in available_methods():
+        finetune_app.command(name)(_supervised(name))
+
+
+_register_methods()
 
 
 @finetune_app.command()
@@ -212,7 +210,7 @@ def reward(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
-        learning_rate=lr or 1e-4,
+        learning_rate=lr,  # None: the reward model's default, set by the library
     )
     run = train_reward_model(
         data,
@@ -259,7 +257,7 @@ def ppo(
         target_kl=target_kl,
         max_update_kl=max_update_kl,
         bf16=bf16,
-        learning_rate=lr or 5e-5,
+        **({"learning_rate": lr} if lr else {}),  # else PPOConfig's default
     )
     trainer = PPOTrainer(RewardModel.load(reward_model, llm), settings, llm=llm)
     console.print(str(trainer.parameters))
@@ -295,7 +293,7 @@ def dpo(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
-        learning_rate=lr or 5e-5,
+        learning_rate=lr,  # None: DPO's default, set by the library
     )
     train_dpo(
         data,

@@ -2,21 +2,35 @@
 
 The policy is the local model with LoRA; with a PEFT model TRL uses the same weights with the
 adapter switched off as the reference, so no second copy is held in memory.
+
+The run honours :class:`~hearthlm.finetune.trainer.TrainConfig` as the other trainers do: bf16
+where the hardware runs it natively (``bf16="auto"``), a checkpoint every ``save_every`` steps,
+and a run killed at any moment (SIGKILL included) resumes from its last whole checkpoint when
+started again with the same folder. The settings it cannot honour (``early_stopping``,
+``profile_memory``, ``return_freed_memory``) are refused with a ConfigError, not ignored.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hearthlm.config import LLMConfig
-from hearthlm.errors import TrainingError
-from hearthlm.finetune.methods import MethodConfig, lora_config
-from hearthlm.finetune.reward import transcript_messages
-from hearthlm.finetune.trainer import TrainConfig, plot_curve
-from hearthlm.rows import BadRows, read_rows
+from hearthlm.errors import ConfigError, TrainingError
+from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config
+from hearthlm.finetune.pairs import read_preference_pairs
+from hearthlm.finetune.trainer import TrainConfig, plot_curve, use_bf16
+
+LEARNING_RATE = 5e-5  # DPO's default peak learning rate, here and in the CLI
+# TrainConfig fields that TRL's trainer has no counterpart for here, and why.
+UNSUPPORTED = {
+    "early_stopping": "TRL would have to keep and reload a best checkpoint",
+    "profile_memory": "the memory profiler wraps hearthlm's own training loop",
+    "return_freed_memory": "the buffer mapping wraps hearthlm's own training loop",
+}
 
 
 @dataclass
@@ -28,18 +42,9 @@ class DPORun:
 def preference_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """``{"prompt", "chosen", "rejected"}`` in TRL's conversational form, from pairs that share
     every turn but the last assistant reply (HH-RLHF transcripts or message lists)."""
-    bad = BadRows(strict=True, error=TrainingError, hint="")
     rows = []
-    for row in read_rows(path, bad):
-        sides = []
-        for key in ("chosen", "rejected"):
-            value = row.values.get(key)
-            messages = transcript_messages(value) if isinstance(value, str) else value
-            if not isinstance(messages, list) or not messages:
-                bad.add(row.path, row.line, f"missing or empty {key!r}")
-                continue
-            sides.append(messages)
-        chosen, rejected = sides
+    for pair in read_preference_pairs(path):
+        chosen, rejected = pair.chosen, pair.rejected
         if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
             continue  # nothing to prefer
         rows.append({"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]})
@@ -62,40 +67,57 @@ def train_dpo(
     validation: float = 0.1,
     limit: int | None = None,
 ) -> DPORun:
+    """Train a LoRA adapter on the preference pairs in ``data`` into ``out/adapter``.
+
+    Running again with the same ``out`` resumes from the last checkpoint in ``out/trl``.
+
+    Raises:
+        ConfigError: ``method`` is not LoRA, or ``train`` sets a field DPO cannot honour.
+    """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from hearthlm.finetune.run import load_base
 
     llm = llm or LLMConfig()
-    method = method or MethodConfig(method="lora")
-    train = train or TrainConfig(learning_rate=5e-5)
-    if method.method != "lora":
-        raise TrainingError("DPO here trains LoRA adapters; use --method lora")
+    method = method or LoraConfig()
+    train = train or TrainConfig()
+    if not isinstance(method, LoraConfig):
+        raise ConfigError(
+            f"DPO here trains LoRA adapters, not {method.method!r}; pass a LoraConfig."
+        )
+    _refuse_unsupported(train)
+    rows = preference_rows(data, limit)  # a bad file fails before the model loads
     model, tokenizer, backend = load_base(llm)
-    rows = preference_rows(data, limit)
     cut = max(1, round(len(rows) * validation)) if validation and len(rows) > 1 else 0
     args = DPOConfig(
         output_dir=str(out / "trl"),
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,
-        learning_rate=train.learning_rate,
+        learning_rate=train.learning_rate or LEARNING_RATE,
+        weight_decay=train.weight_decay,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps or -1,
         warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the steps
-        lr_scheduler_type=train.scheduler,
+        lr_scheduler_type="constant_with_warmup"
+        if train.scheduler == "constant"
+        else train.scheduler,
         max_grad_norm=train.max_grad_norm or 0.0,
+        activation_checkpointing=train.activation_checkpointing,
         beta=beta,
         max_length=max_length,
         logging_steps=1,
         eval_strategy="steps" if cut else "no",
         eval_steps=train.eval_every,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=train.save_every,
+        save_total_limit=2,  # the newest may be torn by a kill; the one before is whole
         report_to=[],
         seed=train.seed,
+        data_seed=train.seed,
         use_cpu=backend.device == "cpu",
-        bf16=False,
+        bf16=use_bf16(train.bf16, backend.device),
         disable_tqdm=False,
     )
     trainer = DPOTrainer(
@@ -106,7 +128,7 @@ def train_dpo(
         processing_class=tokenizer,
         peft_config=lora_config(method),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
     trained: Any = trainer.model
     trained.save_pretrained(out / "adapter")
     history = [dict(h) for h in trainer.state.log_history]
@@ -122,3 +144,41 @@ def train_dpo(
     ]
     plot_curve(curve, out / "loss.png", ylabel="DPO loss")
     return DPORun(out, history)
+
+
+def _refuse_unsupported(train: TrainConfig) -> None:
+    defaults = TrainConfig()
+    refused = [
+        f"{name} = {getattr(train, name)!r} ({why})"
+        for name, why in UNSUPPORTED.items()
+        if getattr(train, name) != getattr(defaults, name)
+    ]
+    if refused:
+        raise ConfigError(
+            "DPO cannot honour these training settings: "
+            + "; ".join(refused)
+            + ". Leave them at their defaults for `hearth finetune dpo`."
+        )
+
+
+def last_whole_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that was written to the end, or None.
+
+    transformers writes a checkpoint's ``trainer_state.json`` last, so a checkpoint without a
+    readable one was cut short by a kill; it is removed, and the one before it is used.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            continue
+        return str(checkpoint)
+    return None

@@ -1,9 +1,20 @@
 """Which weights train: full, selective, LoRA, prompt tuning, (IA)³, or bottleneck adapters.
 
+Each method is a config class (as in peft: ``LoraConfig``, ``PromptTuningConfig``, …) holding its
+own settings, its default learning rate, how it prepares the model and how it saves the result.
+Methods are found by name in a registry: the built-ins below, then any installed package's
+``hearthlm.methods`` entry points, loaded as backends and tools are.
+
 LoRA, prompt tuning and (IA)³ come from PEFT, so their folders load anywhere PEFT does. PEFT has no
 bottleneck adapters and the maintained `adapters` library does not follow current transformers, so
 they are a small torch module here: after a frozen block's output projection, ``h + up(gelu(down
 (h)))`` with ``up`` starting at zero, so training starts from the base model exactly.
+
+Example:
+    >>> LoraConfig(rank=4).learning_rate
+    0.0002
+    >>> method_config("prompt-tuning", virtual_tokens=8).learning_rate
+    0.003
 """
 
 from __future__ import annotations
@@ -12,20 +23,21 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from hearthlm.config import StrictModel
-from hearthlm.errors import TrainingError
-from hearthlm.finetune.lean_lora import lighten
+from hearthlm.config import StrictModel, config_error_from
+from hearthlm.errors import ConfigError, TrainingError
 
 Place = Literal["attention", "mlp"]
-Method = Literal["full", "selective", "lora", "prompt-tuning", "ia3", "adapters"]
 PLACES = {"attention": ("self_attn", "o_proj"), "mlp": ("mlp", "down_proj")}
 BOTTLENECK_FILE = "hearth_adapters.json"
 BOTTLENECK_WEIGHTS = "hearth_adapters.safetensors"
+ENTRY_POINT_GROUP = "hearthlm.methods"
 
 
 def _both_places() -> list[Place]:
@@ -33,12 +45,83 @@ def _both_places() -> list[Place]:
 
 
 class MethodConfig(StrictModel):
-    """What to train, and the method's own settings."""
+    """A training method: what trains, and how its result is saved.
 
-    method: Method = "lora"
-    # selective: regular expressions over parameter names; everything else is frozen
-    trainable: list[str] = Field(default_factory=lambda: [r"layers\.(2[8-9])\."])
-    # LoRA
+    A new method subclasses this with a ``method`` name, its own fields, a default
+    ``learning_rate`` and :meth:`prepare`, and registers the class under the
+    ``hearthlm.methods`` entry-point group; ``finetune(method=…)`` and ``hearth finetune NAME``
+    then use it like a built-in.
+    """
+
+    method: str
+    learning_rate: ClassVar[float] = 2e-4  # the peak learning rate when TrainConfig sets none
+    output: ClassVar[Literal["adapter", "model"]] = "adapter"  # the folder the result goes to
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        """``model`` made ready to train: frozen where it should be, wrapped if needed."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how to prepare a model")
+
+    def save(self, model: Any, tokenizer: Any, folder: Path) -> None:
+        """Write the trained result to ``folder`` (``OUT/adapter`` or ``OUT/model``)."""
+        model.save_pretrained(folder)
+
+
+class FullConfig(MethodConfig):
+    """Full fine-tuning: every weight trains."""
+
+    method: Literal["full"] = "full"
+    learning_rate: ClassVar[float] = 2e-5
+    output: ClassVar[Literal["adapter", "model"]] = "model"
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model: Any, tokenizer: Any, folder: Path) -> None:
+        _save_model_folder(model, tokenizer, folder)
+
+
+class SelectiveConfig(MethodConfig):
+    """Selective: only the parameters matching the trainable patterns train; the rest freeze."""
+
+    method: Literal["selective"] = "selective"
+    learning_rate: ClassVar[float] = 5e-5
+    output: ClassVar[Literal["adapter", "model"]] = "model"
+    trainable: list[str] = Field(
+        default_factory=lambda: [r"layers\.(2[8-9])\."],
+        description="Regular expressions over parameter names.",
+    )
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        patterns = [re.compile(p) for p in self.trainable]
+        hit = 0
+        for name, p in model.named_parameters():
+            keep = any(pattern.search(name) for pattern in patterns)
+            p.requires_grad_(keep)
+            hit += keep
+        if not hit:
+            names = ", ".join(n for n, _ in list(model.named_parameters())[:6])
+            raise TrainingError(
+                f"no parameter matches {self.trainable}; names look like: {names}, …"
+            )
+        return model
+
+    def save(self, model: Any, tokenizer: Any, folder: Path) -> None:
+        _save_model_folder(model, tokenizer, folder)
+
+
+def _save_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """A full transformers folder: weights as safetensors, and the tokenizer."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+class LoraConfig(MethodConfig):
+    """LoRA: low-rank updates to the chosen projections (PEFT)."""
+
+    method: Literal["lora"] = "lora"
+    learning_rate: ClassVar[float] = 2e-4
     rank: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -53,14 +136,124 @@ class MethodConfig(StrictModel):
             "down_proj",
         ]
     )
-    # prompt tuning
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        from peft import get_peft_model
+
+        # lean_lora imports torch: here, not at the top, so `hearth` lists methods without it.
+        from hearthlm.finetune.lean_lora import lighten
+
+        peft_model = get_peft_model(model, lora_config(self))
+        lighten(peft_model)
+        return peft_model
+
+
+class PromptTuningConfig(MethodConfig):
+    """Prompt tuning: a trained soft prompt of virtual tokens before the input (PEFT)."""
+
+    method: Literal["prompt-tuning"] = "prompt-tuning"
+    learning_rate: ClassVar[float] = 3e-3
     virtual_tokens: int = Field(16, ge=1)
     init_text: str | None = Field(
         None, description="Initialise the soft prompt from this text's token embeddings."
     )
-    # bottleneck adapters
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        from peft import PromptTuningConfig as PeftPromptTuningConfig
+        from peft import PromptTuningInit, TaskType, get_peft_model
+
+        init = PromptTuningInit.TEXT if self.init_text else PromptTuningInit.RANDOM
+        peft_config = PeftPromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=self.virtual_tokens,
+            prompt_tuning_init=init,
+            prompt_tuning_init_text=self.init_text,
+            tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None),
+        )
+        if self.init_text:
+            # PEFT re-reads the tokenizer by name; give it the one we already hold.
+            return _prompt_tuning_from_text(model, tokenizer, peft_config, self)
+        return get_peft_model(model, peft_config)
+
+
+class IA3Config(MethodConfig):
+    """(IA)³: learned rescaling of keys, values and feed-forward activations (PEFT)."""
+
+    method: Literal["ia3"] = "ia3"
+    learning_rate: ClassVar[float] = 1e-3
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        from peft import IA3Config as PeftIA3Config
+        from peft import TaskType, get_peft_model
+
+        peft_config = PeftIA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=["k_proj", "v_proj", "down_proj"],
+            feedforward_modules=["down_proj"],
+        )
+        return get_peft_model(model, peft_config)
+
+
+class BottleneckAdapterConfig(MethodConfig):
+    """Bottleneck adapters after the attention and MLP blocks of a frozen model."""
+
+    method: Literal["adapters"] = "adapters"
+    learning_rate: ClassVar[float] = 5e-4
     bottleneck: int = Field(32, ge=1)
     adapter_places: list[Place] = Field(default_factory=lambda: _both_places())
+
+    def prepare(self, model: Any, tokenizer: Any) -> Any:
+        return add_bottleneck_adapters(model, self.bottleneck, self.adapter_places)
+
+    def save(self, model: Any, tokenizer: Any, folder: Path) -> None:
+        save_bottleneck_adapters(model, folder)
+
+
+BUILTIN_METHODS: dict[str, type[MethodConfig]] = {
+    "lora": LoraConfig,
+    "prompt-tuning": PromptTuningConfig,
+    "full": FullConfig,
+    "selective": SelectiveConfig,
+    "adapters": BottleneckAdapterConfig,
+    "ia3": IA3Config,
+}
+
+
+@cache
+def available_methods() -> dict[str, type[MethodConfig]]:
+    """Every training method by name: the built-ins, then plugins (``hearthlm.methods``)."""
+    found = dict(BUILTIN_METHODS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
+
+
+def method_class(name: str) -> type[MethodConfig]:
+    """The config class of the method registered as ``name``.
+
+    Raises:
+        ConfigError: No method has that name; the message lists the known ones.
+    """
+    methods = available_methods()
+    if name not in methods:
+        raise ConfigError(
+            f"unknown training method {name!r}. Known methods: {', '.join(sorted(methods))}. "
+            f"Install the plugin that provides it (entry-point group {ENTRY_POINT_GROUP!r})."
+        )
+    return methods[name]
+
+
+def method_config(name: str, **fields: Any) -> MethodConfig:
+    """The settings of method ``name`` from keyword fields, validated.
+
+    Raises:
+        ConfigError: An unknown method, or a field the method does not have or a bad value.
+    """
+    cls = method_class(name)
+    try:
+        return cls(method=name, **fields)
+    except ValidationError as exc:
+        raise config_error_from(exc, f"method {name!r}") from None
 
 
 @dataclass
@@ -83,63 +276,14 @@ def count_parameters(model: Any) -> ParameterCount:
 
 
 def prepare(model: Any, tokenizer: Any, config: MethodConfig) -> Any:
-    """The model made ready for ``config.method``: frozen where it should be, wrapped if needed."""
-    method = config.method
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    if method == "selective":
-        patterns = [re.compile(p) for p in config.trainable]
-        hit = 0
-        for name, p in model.named_parameters():
-            keep = any(pattern.search(name) for pattern in patterns)
-            p.requires_grad_(keep)
-            hit += keep
-        if not hit:
-            names = ", ".join(n for n, _ in list(model.named_parameters())[:6])
-            raise TrainingError(
-                f"no parameter matches {config.trainable}; names look like: {names}, …"
-            )
-        return model
-    if method == "adapters":
-        return add_bottleneck_adapters(model, config.bottleneck, config.adapter_places)
-    from peft import (
-        IA3Config,
-        PromptTuningConfig,
-        PromptTuningInit,
-        TaskType,
-        get_peft_model,
-    )
-
-    peft_config: Any
-    if method == "lora":
-        peft_config = lora_config(config)
-    elif method == "ia3":
-        peft_config = IA3Config(
-            task_type=TaskType.CAUSAL_LM,
-            target_modules=["k_proj", "v_proj", "down_proj"],
-            feedforward_modules=["down_proj"],
-        )
-    else:
-        init = PromptTuningInit.TEXT if config.init_text else PromptTuningInit.RANDOM
-        peft_config = PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=config.virtual_tokens,
-            prompt_tuning_init=init,
-            prompt_tuning_init_text=config.init_text,
-            tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None),
-        )
-        if config.init_text:
-            # PEFT re-reads the tokenizer by name; give it the one we already hold.
-            return _prompt_tuning_from_text(model, tokenizer, peft_config, config)
-    peft_model = get_peft_model(model, peft_config)
-    if method == "lora":
-        lighten(peft_model)
-    return peft_model
+    """The model made ready for ``config``'s method: frozen where it should be, wrapped if
+    needed."""
+    return config.prepare(model, tokenizer)
 
 
-def _prompt_tuning_from_text(model: Any, tokenizer: Any, peft_config: Any, config: Any) -> Any:
+def _prompt_tuning_from_text(
+    model: Any, tokenizer: Any, peft_config: Any, config: PromptTuningConfig
+) -> Any:
     import torch
     from peft import PromptTuningInit, get_peft_model
 
@@ -156,11 +300,11 @@ def _prompt_tuning_from_text(model: Any, tokenizer: Any, peft_config: Any, confi
     return peft_model
 
 
-def lora_config(config: MethodConfig, task_type: str = "CAUSAL_LM") -> Any:
+def lora_config(config: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
     """PEFT's LoRA settings from ours (causal LM, or ``SEQ_CLS`` for the reward model)."""
-    from peft import LoraConfig
+    from peft import LoraConfig as PeftLoraConfig
 
-    return LoraConfig(
+    return PeftLoraConfig(
         task_type=task_type,
         r=config.rank,
         lora_alpha=config.alpha,

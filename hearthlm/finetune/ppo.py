@@ -23,7 +23,7 @@ from pydantic import Field
 
 from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
-from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
+from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
 from hearthlm.finetune.reward import RewardModel
 from hearthlm.finetune.trainer import (
     load_trainable,
@@ -101,7 +101,7 @@ class PPOTrainer:
         model, tokenizer, backend = load_base(llm or LLMConfig())
         self.tokenizer = tokenizer
         self.device = backend.device
-        self.policy = prepare(model, tokenizer, method or MethodConfig(method="lora"))
+        self.policy = prepare(model, tokenizer, method or LoraConfig())
         hidden = model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
         torch.nn.init.zeros_(self.value_head.weight)
@@ -429,7 +429,7 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
 
 def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:
     """The first human turn of each preference pair: prompts for PPO."""
-    from hearthlm.finetune.reward import transcript_messages
+    from hearthlm.finetune.pairs import transcript_messages
     from hearthlm.rows import BadRows, read_rows
 
     prompts = []

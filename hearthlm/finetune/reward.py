@@ -1,16 +1,15 @@
 """A reward model from pairwise preferences: the base model with a scalar head (and LoRA), trained
 so that ``r(chosen) > r(rejected)`` with the Bradley-Terry loss ``-log sigmoid(r_c - r_r)``.
 
-Preference rows are ``{"chosen", "rejected"}`` transcripts in the HH-RLHF form
-(``"\\n\\nHuman: …\\n\\nAssistant: …"``) or chat message lists. Both sides are rendered with the
-model's chat template and cut from the left, so the final answers, where they differ, are kept.
+Preference rows are read by :mod:`hearthlm.finetune.pairs` (HH-RLHF transcripts or chat message
+lists). Both sides are rendered with the model's chat template and cut from the left, so the final
+answers, where they differ, are kept.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +17,19 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
-from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters, lora_config
+from hearthlm.finetune.methods import (
+    FullConfig,
+    LoraConfig,
+    MethodConfig,
+    ParameterCount,
+    count_parameters,
+    lora_config,
+)
+from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
-from hearthlm.rows import BadRows, read_rows
 
-_TURN = re.compile(r"\n\n(Human|Assistant): ")
 REWARD_FILE = "hearth_reward.json"
-
-
-def transcript_messages(text: str) -> list[dict[str, str]]:
-    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages."""
-    parts = _TURN.split("\n\n" + text.lstrip("\n"))
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2], strict=False):
-        messages.append(
-            {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
-        )
-    return messages
+LEARNING_RATE = 1e-4  # the reward model's default peak learning rate, here and in the CLI
 
 
 @dataclass
@@ -49,20 +44,13 @@ class Pair:
 
 def read_pairs(path: Path, tokenizer: Any, max_length: int = 512) -> list[Pair]:
     """Tokenized preference pairs; a malformed row is an error naming its file and line."""
-    bad = BadRows(strict=True, error=TrainingError, hint="")
     pairs = []
-    for row in read_rows(path, bad):
-        sides = []
-        for key in ("chosen", "rejected"):
-            value = row.values.get(key)
-            messages = transcript_messages(value) if isinstance(value, str) else value
-            if not messages or not isinstance(messages, list):
-                bad.add(row.path, row.line, f"missing or empty {key!r}")
-                continue
-            sides.append(render(tokenizer, messages, max_length))
-        if sides[0] == sides[1]:
+    for pair in read_preference_pairs(path):
+        chosen = render(tokenizer, pair.chosen, max_length)
+        rejected = render(tokenizer, pair.rejected, max_length)
+        if chosen == rejected:
             continue  # identical sides carry no preference
-        pairs.append(Pair(sides[0], sides[1], f"{row.path}:{row.line}"))
+        pairs.append(Pair(chosen, rejected, pair.source))
     if not pairs:
         raise TrainingError(f"{path}: the file holds no preference pairs")
     return pairs
@@ -142,7 +130,7 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = pad_id(tokenizer)
-    if method.method == "lora":
+    if isinstance(method, LoraConfig):
         config = lora_config(method, "SEQ_CLS")
         model = get_peft_model(model, config)
     return model, tokenizer
@@ -171,8 +159,8 @@ def train_reward_model(
 ) -> RewardRun:
     """Train on ``data`` (JSONL pairs) into ``out``; pairwise accuracy on the held-out part."""
     llm = llm or LLMConfig()
-    method = method or MethodConfig(method="lora")
-    train = train or TrainConfig(learning_rate=1e-4)
+    method = method or LoraConfig()
+    train = (train or TrainConfig()).with_default_learning_rate(LEARNING_RATE)
     from transformers import set_seed
 
     set_seed(train.seed)
@@ -242,7 +230,7 @@ class RewardModel:
         if not info_path.is_file():
             raise TrainingError(f"{folder} is not a reward model written by `hearth finetune`")
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        model, tokenizer = load_reward_backbone(llm or LLMConfig(), MethodConfig(method="full"))
+        model, tokenizer = load_reward_backbone(llm or LLMConfig(), FullConfig())
         model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
         return cls(model, tokenizer, int(info.get("max_length", 384)))
 

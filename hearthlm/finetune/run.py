@@ -21,11 +21,11 @@ from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import DataSpec, build_dataset
 from hearthlm.finetune.memory import MemoryBreakdown
 from hearthlm.finetune.methods import (
+    LoraConfig,
     MethodConfig,
     ParameterCount,
     count_parameters,
     prepare,
-    save_bottleneck_adapters,
 )
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 
@@ -75,11 +75,13 @@ def finetune(
 ) -> FinetuneResult:
     """Adapt the local model on ``data`` into ``out``; an interrupted run resumes from there.
 
+    ``method`` defaults to LoRA; a ``train`` config without a learning rate takes the method's
+    own (``method.learning_rate``: 3e-3 for prompt tuning, 2e-4 for LoRA, …), as the CLI does.
     ``hearth_finetune.json`` records the measured training-phase peak by component; with
     ``estimate_memory`` the estimate made before training is recorded beside it.
     """
-    method = method or MethodConfig()
-    train = train or TrainConfig()
+    method = method or LoraConfig()
+    train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
     llm = llm or LLMConfig()
     settings = {
         "method": method.model_dump(mode="json"),
@@ -145,7 +147,8 @@ def estimate_finetune_memory(
     Example:
         >>> print(estimate_finetune_memory([spec]).table("estimate"))  # doctest: +SKIP
     """
-    method, train, llm = method or MethodConfig(), train or TrainConfig(), llm or LLMConfig()
+    method, llm = method or LoraConfig(), llm or LLMConfig()
+    train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
     with tempfile.TemporaryDirectory() as folder:
         setup = _set_up(
             data, Path(folder), method, train, llm, max_length, validation, pack, mix_total, log
@@ -207,13 +210,8 @@ def _set_up(
 
 
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:
-    if method.method in ("full", "selective"):
-        model.save_pretrained(out / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out / "model")
-    elif method.method == "adapters":
-        save_bottleneck_adapters(model, out / "adapter")
-    else:
-        model.save_pretrained(out / "adapter")
+    """The trained result in ``out/adapter`` or ``out/model``, as the method saves it."""
+    method.save(model, tokenizer, out / method.output)
 
 
 def _claim(out: Path, settings: dict[str, Any]) -> None:

@@ -15,9 +15,9 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -41,7 +41,12 @@ class TrainConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate; None takes the method's own default (LoRA 2e-4, prompt "
+        "tuning 3e-3, full 2e-5, …: MethodConfig.learning_rate), or 2e-4 elsewhere.",
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -71,6 +76,50 @@ class TrainConfig(StrictModel):
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def with_default_learning_rate(self, rate: float) -> TrainConfig:
+        """This config, with ``rate`` as its learning rate unless it sets one."""
+        if self.learning_rate is not None:
+            return self
+        return self.model_copy(update={"learning_rate": rate})
+
+
+DEFAULT_LEARNING_RATE = 2e-4  # when neither TrainConfig nor a method sets one
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: saved as JSON in every checkpoint and restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # examples of this epoch's order already used
+    best: float | None = None  # best validation loss so far
+    bad_evals: int = 0  # validations since the best one (early stopping)
+    tokens: int = 0  # completion tokens the loss was computed on
+    input_tokens: int = 0  # every token that went through the model
+    seconds: float = 0.0  # training time before this process
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        """The state saved by :meth:`as_json` (keys it does not know are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Objective(Protocol):
+    """A loss other than next-token cross-entropy, e.g. the reward model's pairwise loss."""
+
+    def loss(self, trainer: Trainer, examples: list[Any]) -> tuple[Any, int]:
+        """The summed loss over ``examples`` (a tensor with grad) and how many terms it sums."""
+        ...
+
+    def validate(self, trainer: Trainer, examples: list[Any]) -> dict[str, float]:
+        """Extra validation figures (e.g. pairwise accuracy) logged beside the loss."""
+        ...
 
 
 @dataclass
@@ -143,7 +192,7 @@ class Trainer:
         *,
         pad_id: int,
         progress: bool = True,
-        objective: Any = None,
+        objective: Objective | None = None,
     ) -> None:
         import torch
 
@@ -172,9 +221,8 @@ class Trainer:
             raise TrainingError("the model has no trainable parameters")
         per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
         self.total_steps = config.max_steps or max(1, math.ceil(per_epoch * config.epochs))
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+        rate = config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATE
+        self.optimizer = torch.optim.AdamW(self.params, lr=rate, weight_decay=config.weight_decay)
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
@@ -253,7 +301,7 @@ class Trainer:
                 loss, n = self._loss(list(self.validation[i : i + self.config.batch_size]))
                 total, count = total + float(loss), count + n
             extra = {}
-            if self.objective is not None and hasattr(self.objective, "validate"):
+            if self.objective is not None:
                 extra = self.objective.validate(self, self.validation)
         self.model.train()
         return {"validation_loss": total / max(count, 1), **extra}
@@ -292,50 +340,42 @@ class Trainer:
     def fit(self) -> TrainResult:
         import torch
 
-        state = self._resume() or {
-            "step": 0,
-            "epoch": 0,
-            "position": 0,
-            "best": None,
-            "bad_evals": 0,
-            "tokens": 0,
-            "seconds": 0.0,
-        }
-        if state["step"] == 0:
+        state = self._resume() or TrainState()
+        if state.step == 0:
             random.seed(self.config.seed)
             torch.manual_seed(self.config.seed)
         metrics_path = self.folder / "metrics.jsonl"
-        history = resume_history(metrics_path, state["step"])
+        history = resume_history(metrics_path, state.step)
         self.model.to(self.device).train()
         meter = MemoryMeter(self.model, self.optimizer, _vocab_size(self.model), self.device)
         meter.start()
-        started = time.perf_counter() - state["seconds"]
+        started = time.perf_counter() - state.seconds
         stopped_early = False
         train_loss = None
         with (
             progress_bar(
-                self.progress, self.total_steps, "training", completed=state["step"], metric="loss"
+                self.progress, self.total_steps, "training", completed=state.step, metric="loss"
             ) as advance,
             meter.saving(),
             profiled(self.config.profile_memory, self.folder, self.device),
         ):
             batches = self._batches(state)
-            while state["step"] < self.total_steps:
+            while state.step < self.total_steps:
                 loss_sum, token_sum = 0.0, 0
                 losses = []
                 for _ in range(self.config.grad_accum):
                     try:
                         position, examples = next(batches)
                     except StopIteration:
-                        state["epoch"], state["position"] = state["epoch"] + 1, 0
+                        state.epoch, state.position = state.epoch + 1, 0
                         batches = self._batches(state)
                         position, examples = next(batches)
-                    state["position"] = position
+                    state.position = position
                     with forward_buffers_unmapped(self.config.return_freed_memory):
                         loss, n = self._loss(examples)
                     losses.append((loss, n))
                     token_sum += n
-                    state["input_tokens"] = state.get("input_tokens", 0) + sum(map(len, examples))
+                    state.input_tokens += sum(map(len, examples))
                 # Token-weighted over the accumulated micro-batches, as one big batch would be.
                 for loss, _ in losses:
                     (loss / max(token_sum, 1)).backward()
@@ -347,40 +387,40 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 meter.grads_freed()
-                state["step"] += 1
-                state["tokens"] += token_sum
+                state.step += 1
+                state.tokens += token_sum
                 train_loss = loss_sum / max(token_sum, 1)
                 record: dict[str, Any] = {
-                    "step": state["step"],
+                    "step": state.step,
                     "train_loss": round(train_loss, 6),
                     "learning_rate": self.scheduler.get_last_lr()[0],
-                    "tokens": state["tokens"],
-                    "input_tokens": state["input_tokens"],
+                    "tokens": state.tokens,
+                    "input_tokens": state.input_tokens,
                 }
-                last = state["step"] == self.total_steps
-                if state["step"] % self.config.eval_every == 0 or last:
+                last = state.step == self.total_steps
+                if state.step % self.config.eval_every == 0 or last:
                     measured = self.evaluate()
                     if measured:
                         val = measured["validation_loss"]
                         record.update({k: round(v, 6) for k, v in measured.items()})
                         if self.objective is None:
                             record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
-                        if state["best"] is None or val < state["best"] - 1e-6:
-                            state["best"], state["bad_evals"] = val, 0
+                        if state.best is None or val < state.best - 1e-6:
+                            state.best, state.bad_evals = val, 0
                             self._save_weights(self.folder / "best")
                         else:
-                            state["bad_evals"] += 1
+                            state.bad_evals += 1
                 history.append(record)
                 with metrics_path.open("a", encoding="utf-8") as sink:
                     sink.write(json.dumps(record) + "\n")
                 advance(1, train_loss)
                 patience = self.config.early_stopping
-                if patience and state["bad_evals"] >= patience:
+                if patience and state.bad_evals >= patience:
                     stopped_early = True
-                    state["seconds"] = time.perf_counter() - started
+                    state.seconds = time.perf_counter() - started
                     break
-                if state["step"] % self.config.save_every == 0 and not last:
-                    state["seconds"] = time.perf_counter() - started
+                if state.step % self.config.save_every == 0 and not last:
+                    state.seconds = time.perf_counter() - started
                     self._checkpoint(state)
         memory = meter.report()
         meter.close()
@@ -390,20 +430,20 @@ class Trainer:
         plot_curve(history, self.folder / "loss.png")
         vals = [h["validation_loss"] for h in history if "validation_loss" in h]
         return TrainResult(
-            steps=state["step"],
+            steps=state.step,
             train_loss=train_loss,
             validation_loss=vals[-1] if vals else None,
-            best_validation_loss=state["best"],
+            best_validation_loss=state.best,
             stopped_early=stopped_early,
             seconds=seconds,
-            tokens=state["tokens"],
-            input_tokens=state.get("input_tokens", 0),
+            tokens=state.tokens,
+            input_tokens=state.input_tokens,
             history=history,
             memory=memory,
         )
 
-    def _batches(self, state: dict[str, Any]) -> Iterator[tuple[int, list[Example]]]:
-        return self._micro_batches(state["epoch"], state["position"])
+    def _batches(self, state: TrainState) -> Iterator[tuple[int, list[Example]]]:
+        return self._micro_batches(state.epoch, state.position)
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -424,15 +464,15 @@ class Trainer:
             self.model, torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
         )
 
-    def _checkpoint(self, state: dict[str, Any]) -> None:
+    def _checkpoint(self, state: TrainState) -> None:
         payload = {
             "weights": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
-        write_checkpoint(self.folder, payload, state)
+        write_checkpoint(self.folder, payload, state.as_json())
 
-    def _resume(self) -> dict[str, Any] | None:
+    def _resume(self) -> TrainState | None:
         found = read_checkpoint(self.folder)
         if found is None:
             return None
@@ -441,7 +481,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        return state
+        return TrainState.from_json(state)
 
 
 # --- checkpoints, shared with the PPO trainer ---------------------------------------------------

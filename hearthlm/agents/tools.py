@@ -15,6 +15,13 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
 
 from hearthlm.agents.calculator import CalculatorError, calculate
+from hearthlm.agents.web_search import (
+    DocsBackend,
+    DuckDuckGoBackend,
+    SearchBackend,
+    SearxNGBackend,
+    web_search_tool,
+)
 from hearthlm.errors import ToolError
 
 ENTRY_POINT_GROUP = "hearthlm.tools"
@@ -127,18 +134,11 @@ def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseToo
 
 def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseTool]:
     """The named tools, configured by a :class:`~hearthlm.config.HearthConfig`."""
-    from hearthlm.agents.web_search import (
-        DocsBackend,
-        DuckDuckGoBackend,
-        SearchBackend,
-        SearxNGBackend,
-        web_search_tool,
-    )
-
     agents = config.agents
     names = list(names or agents.tools)
     retriever = None
     if "docs" in names or ("web_search" in names and agents.search_backend == "docs"):
+        # lazy: the retrieval stack (~0.8 s) loads only when a tool searches the documents
         from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
         retriever = HybridRetriever.from_index(DocumentIndex(config.retrieval))

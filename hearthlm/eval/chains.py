@@ -12,9 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hearthlm.agents.react import ReActAgent
+from hearthlm.agents.tools import build_tools
+from hearthlm.config import RetrievalConfig
 from hearthlm.errors import EvalError
 from hearthlm.eval import metrics
 from hearthlm.eval.tasks import Engines, Item, Progress, Task
+from hearthlm.gsm8k import extract_answer, solution_answer
 from hearthlm.rows import BadRows, Row, field_of
 
 
@@ -66,6 +70,7 @@ class RAGTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
+        # lazy: the retrieval stack (~0.8 s) loads only for a rag task
         from hearthlm.retrieval import DocsQA, HybridRetriever
 
         index = self._index(items, engines)
@@ -95,8 +100,7 @@ class RAGTask(Task):
             yield record
 
     def _index(self, items: list[Item], engines: Engines) -> Any:
-        from hearthlm.config import RetrievalConfig
-        from hearthlm.retrieval import DocumentIndex
+        from hearthlm.retrieval import DocumentIndex  # lazy, as in predict
 
         folder = engines.workdir / "index"
         if self.spec.corpus is not None:
@@ -145,14 +149,12 @@ class AgentTask(Task):
     chunk = 4
 
     def item(self, row: Row, bad: BadRows) -> Item | None:
-        from hearthlm.agents.cot import normalise_number
-
         found = self._prompt_and_reference(row, bad)
         if found is None:
             return None
         question, answer = found
         text = str(answer)
-        numeric = normalise_number(text.rpartition("####")[2]) if "####" in text else None
+        numeric = solution_answer(text) if "####" in text else None
         return self._item(
             row, {"question": question, "references": _answers(answer), "number": numeric}
         )
@@ -160,10 +162,6 @@ class AgentTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
-        from hearthlm.agents.cot import extract_answer
-        from hearthlm.agents.react import ReActAgent
-        from hearthlm.agents.tools import build_tools
-
         tools = build_tools(engines.config, self.spec.tools)
         agent = ReActAgent(engines.chat, tools, max_steps=self.spec.max_steps)
         for item in items:

@@ -28,9 +28,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from hearthlm.agents.cot import ChainOfThought, ProgramAided, gsm8k_examples
 from hearthlm.config import StrictModel, config_error_from
 from hearthlm.errors import ConfigError, EvalError
 from hearthlm.eval import metrics
+from hearthlm.eval.loglik import Request
+from hearthlm.gsm8k import extract_answer, solution_answer
 from hearthlm.rows import BadRows, Row, field_of, read_rows
 
 Metric = Literal["rouge", "bleu", "chrf", "exact_match", "f1"]
@@ -284,8 +287,6 @@ class MultipleChoiceTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
-        from hearthlm.eval.loglik import Request
-
         prefix = self.prefix(BadRows())
         requests = [
             Request(prefix + item.data["question"], option)
@@ -417,8 +418,6 @@ class PerplexityTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
-        from hearthlm.eval.loglik import Request
-
         whole = [i for i in items if not i.data["prompt"]]
         paired = [i for i in items if i.data["prompt"]]
         scored = list(
@@ -459,13 +458,11 @@ class GSM8KTask(Task):
     chunk = 8
 
     def item(self, row: Row, bad: BadRows) -> Item | None:
-        from hearthlm.agents.cot import normalise_number
-
         found = self._prompt_and_reference(row, bad)
         if found is None:
             return None
         question, answer = found
-        gold = normalise_number(str(answer).rpartition("####")[2])
+        gold = solution_answer(str(answer))
         if gold is None:
             bad.add(row.path, row.line, f"no number in the answer {str(answer)[-40:]!r}")
             return None
@@ -474,13 +471,6 @@ class GSM8KTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
-        from hearthlm.agents.cot import (
-            ChainOfThought,
-            ProgramAided,
-            extract_answer,
-            gsm8k_examples,
-        )
-
         examples = gsm8k_examples(self.spec.fewshot, self.spec.shots) if self.spec.fewshot else []
         chat = engines.chat
         for item in items:

@@ -15,6 +15,7 @@ from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, lora_config
 from hearthlm.finetune.reward import transcript_messages
+from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import TrainConfig, plot_curve
 from hearthlm.rows import BadRows, read_rows
 
@@ -64,8 +65,6 @@ def train_dpo(
 ) -> DPORun:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
-
-    from hearthlm.finetune.run import load_base
 
     llm = llm or LLMConfig()
     method = method or MethodConfig(method="lora")

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
+from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.hf_backend import TransformersBackend
 from hearthlm.llm.sources import resolve_adapter, resolve_model
 
 GGUFType = Literal["f16", "q8_0"]
@@ -42,8 +44,6 @@ _NAMES = {
 def load_adapted(trained: Path, llm: LLMConfig) -> Any:
     """The transformers backend with ``trained`` applied: a fine-tuning output folder, an adapter
     folder, or a full model folder. LoRA and (IA)³ are merged into the weights on load."""
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     if (trained / "model" / "config.json").is_file():
         trained = trained / "model"
     base = llm.model_copy(update={"backend": "transformers", "dtype": "float32"})
@@ -173,9 +173,6 @@ def agreement(
     llm: LLMConfig | None = None,
 ) -> dict[str, Any]:
     """Greedy replies of the export on llama.cpp against the adapted model on transformers."""
-    from hearthlm.llm import ChatHearth
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     llm = llm or LLMConfig()
     exported = ChatHearth(backend="llamacpp", model=str(gguf_path), max_new_tokens=max_new_tokens)
     engine: TransformersBackend = load_adapted(trained, llm)

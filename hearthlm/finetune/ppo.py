@@ -24,7 +24,8 @@ from pydantic import Field
 from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, count_parameters, prepare
-from hearthlm.finetune.reward import RewardModel
+from hearthlm.finetune.reward import RewardModel, transcript_messages
+from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import (
     load_trainable,
     read_checkpoint,
@@ -34,6 +35,7 @@ from hearthlm.finetune.trainer import (
     write_checkpoint,
 )
 from hearthlm.progress import progress_bar
+from hearthlm.rows import BadRows, read_rows
 
 
 class PPOConfig(StrictModel):
@@ -93,8 +95,6 @@ class PPOTrainer:
     ) -> None:
         import torch
         from transformers import set_seed
-
-        from hearthlm.finetune.run import load_base
 
         self.config = config or PPOConfig()
         set_seed(self.config.seed)
@@ -429,9 +429,6 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
 
 def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:
     """The first human turn of each preference pair: prompts for PPO."""
-    from hearthlm.finetune.reward import transcript_messages
-    from hearthlm.rows import BadRows, read_rows
-
     prompts = []
     for row in read_rows(path, BadRows(strict=True, error=TrainingError, hint="")):
         messages = transcript_messages(str(row.values.get("chosen", "")))

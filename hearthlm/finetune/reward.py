@@ -20,6 +20,8 @@ from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters, lora_config
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+from hearthlm.llm.hf_backend import cached_safetensors
+from hearthlm.llm.sources import resolve_model
 from hearthlm.rows import BadRows, read_rows
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -118,9 +120,6 @@ class PairwiseObjective:
 
 def base_folder(llm: LLMConfig) -> Path:
     """The transformers folder of the configured model (the GGUF's cached conversion)."""
-    from hearthlm.llm.hf_backend import cached_safetensors
-    from hearthlm.llm.sources import resolve_model
-
     source = resolve_model(llm.model)
     return cached_safetensors(source, llm.cache_dir) if source.is_gguf else source.path
 

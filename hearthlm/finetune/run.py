@@ -20,14 +20,10 @@ from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.data import DataSpec, build_dataset
 from hearthlm.finetune.memory import MemoryBreakdown
-from hearthlm.finetune.methods import (
-    MethodConfig,
-    ParameterCount,
-    count_parameters,
-    prepare,
-    save_bottleneck_adapters,
-)
+from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parameters, prepare
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+from hearthlm.llm.adapters import save_bottleneck_adapters
+from hearthlm.llm.hf_backend import TransformersBackend
 
 SUMMARY = "hearth_finetune.json"
 
@@ -50,8 +46,6 @@ class FinetuneResult:
 
 def load_base(llm: LLMConfig) -> tuple[Any, Any, Any]:
     """(model, tokenizer, backend) of the base model in float32 on the transformers backend."""
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     backend = TransformersBackend.load(
         llm.model_copy(update={"backend": "transformers", "dtype": "float32", "adapter": None})
     )

@@ -31,6 +31,7 @@ from hearthlm.finetune.memory import (
     forward_buffers_unmapped,
 )
 from hearthlm.finetune.profiling import profiled
+from hearthlm.llm.hf_backend import pick_device
 from hearthlm.progress import progress_bar
 
 
@@ -146,8 +147,6 @@ class Trainer:
         objective: Any = None,
     ) -> None:
         import torch
-
-        from hearthlm.llm.hf_backend import pick_device
 
         if not train:
             raise TrainingError("no training examples")

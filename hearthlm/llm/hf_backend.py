@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
+from hearthlm.llm.adapters import is_bottleneck_folder, load_bottleneck_adapters
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
 from hearthlm.llm.grammar import json_schema_gbnf
 from hearthlm.llm.sources import (
@@ -155,8 +156,6 @@ class TransformersBackend(Backend):
                 f"{adapter} is a GGUF LoRA, which only the llamacpp backend loads; "
                 "give the transformers backend the PEFT adapter folder instead."
             )
-        from hearthlm.finetune.methods import is_bottleneck_folder, load_bottleneck_adapters
-
         if is_bottleneck_folder(adapter):
             self.model = load_bottleneck_adapters(self.model, adapter)
             self.model_name = f"{self.source.name}+{_adapter_name(adapter)}"

@@ -8,7 +8,6 @@ settings, data report, parameter counts and results), ``metrics.jsonl`` and ``lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from hearthlm.finetune.methods import MethodConfig, ParameterCount, count_parame
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.llm.adapters import save_bottleneck_adapters
 from hearthlm.llm.hf_backend import TransformersBackend
+from hearthlm.runs import claim_run
 
 SUMMARY = "hearth_finetune.json"
 
@@ -85,7 +85,14 @@ def finetune(
         "pack": pack,
         "mix_total": mix_total,
     }
-    _claim(out, settings)
+    # Resume only the same run: the same data, method and training settings.
+    claim_run(
+        out,
+        settings,
+        TrainingError(
+            f"{out} holds a different fine-tuning run; choose another --out or delete it."
+        ),
+    )
     setup = _set_up(
         data, out, method, train, llm, max_length, validation, pack, mix_total, log, progress
     )
@@ -208,17 +215,3 @@ def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> 
         save_bottleneck_adapters(model, out / "adapter")
     else:
         model.save_pretrained(out / "adapter")
-
-
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Resume only the same run: the same data, method and training settings."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    marker = out / "run.json"
-    if marker.is_file():
-        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != digest:
-            raise TrainingError(
-                f"{out} holds a different fine-tuning run; choose another --out or delete it."
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": digest, "settings": settings}), encoding="utf-8")

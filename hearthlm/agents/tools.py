@@ -8,7 +8,6 @@ function, or a zero-argument factory returning a list of them).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -23,6 +22,7 @@ from hearthlm.agents.web_search import (
     web_search_tool,
 )
 from hearthlm.errors import ToolError
+from hearthlm.plugins import registered
 
 ENTRY_POINT_GROUP = "hearthlm.tools"
 
@@ -94,8 +94,7 @@ def as_tool(obj: BaseTool | Callable[..., Any]) -> BaseTool:
 def plugin_tools() -> list[BaseTool]:
     """Tools registered by installed packages under the ``hearthlm.tools`` entry points."""
     found: list[BaseTool] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
+    for _, loaded in registered(ENTRY_POINT_GROUP):
         if isinstance(loaded, BaseTool) or (
             callable(loaded) and loaded.__doc__ and not _is_factory(loaded)
         ):

@@ -60,6 +60,8 @@ def cli_config(config: Path | None, **options: Any) -> HearthConfig:
 
 
 def chat_model(cfg: HearthConfig) -> Any:
+    """The :class:`~hearthlm.llm.ChatHearth` that the ``llm`` and ``sampling`` sections of
+    ``cfg`` describe (the model loads on first use)."""
     return ChatHearth.from_config(cfg)
 
 

@@ -35,6 +35,9 @@ _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 @dataclass
 class Example:
+    """One worked GSM8K problem used as an exemplar: the chain-of-thought prompt shows
+    ``reasoning``, the program-aided prompt shows ``expression``; ``answer`` is normalised."""
+
     question: str
     reasoning: str  # step-by-step solution ending "The answer is N."
     expression: str  # one arithmetic expression for the answer
@@ -84,6 +87,9 @@ def _gsm8k_example(question: str, solution: str) -> Example | None:
 
 @dataclass
 class CoTResult:
+    """What :class:`ChainOfThought` returns: the normalised answer (None when no number was
+    found), the reasoning it came from, and with self-consistency every sample and the votes."""
+
     answer: str | None
     reasoning: str
     samples: list[str] = field(default_factory=list)
@@ -150,6 +156,9 @@ class ChainOfThought:
 
 @dataclass
 class ProgramResult:
+    """What :class:`ProgramAided` returns: the calculator's normalised answer and the expression
+    the model wrote; ``error`` says why the calculator refused it (then ``answer`` is None)."""
+
     answer: str | None
     expression: str
     error: str | None = None

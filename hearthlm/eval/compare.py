@@ -13,6 +13,9 @@ from hearthlm.plots import saved_figure
 
 @dataclass
 class Comparison:
+    """Every score of several runs side by side: ``rows`` maps ``task/metric`` to one value per
+    run (None where a run lacks it), in the order of ``labels``; ``chart`` is the saved PNG."""
+
     labels: list[str]  # one per run
     rows: dict[str, list[float | None]]  # "task/metric" -> value per run
     chart: Path | None

@@ -43,6 +43,9 @@ PACKAGES = (
 
 @dataclass
 class RunResult:
+    """A finished evaluation run: its folder, the scores (as in ``results.json``), every
+    per-item record kept, and the malformed rows that were skipped (``file:line: reason``)."""
+
     folder: Path
     scores: dict[str, Any]
     records: list[dict[str, Any]]
@@ -138,6 +141,8 @@ def aggregate(tasks: Sequence[Task], records: list[dict[str, Any]]) -> dict[str,
 
 
 def package_versions() -> dict[str, str | None]:
+    """The installed version of each package that can move a score (None when absent), saved
+    with every run."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -162,6 +167,8 @@ def file_hash(path: Path | None) -> str | None:
 
 
 def markdown_report(result: dict[str, Any]) -> str:
+    """``report.md`` for a run's ``results.json`` content: model, adapter and provenance, then a
+    table of every task's scores and the first malformed rows."""
     scores = result["scores"]
     model = result.get("model", {})
     lines = [

@@ -22,6 +22,9 @@ from hearthlm.rows import BadRows, read_rows
 
 @dataclass
 class DPORun:
+    """A finished DPO run: its folder (``adapter/``, ``metrics.jsonl``, ``loss.png``) and TRL's
+    log history."""
+
     folder: Path
     history: list[dict[str, Any]]
 
@@ -63,6 +66,12 @@ def train_dpo(
     validation: float = 0.1,
     limit: int | None = None,
 ) -> DPORun:
+    """Train a LoRA adapter on preference pairs (JSONL ``chosen``/``rejected``) with TRL's DPO
+    against the frozen base model, into ``out/adapter``.
+
+    Raises:
+        TrainingError: ``method`` is not LoRA, or a pair is malformed.
+    """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 

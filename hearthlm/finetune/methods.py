@@ -58,6 +58,8 @@ class MethodConfig(StrictModel):
 
 @dataclass
 class ParameterCount:
+    """How many parameters a method trains, of how many in the model."""
+
     trainable: int
     total: int
 
@@ -70,6 +72,7 @@ class ParameterCount:
 
 
 def count_parameters(model: Any) -> ParameterCount:
+    """The trainable (``requires_grad``) and total parameter counts of ``model``."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return ParameterCount(trainable, total)

@@ -41,6 +41,9 @@ from hearthlm.runs import claim_run
 
 
 class PPOConfig(StrictModel):
+    """PPO settings: iterations and prompts per iteration, the clipped-objective and value-loss
+    settings, the adaptive KL penalty toward the reference model, sampling, and the seed."""
+
     iterations: int = Field(20, ge=1)
     prompts_per_iteration: int = Field(8, ge=1)
     minibatch_size: int = Field(4, ge=1)
@@ -68,6 +71,9 @@ class PPOConfig(StrictModel):
 
 @dataclass
 class Rollout:
+    """One sampled reply and what PPO computes for it: the reward-model score, the log-probs of
+    the policy and the reference, the values, advantages and returns (tensors over reply tokens)."""
+
     prompt: list[int]
     reply: list[int]
     score: float
@@ -80,6 +86,8 @@ class Rollout:
 
 @dataclass
 class PPOResult:
+    """A finished PPO run: one metrics record per iteration and the output folder."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
     folder: Path | None = None
 

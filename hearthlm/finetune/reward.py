@@ -41,6 +41,8 @@ def transcript_messages(text: str) -> list[dict[str, str]]:
 
 @dataclass
 class Pair:
+    """One tokenized preference pair (chosen and rejected transcripts) and its ``file:line``."""
+
     chosen: list[int]
     rejected: list[int]
     source: str
@@ -71,6 +73,8 @@ def read_pairs(path: Path, tokenizer: Any, max_length: int = 512) -> list[Pair]:
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> list[int]:
+    """``messages`` in the model's chat template as token ids, keeping the last ``max_length``
+    (the end of a transcript is what the reward head reads)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     return ids[-max_length:]
@@ -149,6 +153,9 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
 
 @dataclass
 class RewardRun:
+    """A finished reward-model run: its folder, parameter count, training result and the pairwise
+    accuracy on the held-out pairs (None without validation pairs)."""
+
     folder: Path
     parameters: ParameterCount
     result: TrainResult

@@ -30,6 +30,9 @@ SUMMARY = "hearth_finetune.json"
 
 @dataclass
 class FinetuneResult:
+    """A finished fine-tuning run: its folder (``output`` is the adapter or model to load), the
+    parameter count, the data report, the training result, and the trained model in memory."""
+
     folder: Path
     parameters: ParameterCount
     data: dict[str, Any]
@@ -208,6 +211,8 @@ def _set_up(
 
 
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:
+    """Save what ``method`` trained: the whole model (full, selective) under ``out/model``, or the
+    adapter (PEFT, or bottleneck adapters) under ``out/adapter``."""
     if method.method in ("full", "selective"):
         model.save_pretrained(out / "model", safe_serialization=True)
         tokenizer.save_pretrained(out / "model")

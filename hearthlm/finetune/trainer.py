@@ -78,6 +78,9 @@ class TrainConfig(StrictModel):
 
 @dataclass
 class TrainResult:
+    """What a training run did: steps, the last and best losses, whether it stopped early, time,
+    tokens (those the loss counted, and all), and one record per logged step."""
+
     steps: int
     train_loss: float | None
     validation_loss: float | None
@@ -118,6 +121,8 @@ def use_bf16(setting: str, device: str) -> bool:
 
 
 def bf16_supported(device: str) -> bool:
+    """Whether ``device`` computes bf16 natively (a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16); elsewhere bf16 would be emulated and slower than float32."""
     import torch
 
     if device == "cuda":

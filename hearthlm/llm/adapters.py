@@ -77,6 +77,8 @@ def _layers(model: Any) -> Any:
 
 
 def save_bottleneck_adapters(model: Any, folder: Path) -> None:
+    """Save only the adapter weights of ``model`` (and their shape) to ``folder``, for
+    :func:`load_bottleneck_adapters`."""
     from safetensors.torch import save_file
 
     state = {
@@ -102,4 +104,5 @@ def load_bottleneck_adapters(model: Any, folder: Path) -> Any:
 
 
 def is_bottleneck_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds bottleneck adapters saved by :func:`save_bottleneck_adapters`."""
     return (folder / BOTTLENECK_FILE).is_file()

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> str:
+    """The torch device for ``device``: ``auto`` is CUDA when present, else CPU.
+
+    Raises:
+        ModelLoadError: ``cuda`` was asked for and CUDA is not available.
+    """
     import torch
 
     if device == "auto":

@@ -24,6 +24,9 @@ def _stemmer() -> Any:
 
 
 class BM25Index:
+    """BM25 keyword search over the sidecar's chunk texts, saved in ``folder``; ``rebuild``
+    after an index run changed them, ``search`` loads the saved index on first use."""
+
     def __init__(self, folder: Path, store: SidecarStore) -> None:
         self.folder = folder
         self.store = store

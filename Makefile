@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check hearthlm tests benchmarks examples
 	$(BIN)/ruff format --check hearthlm tests benchmarks examples
 	$(BIN)/mypy hearthlm
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix hearthlm tests benchmarks examples

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import emit, parser
 
-from hearthlm.eval.chains import doc_ranking
+from hearthlm.eval.tasks.rag import doc_ranking
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE = Path(__file__).parent / ".cache"

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hearthlm.agents.react import AgentResult, ReActAgent
+from hearthlm.agents.tools import build_tools
 from hearthlm.cli_options import (
     AdapterOpt,
     AnswerOpt,
@@ -36,9 +38,16 @@ from hearthlm.cli_options import (
     chat_model,
     cli_config,
     overrides,
+    print_sources,
 )
 from hearthlm.config import HearthConfig
 from hearthlm.errors import HearthError
+from hearthlm.llm.backend import available_backends
+from hearthlm.llm.sources import list_sources
+
+# The document and agent commands import the retrieval stack (SQLAlchemy, Chroma: ~0.8 s) inside
+# the command, so `hearth --help`, `hearth models` and the eval and finetune commands start
+# without it.
 
 app = typer.Typer(
     help="hearthlm: chat, agents, fine-tuning and evaluation on a small local model.",
@@ -53,9 +62,6 @@ err_console = Console(stderr=True)
 @app.command()
 def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the models hearthlm can find, and where each was found."""
-    from hearthlm.llm.backend import available_backends
-    from hearthlm.llm.sources import list_sources
-
     cfg = cli_config(config)
     rows = list_sources(cfg.llm.cache_dir)
     if cfg.llm.model:
@@ -286,34 +292,6 @@ def _print_answer(answer: Any, as_json: bool) -> None:
     print_sources(console, answer)
 
 
-def print_sources(out: Any, answer: Any) -> None:
-    """Where an answer came from: each quote with its file, page and character offsets, or each
-    cited source; then what a written answer stated without a source."""
-    for removed in answer.removed_citations:
-        out.print(f"[yellow]removed citation [{removed}]: no such source[/yellow]")
-    if answer.replaced is not None:
-        out.print(f"[yellow]replaced a written answer: {answer.replaced}[/yellow]", highlight=False)
-    elif answer.grounded is False:
-        unsupported = ", ".join(answer.unsupported)
-        out.print(f"[yellow]not in the cited sources: {unsupported}[/yellow]", highlight=False)
-    for quote in answer.quotes:
-        page = f", page {quote.page}" if quote.page else ""
-        out.print(
-            f"  [{quote.source}] {quote.path}{page}, characters {quote.start}-{quote.end}"
-            f' [dim]"{quote.display}"[/dim]',
-            highlight=False,
-        )
-    if answer.quotes:
-        return
-    for cited in answer.citations:
-        out.print(
-            f"  [{cited.number}] {cited.path}"
-            + (f", page {cited.page}" if cited.page else "")
-            + (f" ({cited.heading})" if cited.heading else ""),
-            highlight=False,
-        )
-
-
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="A question about the indexed documents.")],
@@ -374,9 +352,6 @@ def agent(
     seed: SeedOpt = None,
 ) -> None:
     """Run a ReAct agent with tools, showing each step as it happens."""
-    from hearthlm.agents.react import AgentResult, ReActAgent
-    from hearthlm.agents.tools import build_tools
-
     cfg = cli_config(config, **overrides(locals()))
     names = [t.strip() for t in tools.split(",") if t.strip()] if tools else None
     limits = cfg.agents

@@ -1,4 +1,4 @@
-"""Options and config plumbing shared by the ``hearth`` commands and sub-commands."""
+"""Options, config plumbing and output shared by the ``hearth`` commands and sub-commands."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from hearthlm.config import HearthConfig, load_config
+from hearthlm.llm import ChatHearth
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (default ./hearth.toml).")
@@ -59,6 +60,34 @@ def cli_config(config: Path | None, **options: Any) -> HearthConfig:
 
 
 def chat_model(cfg: HearthConfig) -> Any:
-    from hearthlm.llm import ChatHearth
-
+    """The :class:`~hearthlm.llm.ChatHearth` that the ``llm`` and ``sampling`` sections of
+    ``cfg`` describe (the model loads on first use)."""
     return ChatHearth.from_config(cfg)
+
+
+def print_sources(out: Any, answer: Any) -> None:
+    """Where an answer came from: each quote with its file, page and character offsets, or each
+    cited source; then what a written answer stated without a source."""
+    for removed in answer.removed_citations:
+        out.print(f"[yellow]removed citation [{removed}]: no such source[/yellow]")
+    if answer.replaced is not None:
+        out.print(f"[yellow]replaced a written answer: {answer.replaced}[/yellow]", highlight=False)
+    elif answer.grounded is False:
+        unsupported = ", ".join(answer.unsupported)
+        out.print(f"[yellow]not in the cited sources: {unsupported}[/yellow]", highlight=False)
+    for quote in answer.quotes:
+        page = f", page {quote.page}" if quote.page else ""
+        out.print(
+            f"  [{quote.source}] {quote.path}{page}, characters {quote.start}-{quote.end}"
+            f' [dim]"{quote.display}"[/dim]',
+            highlight=False,
+        )
+    if answer.quotes:
+        return
+    for cited in answer.citations:
+        out.print(
+            f"  [{cited.number}] {cited.path}"
+            + (f", page {cited.page}" if cited.page else "")
+            + (f" ({cited.heading})" if cited.heading else ""),
+            highlight=False,
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from hearthlm.cli_options import print_sources
 from hearthlm.config import HearthConfig
 from hearthlm.llm import ChatHearth
 from hearthlm.retrieval import Answer, DocsQA, DocumentIndex, HybridRetriever
@@ -25,8 +26,6 @@ QUESTIONS = (
 
 def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) -> list[Answer]:
     """Index ``docs`` and answer :data:`QUESTIONS`; returns the answers."""
-    from hearthlm.cli import print_sources
-
     retrieval = config.retrieval.model_copy(
         update={
             "collection": "hearth-demo",

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Row:
+    """One data row: its file, 1-based line (or record number), and field values."""
+
     path: Path
     line: int
     values: dict[str, Any]

@@ -135,6 +135,8 @@ def calculate(expression: str) -> str:
 
 
 def format_number(value: Number) -> str:
+    """``value`` as the calculator shows it: an integer without a decimal point, a terminating
+    decimal exactly, any other fraction as ``n/d (≈ x)``, a float as Python writes it."""
     if isinstance(value, float):
         if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
             return str(int(value))

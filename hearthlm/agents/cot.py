@@ -15,6 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from hearthlm.agents.calculator import CalculatorError, calculate
 from hearthlm.errors import ConfigError
+from hearthlm.gsm8k import extract_answer, normalise_number
 from hearthlm.llm.chat_model import ChatHearth
 from hearthlm.llm.prompting import build_few_shot_prompt
 
@@ -27,8 +28,6 @@ PAL_INSTRUCTION = (
 )
 # The program-aided reply may only be arithmetic, so the calculator can always read it.
 EXPRESSION_GRAMMAR = 'root ::= [-+*/(). 0-9]+ "\\n"?\n'
-_ANSWER = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 # "The answer is N." followed by whitespace: the reasoning is over, so decoding stops there.
 _ANSWER_DONE = re.compile(r"answer is[:\s]*\$?\s*-?[\d,]*\.?\d+\.?\s", re.IGNORECASE)
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
@@ -36,30 +35,13 @@ _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 @dataclass
 class Example:
+    """One worked GSM8K problem used as an exemplar: the chain-of-thought prompt shows
+    ``reasoning``, the program-aided prompt shows ``expression``; ``answer`` is normalised."""
+
     question: str
     reasoning: str  # step-by-step solution ending "The answer is N."
     expression: str  # one arithmetic expression for the answer
     answer: str
-
-
-def normalise_number(text: str) -> str | None:
-    """``"1,234.50"`` -> ``"1234.5"``; None if ``text`` holds no number."""
-    match = _NUMBER.search(text.replace("$", ""))
-    if not match:
-        return None
-    value = match.group(0).replace(",", "").rstrip(".")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value or None
-
-
-def extract_answer(text: str) -> str | None:
-    """The number after "The answer is", else the last number in ``text``."""
-    found = _ANSWER.findall(text)
-    if found:
-        return normalise_number(found[-1])
-    numbers = _NUMBER.findall(text)
-    return normalise_number(numbers[-1]) if numbers else None
 
 
 def gsm8k_examples(path: Path, n: int = 4) -> list[Example]:
@@ -105,6 +87,9 @@ def _gsm8k_example(question: str, solution: str) -> Example | None:
 
 @dataclass
 class CoTResult:
+    """What :class:`ChainOfThought` returns: the normalised answer (None when no number was
+    found), the reasoning it came from, and with self-consistency every sample and the votes."""
+
     answer: str | None
     reasoning: str
     samples: list[str] = field(default_factory=list)
@@ -171,6 +156,9 @@ class ChainOfThought:
 
 @dataclass
 class ProgramResult:
+    """What :class:`ProgramAided` returns: the calculator's normalised answer and the expression
+    the model wrote; ``error`` says why the calculator refused it (then ``answer`` is None)."""
+
     answer: str | None
     expression: str
     error: str | None = None

@@ -8,14 +8,21 @@ function, or a zero-argument factory returning a list of them).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, Field
 
 from hearthlm.agents.calculator import CalculatorError, calculate
+from hearthlm.agents.web_search import (
+    DocsBackend,
+    DuckDuckGoBackend,
+    SearchBackend,
+    SearxNGBackend,
+    web_search_tool,
+)
 from hearthlm.errors import ToolError
+from hearthlm.plugins import registered
 
 ENTRY_POINT_GROUP = "hearthlm.tools"
 
@@ -87,8 +94,7 @@ def as_tool(obj: BaseTool | Callable[..., Any]) -> BaseTool:
 def plugin_tools() -> list[BaseTool]:
     """Tools registered by installed packages under the ``hearthlm.tools`` entry points."""
     found: list[BaseTool] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
+    for _, loaded in registered(ENTRY_POINT_GROUP):
         if isinstance(loaded, BaseTool) or (
             callable(loaded) and loaded.__doc__ and not _is_factory(loaded)
         ):
@@ -127,18 +133,11 @@ def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseToo
 
 def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseTool]:
     """The named tools, configured by a :class:`~hearthlm.config.HearthConfig`."""
-    from hearthlm.agents.web_search import (
-        DocsBackend,
-        DuckDuckGoBackend,
-        SearchBackend,
-        SearxNGBackend,
-        web_search_tool,
-    )
-
     agents = config.agents
     names = list(names or agents.tools)
     retriever = None
     if "docs" in names or ("web_search" in names and agents.search_backend == "docs"):
+        # lazy: the retrieval stack (~0.8 s) loads only when a tool searches the documents
         from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
         retriever = HybridRetriever.from_index(DocumentIndex(config.retrieval))

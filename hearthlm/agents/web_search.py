@@ -24,12 +24,18 @@ class SearchError(ToolError):
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One web search hit, as every search backend returns it."""
+
     title: str
     url: str
     snippet: str
 
 
 class SearchBackend(Protocol):
+    """What the ``web_search`` tool searches with: ``search(query, limit)`` returns at most
+    ``limit`` results, best first, and raises :class:`~hearthlm.errors.ToolError` when the
+    service cannot answer; ``name`` appears in messages."""
+
     name: str
 
     def search(self, query: str, limit: int) -> list[SearchResult]: ...
@@ -152,6 +158,7 @@ class _Query(BaseModel):
 
 
 def format_results(results: list[SearchResult]) -> str:
+    """``results`` as one numbered observation for the agent (``No results.`` when empty)."""
     if not results:
         return "No results."
     return "\n".join(f"[{i}] {r.title} ({r.url})\n{r.snippet}" for i, r in enumerate(results, 1))

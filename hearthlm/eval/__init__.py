@@ -18,6 +18,8 @@ from hearthlm.eval.compare import compare_runs
 from hearthlm.eval.loglik import LoglikScorer, Request, Score
 from hearthlm.eval.runner import RunResult, file_hash, run_tasks
 from hearthlm.eval.tasks import Engines, Task, TaskSpec, load_task, make_task, mmlu_tasks
+from hearthlm.llm import ChatHearth
+from hearthlm.llm.sources import resolve_model
 
 
 def evaluate(
@@ -35,9 +37,6 @@ def evaluate(
     Log-likelihood tasks run on the transformers backend (batched); generation and chains use the
     configured backend with the configured (greedy by default) sampling.
     """
-    from hearthlm.llm import ChatHearth
-    from hearthlm.llm.sources import resolve_model
-
     config = config or HearthConfig()
     source = resolve_model(config.llm.model)
     engines = Engines(

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from hearthlm.cli_options import AdapterOpt, BackendOpt, ConfigOpt, ModelOpt, cli_config, overrides
 from hearthlm.errors import EvalError
-from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE
+from hearthlm.eval import evaluate
+from hearthlm.eval.compare import compare_runs
+from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE, TaskSpec, load_task, make_task, mmlu_tasks
 
 eval_app = typer.Typer(
     help="Score the model and the chains: MMLU, generation, perplexity, GSM8K, RAG, agents.",
@@ -40,8 +42,6 @@ def _run(
     batch_size: int = 8,
     strict: bool = False,
 ) -> None:
-    from hearthlm.eval import evaluate
-
     model_options = {k: options.get(k) for k in ("backend", "model", "adapter")}
     cfg = cli_config(options.get("config"), **overrides(model_options))
     folder = out or Path("eval-runs") / f"{suite}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -68,8 +68,6 @@ def _print_scores(scores: dict[str, Any]) -> None:
 
 def _spec(task: Path | None, kind: str, **fields: Any) -> Any:
     """A task from ``--task`` (it must be of ``kind``) or from the command's options."""
-    from hearthlm.eval.tasks import TaskSpec, load_task, make_task
-
     if task is not None:
         spec = load_task(task)
         if spec.kind != kind:
@@ -100,8 +98,6 @@ def mmlu(
     adapter: AdapterOpt = None,
 ) -> None:
     """Multiple choice in the MMLU format, by log-likelihood; accuracy per subject and category."""
-    from hearthlm.eval.tasks import mmlu_tasks
-
     if task is not None:
         tasks = [_spec(task, "multiple_choice", limit=limit)]
     elif data is not None:
@@ -284,8 +280,6 @@ def compare(
     ),
 ) -> None:
     """A table of every score across runs, and a bar chart of base against adapted models."""
-    from hearthlm.eval.compare import compare_runs
-
     result = compare_runs(runs, chart)
     table = Table("score", *result.labels, title="hearth eval compare")
     for key, values in result.rows.items():

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from hearthlm.errors import EvalError
+from hearthlm.plots import saved_figure
 
 
 @dataclass
 class Comparison:
+    """Every score of several runs side by side: ``rows`` maps ``task/metric`` to one value per
+    run (None where a run lacks it), in the order of ``labels``; ``chart`` is the saved PNG."""
+
     labels: list[str]  # one per run
     rows: dict[str, list[float | None]]  # "task/metric" -> value per run
     chart: Path | None
@@ -68,26 +72,18 @@ def _flatten(scores: dict[str, Any]) -> dict[str, float]:
 
 
 def _plot(labels: list[str], rows: dict[str, list[float | None]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     # Scores on a 0-1 scale share one chart; counts and perplexities would flatten it.
     keys = [k for k, vs in rows.items() if all(v is None or 0.0 <= v <= 1.0 for v in vs)]
     if not keys:
         keys = list(rows)
     width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(keys) * len(labels)), 4.5))
-    for n, label in enumerate(labels):
-        values = [rows[k][n] or 0.0 for k in keys]
-        ax.bar([i + n * width for i in range(len(keys))], values, width, label=label)
-    ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(keys))])
-    ax.set_xticklabels(keys, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("score")
-    ax.legend(fontsize=8)
-    ax.set_title("hearthlm eval compare")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figsize = (max(6.0, 0.6 * len(keys) * len(labels)), 4.5)
+    with saved_figure(path, figsize=figsize, dpi=120) as (_, ax):
+        for n, label in enumerate(labels):
+            values = [rows[k][n] or 0.0 for k in keys]
+            ax.bar([i + n * width for i in range(len(keys))], values, width, label=label)
+        ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(keys))])
+        ax.set_xticklabels(keys, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("score")
+        ax.legend(fontsize=8)
+        ax.set_title("hearthlm eval compare")

@@ -33,6 +33,9 @@ class Request:
 
 @dataclass(frozen=True)
 class Score:
+    """The log-likelihood of one continuation given its context, the number of continuation
+    tokens it sums over, and whether greedy decoding would have produced it."""
+
     logprob: float  # sum over the continuation's tokens
     tokens: int
     greedy: bool  # every continuation token was the argmax

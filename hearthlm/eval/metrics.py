@@ -110,5 +110,6 @@ def citation_precision(cited_texts: Sequence[str], supporting: Sequence[str]) ->
 
 
 def mean(values: Iterable[float]) -> float:
+    """The arithmetic mean of ``values``; 0.0 for none (a task with no records scores 0)."""
     values = list(values)
     return sum(values) / len(values) if values else 0.0

@@ -23,8 +23,10 @@ from typing import Any
 
 from hearthlm.errors import EvalError
 from hearthlm.eval.tasks import Engines, Task
+from hearthlm.files import write_atomic
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows
+from hearthlm.runs import claim_run, read_jsonl
 
 PACKAGES = (
     "hearthlm",
@@ -41,6 +43,9 @@ PACKAGES = (
 
 @dataclass
 class RunResult:
+    """A finished evaluation run: its folder, the scores (as in ``results.json``), every
+    per-item record kept, and the malformed rows that were skipped (``file:line: reason``)."""
+
     folder: Path
     scores: dict[str, Any]
     records: list[dict[str, Any]]
@@ -64,11 +69,13 @@ def run_tasks(
     """Score ``tasks`` into the run folder ``out`` (resuming what is already there)."""
     bad = BadRows(strict=strict)
     items = {task.name: task.items(bad) for task in tasks}
-    fingerprint = _fingerprint(suite, tasks, provenance)
-    out.mkdir(parents=True, exist_ok=True)
-    _claim(out, fingerprint)
+    refusal = EvalError(
+        f"{out} holds a different evaluation run (other tasks, model or settings); "
+        "choose another --out folder or delete that one."
+    )
+    fingerprint = claim_run(out, _identity(suite, tasks, provenance), refusal)
     engines.workdir = out
-    records = _load_records(out / "items.jsonl")
+    records = read_jsonl(out / "items.jsonl")  # an attempt cut off by a crash resumes
     done = {r["id"] for r in records}
     todo = {name: [i for i in found if i.id not in done] for name, found in items.items()}
     start = time.perf_counter()
@@ -103,8 +110,8 @@ def run_tasks(
         **provenance,
         "predictions": records,
     }
-    _write_atomic(out / "results.json", json.dumps(result, indent=2, default=str))
-    _write_atomic(out / "report.md", markdown_report(result))
+    write_atomic(out / "results.json", json.dumps(result, indent=2, default=str))
+    write_atomic(out / "report.md", markdown_report(result))
     return RunResult(out, scores, records, bad.problems)
 
 
@@ -134,6 +141,8 @@ def aggregate(tasks: Sequence[Task], records: list[dict[str, Any]]) -> dict[str,
 
 
 def package_versions() -> dict[str, str | None]:
+    """The installed version of each package that can move a score (None when absent), saved
+    with every run."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -158,6 +167,8 @@ def file_hash(path: Path | None) -> str | None:
 
 
 def markdown_report(result: dict[str, Any]) -> str:
+    """``report.md`` for a run's ``results.json`` content: model, adapter and provenance, then a
+    table of every task's scores and the first malformed rows."""
     scores = result["scores"]
     model = result.get("model", {})
     lines = [
@@ -192,48 +203,11 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fingerprint(suite: str, tasks: Sequence[Task], provenance: dict[str, Any]) -> str:
+def _identity(suite: str, tasks: Sequence[Task], provenance: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run: tasks, templates, model, adapter and settings."""
-    payload = {
+    return {
         "suite": suite,
         "tasks": [t.spec.model_dump(mode="json", exclude={"limit"}) for t in tasks],
         "model": provenance.get("model"),
         "settings": provenance.get("settings"),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _claim(out: Path, fingerprint: str) -> None:
-    marker = out / "run.json"
-    if marker.is_file():
-        found = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
-        if found != fingerprint:
-            raise EvalError(
-                f"{out} holds a different evaluation run (other tasks, model or settings); "
-                "choose another --out folder or delete that one."
-            )
-        return
-    _write_atomic(marker, json.dumps({"fingerprint": fingerprint}))
-
-
-def _load_records(path: Path) -> list[dict[str, Any]]:
-    """Records saved by an earlier attempt; a last line cut off by a crash is dropped."""
-    if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    if lines and not path.read_bytes().endswith(b"\n"):
-        # Rewrite without the torn tail so appends start on a fresh line.
-        _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return records
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(path)

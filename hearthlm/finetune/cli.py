@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from hearthlm.cli_options import ConfigOpt, ModelOpt, cli_config
+from hearthlm.config import config_error_from
 from hearthlm.errors import TrainingError
+from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
+from hearthlm.finetune.dpo import train_dpo
+from hearthlm.finetune.export import agreement, export_gguf, merge
+from hearthlm.finetune.ppo import PPOConfig, PPOTrainer, prompts_from_pairs
+from hearthlm.finetune.reward import RewardModel, train_reward_model
+from hearthlm.finetune.run import estimate_finetune_memory
 
 finetune_app = typer.Typer(
     help="Adapt the local model: supervised methods, reward model, PPO, DPO, and export.",
@@ -34,10 +42,6 @@ MaxLenOpt = Annotated[int, typer.Option(help="Tokens per example; longer ones ar
 
 def _validated(cls: Any, **values: Any) -> Any:
     """Settings from options; a bad value is one ConfigError line naming the option."""
-    from pydantic import ValidationError
-
-    from hearthlm.config import config_error_from
-
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -96,8 +100,6 @@ def _supervised(method: str) -> Any:
         config: ConfigOpt = None,
         model: ModelOpt = None,
     ) -> None:
-        from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
-        from hearthlm.finetune.run import estimate_finetune_memory
 
         shares = [float(w) for w in weights.split(",")] if weights else [1.0] * len(data)
         if len(shares) != len(data):
@@ -202,9 +204,6 @@ def reward(
     model: ModelOpt = None,
 ) -> None:
     """Train a reward model on pairwise preferences; reports pairwise accuracy."""
-    from hearthlm.finetune import TrainConfig
-    from hearthlm.finetune.reward import train_reward_model
-
     train = _validated(
         TrainConfig,
         epochs=epochs,
@@ -244,9 +243,6 @@ def ppo(
     model: ModelOpt = None,
 ) -> None:
     """PPO against a reward model, with a frozen reference and a KL penalty."""
-    from hearthlm.finetune.ppo import PPOConfig, PPOTrainer, prompts_from_pairs
-    from hearthlm.finetune.reward import RewardModel
-
     llm = _llm(config, model)
     prompts = prompts_from_pairs(data, limit)
     settings = _validated(
@@ -285,9 +281,6 @@ def dpo(
     model: ModelOpt = None,
 ) -> None:
     """Direct preference optimisation (TRL) of a LoRA adapter."""
-    from hearthlm.finetune import TrainConfig
-    from hearthlm.finetune.dpo import train_dpo
-
     train = _validated(
         TrainConfig,
         epochs=epochs,
@@ -317,8 +310,6 @@ def export(
     model: ModelOpt = None,
 ) -> None:
     """Merge the adapter into a full model folder, or write a merged GGUF for llama.cpp."""
-    from hearthlm.finetune.export import agreement, export_gguf, merge
-
     llm = _llm(config, model)
     if to == "merged":
         merge(trained, out, llm)

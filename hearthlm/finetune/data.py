@@ -42,6 +42,9 @@ class DataSpec(StrictModel):
 
 @dataclass
 class Example:
+    """One tokenized training example: ``labels`` equals ``input_ids`` where the loss counts
+    (completion tokens) and ``IGNORE`` (-100) elsewhere; ``source`` is ``file:line``."""
+
     input_ids: list[int]
     labels: list[int]
     source: str  # file:line
@@ -52,6 +55,9 @@ class Example:
 
 @dataclass
 class Dataset:
+    """Training and validation examples, with what building them did: how many were cut to
+    ``max_length`` or dropped, and how many came from each file."""
+
     train: list[Example]
     validation: list[Example]
     truncated: int = 0  # examples cut to max_length

@@ -22,6 +22,7 @@ from hearthlm.config import LLMConfig
 from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config
 from hearthlm.finetune.pairs import read_preference_pairs
+from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import TrainConfig, plot_curve, use_bf16
 
 LEARNING_RATE = 5e-5  # DPO's default peak learning rate, here and in the CLI
@@ -35,6 +36,9 @@ UNSUPPORTED = {
 
 @dataclass
 class DPORun:
+    """A finished DPO run: its folder (``adapter/``, ``metrics.jsonl``, ``loss.png``) and TRL's
+    log history."""
+
     folder: Path
     history: list[dict[str, Any]]
 
@@ -76,8 +80,6 @@ def train_dpo(
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
-
-    from hearthlm.finetune.run import load_base
 
     llm = llm or LLMConfig()
     method = method or LoraConfig()

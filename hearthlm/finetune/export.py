@@ -9,13 +9,15 @@ greedy replies of the export (llama.cpp) and the adapted model (transformers) on
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
+from hearthlm.files import atomic_file, atomic_folder
+from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.hf_backend import TransformersBackend
 from hearthlm.llm.sources import resolve_adapter, resolve_model
 
 GGUFType = Literal["f16", "q8_0"]
@@ -42,8 +44,6 @@ _NAMES = {
 def load_adapted(trained: Path, llm: LLMConfig) -> Any:
     """The transformers backend with ``trained`` applied: a fine-tuning output folder, an adapter
     folder, or a full model folder. LoRA and (IA)³ are merged into the weights on load."""
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     if (trained / "model" / "config.json").is_file():
         trained = trained / "model"
     base = llm.model_copy(update={"backend": "transformers", "dtype": "float32"})
@@ -67,12 +67,9 @@ def merge(trained: Path, out: Path, llm: LLMConfig | None = None) -> Path:
     """A full transformers model folder (weights, tokenizer, chat template) with the adapter
     merged in; load it with ``--model OUT``."""
     backend = load_adapted(trained, llm or LLMConfig())
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    backend.model.save_pretrained(staging, safe_serialization=True)
-    backend.tokenizer.save_pretrained(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with atomic_folder(out) as staging:
+        backend.model.save_pretrained(staging, safe_serialization=True)
+        backend.tokenizer.save_pretrained(staging)
     return out
 
 
@@ -85,7 +82,6 @@ def export_gguf(
 ) -> Path:
     """A merged GGUF (``f16`` or ``q8_0``) that the llama.cpp backend runs."""
     import gguf
-    import numpy as np
 
     llm = llm or LLMConfig()
     base = resolve_model(llm.model)
@@ -99,12 +95,21 @@ def export_gguf(
     arch = str(reader.fields["general.architecture"].contents())
     if arch != "llama":
         raise TrainingError(f"GGUF export supports Llama-family models; {base.path} is {arch!r}")
-    config = backend.model.config
+    with atomic_file(out) as staging:
+        _write_gguf(staging, reader, arch, backend.model, gguf_type)
+    return out
+
+
+def _write_gguf(path: Path, reader: Any, arch: str, model: Any, gguf_type: GGUFType) -> None:
+    """The merged weights of ``model`` as a GGUF at ``path``, with the base GGUF's metadata."""
+    import gguf
+    import numpy as np
+
+    config = model.config
     qtype = gguf.GGMLQuantizationType.F16 if gguf_type == "f16" else gguf.GGMLQuantizationType.Q8_0
-    staging = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(str(staging), arch)
+    writer = gguf.GGUFWriter(str(path), arch)
     _copy_metadata(reader, writer, file_type=1 if gguf_type == "f16" else 7)
-    state = {k: v.detach().float().cpu().numpy() for k, v in backend.model.state_dict().items()}
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     for name, value in state.items():
         target = _gguf_name(name)
         if target is None:
@@ -126,8 +131,6 @@ def export_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
     writer.close()
-    staging.replace(out)
-    return out
 
 
 def _copy_metadata(reader: Any, writer: Any, file_type: int) -> None:
@@ -173,9 +176,6 @@ def agreement(
     llm: LLMConfig | None = None,
 ) -> dict[str, Any]:
     """Greedy replies of the export on llama.cpp against the adapted model on transformers."""
-    from hearthlm.llm import ChatHearth
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     llm = llm or LLMConfig()
     exported = ChatHearth(backend="llamacpp", model=str(gguf_path), max_new_tokens=max_new_tokens)
     engine: TransformersBackend = load_adapted(trained, llm)

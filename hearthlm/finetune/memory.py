@@ -134,6 +134,7 @@ def peak_rss() -> int:
 
 
 def tensor_bytes(tensors: Iterator[Any]) -> int:
+    """Bytes held by ``tensors`` (elements times element size)."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

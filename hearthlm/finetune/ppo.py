@@ -24,7 +24,9 @@ from pydantic import Field
 from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
+from hearthlm.finetune.pairs import transcript_messages
 from hearthlm.finetune.reward import RewardModel
+from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import (
     load_trainable,
     read_checkpoint,
@@ -33,10 +35,16 @@ from hearthlm.finetune.trainer import (
     use_bf16,
     write_checkpoint,
 )
+from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
+from hearthlm.rows import BadRows, read_rows
+from hearthlm.runs import claim_run
 
 
 class PPOConfig(StrictModel):
+    """PPO settings: iterations and prompts per iteration, the clipped-objective and value-loss
+    settings, the adaptive KL penalty toward the reference model, sampling, and the seed."""
+
     iterations: int = Field(20, ge=1)
     prompts_per_iteration: int = Field(8, ge=1)
     minibatch_size: int = Field(4, ge=1)
@@ -64,6 +72,9 @@ class PPOConfig(StrictModel):
 
 @dataclass
 class Rollout:
+    """One sampled reply and what PPO computes for it: the reward-model score, the log-probs of
+    the policy and the reference, the values, advantages and returns (tensors over reply tokens)."""
+
     prompt: list[int]
     reply: list[int]
     score: float
@@ -76,6 +87,8 @@ class Rollout:
 
 @dataclass
 class PPOResult:
+    """A finished PPO run: one metrics record per iteration and the output folder."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
     folder: Path | None = None
 
@@ -93,8 +106,6 @@ class PPOTrainer:
     ) -> None:
         import torch
         from transformers import set_seed
-
-        from hearthlm.finetune.run import load_base
 
         self.config = config or PPOConfig()
         set_seed(self.config.seed)
@@ -317,9 +328,13 @@ class PPOTrainer:
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
-        out.mkdir(parents=True, exist_ok=True)
         fingerprint = {"config": self.config.model_dump(), "prompts": len(prompts)}
-        state = self._resume(out, fingerprint) or {"iteration": 0, **fingerprint}
+        refusal = TrainingError(
+            f"{out} holds a PPO run with other settings or prompts; "
+            "give a new --out, or delete the folder to start again"
+        )
+        claim_run(out, fingerprint, refusal)
+        state = self._resume(out) or {"iteration": 0, **fingerprint}
         pool = list(prompts)
         random.Random(self.config.seed).shuffle(pool)
         per = self.config.prompts_per_iteration
@@ -356,16 +371,11 @@ class PPOTrainer:
         }
         write_checkpoint(out, payload, {**state, "kl_coef": self.kl_coef})
 
-    def _resume(self, out: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    def _resume(self, out: Path) -> dict[str, Any] | None:
         found = read_checkpoint(out)
         if found is None:
             return None
         payload, state = found
-        if {k: state.get(k) for k in fingerprint} != json.loads(json.dumps(fingerprint)):
-            raise TrainingError(
-                f"{out} holds a PPO run with other settings or prompts; "
-                "give a new --out, or delete the folder to start again"
-            )
         load_trainable(self.policy, payload["policy"])
         self.value_head.load_state_dict(payload["value_head"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -398,11 +408,6 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
     to the reference against its target."""
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [h["step"] for h in history]
     rewards = [h["reward"] for h in history]
     window = max(1, len(rewards) // 10)
@@ -410,28 +415,23 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
     for i in range(len(rewards)):
         recent = rewards[max(0, i - window + 1) : i + 1]
         running.append(sum(recent) / len(recent))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    top.plot(steps, rewards, alpha=0.45, label="mean reward of the iteration's replies")
-    top.plot(steps, running, label=f"running mean ({window} iterations)")
-    top.set_ylabel("reward")
-    top.legend()
-    bottom.plot(steps, [h["kl_to_reference"] for h in history], "o-", ms=3, label="KL to reference")
-    bottom.axhline(target_kl, color="grey", ls="--", label="target")
-    bottom.set_ylabel("KL per reply (nats)")
-    bottom.set_xlabel("iteration")
-    bottom.legend()
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    kl = [h["kl_to_reference"] for h in history]
+    with saved_figure(path, 2, 1, figsize=(7, 5.5), sharex=True) as (_, (top, bottom)):
+        top.plot(steps, rewards, alpha=0.45, label="mean reward of the iteration's replies")
+        top.plot(steps, running, label=f"running mean ({window} iterations)")
+        top.set_ylabel("reward")
+        top.legend()
+        bottom.plot(steps, kl, "o-", ms=3, label="KL to reference")
+        bottom.axhline(target_kl, color="grey", ls="--", label="target")
+        bottom.set_ylabel("KL per reply (nats)")
+        bottom.set_xlabel("iteration")
+        bottom.legend()
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
 
 
 def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:
     """The first human turn of each preference pair: prompts for PPO."""
-    from hearthlm.finetune.pairs import transcript_messages
-    from hearthlm.rows import BadRows, read_rows
-
     prompts = []
     for row in read_rows(path, BadRows(strict=True, error=TrainingError, hint="")):
         messages = transcript_messages(str(row.values.get("chosen", "")))

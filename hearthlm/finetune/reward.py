@@ -27,6 +27,8 @@ from hearthlm.finetune.methods import (
 )
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+from hearthlm.llm.hf_backend import cached_safetensors
+from hearthlm.llm.sources import resolve_model
 
 REWARD_FILE = "hearth_reward.json"
 LEARNING_RATE = 1e-4  # the reward model's default peak learning rate, here and in the CLI
@@ -34,6 +36,8 @@ LEARNING_RATE = 1e-4  # the reward model's default peak learning rate, here and 
 
 @dataclass
 class Pair:
+    """One tokenized preference pair (chosen and rejected transcripts) and its ``file:line``."""
+
     chosen: list[int]
     rejected: list[int]
     source: str
@@ -57,6 +61,8 @@ def read_pairs(path: Path, tokenizer: Any, max_length: int = 512) -> list[Pair]:
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> list[int]:
+    """``messages`` in the model's chat template as token ids, keeping the last ``max_length``
+    (the end of a transcript is what the reward head reads)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     return ids[-max_length:]
@@ -106,9 +112,6 @@ class PairwiseObjective:
 
 def base_folder(llm: LLMConfig) -> Path:
     """The transformers folder of the configured model (the GGUF's cached conversion)."""
-    from hearthlm.llm.hf_backend import cached_safetensors
-    from hearthlm.llm.sources import resolve_model
-
     source = resolve_model(llm.model)
     return cached_safetensors(source, llm.cache_dir) if source.is_gguf else source.path
 
@@ -138,6 +141,9 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
 
 @dataclass
 class RewardRun:
+    """A finished reward-model run: its folder, parameter count, training result and the pairwise
+    accuracy on the held-out pairs (None without validation pairs)."""
+
     folder: Path
     parameters: ParameterCount
     result: TrainResult

@@ -8,7 +8,6 @@ settings, data report, parameter counts and results), ``metrics.jsonl`` and ``lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -28,12 +27,17 @@ from hearthlm.finetune.methods import (
     prepare,
 )
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
+from hearthlm.llm.hf_backend import TransformersBackend
+from hearthlm.runs import claim_run
 
 SUMMARY = "hearth_finetune.json"
 
 
 @dataclass
 class FinetuneResult:
+    """A finished fine-tuning run: its folder (``output`` is the adapter or model to load), the
+    parameter count, the data report, the training result, and the trained model in memory."""
+
     folder: Path
     parameters: ParameterCount
     data: dict[str, Any]
@@ -50,8 +54,6 @@ class FinetuneResult:
 
 def load_base(llm: LLMConfig) -> tuple[Any, Any, Any]:
     """(model, tokenizer, backend) of the base model in float32 on the transformers backend."""
-    from hearthlm.llm.hf_backend import TransformersBackend
-
     backend = TransformersBackend.load(
         llm.model_copy(update={"backend": "transformers", "dtype": "float32", "adapter": None})
     )
@@ -93,7 +95,14 @@ def finetune(
         "pack": pack,
         "mix_total": mix_total,
     }
-    _claim(out, settings)
+    # Resume only the same run: the same data, method and training settings.
+    claim_run(
+        out,
+        settings,
+        TrainingError(
+            f"{out} holds a different fine-tuning run; choose another --out or delete it."
+        ),
+    )
     setup = _set_up(
         data, out, method, train, llm, max_length, validation, pack, mix_total, log, progress
     )
@@ -212,17 +221,3 @@ def _set_up(
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:
     """The trained result in ``out/adapter`` or ``out/model``, as the method saves it."""
     method.save(model, tokenizer, out / method.output)
-
-
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Resume only the same run: the same data, method and training settings."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    marker = out / "run.json"
-    if marker.is_file():
-        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != digest:
-            raise TrainingError(
-                f"{out} holds a different fine-tuning run; choose another --out or delete it."
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": digest, "settings": settings}), encoding="utf-8")

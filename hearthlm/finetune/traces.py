@@ -15,7 +15,12 @@ import re
 from pathlib import Path
 from typing import Any, cast
 
+from hearthlm.agents.calculator import CalculatorError, calculate
+from hearthlm.agents.react import FINAL, ReActAgent
+from hearthlm.agents.tools import calculator_tool
 from hearthlm.errors import TrainingError
+from hearthlm.gsm8k import normalise_number
+from hearthlm.rows import BadRows, read_rows
 
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
@@ -23,10 +28,6 @@ _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 def react_trace(question: str, solution: str, system: str) -> dict[str, Any] | None:
     """One training row (chat messages with segments), or None when the annotations do not
     reproduce the answer through the calculator."""
-    from hearthlm.agents.calculator import CalculatorError, calculate
-    from hearthlm.agents.cot import normalise_number
-    from hearthlm.agents.react import FINAL
-
     body, _, final = solution.rpartition("####")
     answer = normalise_number(final)
     steps = _ANNOTATION.findall(body)
@@ -65,10 +66,6 @@ def react_trace(question: str, solution: str, system: str) -> dict[str, Any] | N
 def gsm8k_react_traces(source: Path, destination: Path, limit: int | None = None) -> int:
     """Write ReAct traces for the GSM8K rows of ``source`` to ``destination`` (JSONL); returns
     how many rows were usable."""
-    from hearthlm.agents.react import ReActAgent
-    from hearthlm.agents.tools import calculator_tool
-    from hearthlm.rows import BadRows, read_rows
-
     system = ReActAgent(cast(Any, None), [calculator_tool()]).system_prompt
     written = 0
     with destination.open("w", encoding="utf-8") as sink:

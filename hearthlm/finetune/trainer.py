@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +22,7 @@ from pydantic import Field
 
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
+from hearthlm.files import atomic_folder, old_folder
 from hearthlm.finetune.data import IGNORE, Example
 from hearthlm.finetune.memory import (
     MemoryBreakdown,
@@ -31,7 +31,10 @@ from hearthlm.finetune.memory import (
     forward_buffers_unmapped,
 )
 from hearthlm.finetune.profiling import profiled
+from hearthlm.llm.hf_backend import pick_device
+from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
+from hearthlm.runs import read_jsonl
 
 
 class TrainConfig(StrictModel):
@@ -124,6 +127,9 @@ class Objective(Protocol):
 
 @dataclass
 class TrainResult:
+    """What a training run did: steps, the last and best losses, whether it stopped early, time,
+    tokens (those the loss counted, and all), and one record per logged step."""
+
     steps: int
     train_loss: float | None
     validation_loss: float | None
@@ -164,6 +170,8 @@ def use_bf16(setting: str, device: str) -> bool:
 
 
 def bf16_supported(device: str) -> bool:
+    """Whether ``device`` computes bf16 natively (a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16); elsewhere bf16 would be emulated and slower than float32."""
     import torch
 
     if device == "cuda":
@@ -195,8 +203,6 @@ class Trainer:
         objective: Objective | None = None,
     ) -> None:
         import torch
-
-        from hearthlm.llm.hf_backend import pick_device
 
         if not train:
             raise TrainingError("no training examples")
@@ -450,12 +456,8 @@ class Trainer:
     def _save_weights(self, folder: Path) -> None:
         import torch
 
-        staging = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        torch.save(trainable_state(self.model), staging / "trainable.pt")
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        with atomic_folder(folder) as staging:
+            torch.save(trainable_state(self.model), staging / "trainable.pt")
 
     def _load_weights(self, folder: Path) -> None:
         import torch
@@ -494,24 +496,15 @@ def write_checkpoint(folder: Path, payload: dict[str, Any], state: dict[str, Any
     import numpy as np
     import torch
 
-    target = folder / "checkpoint"
-    staging = folder / ".checkpoint.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     rng = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    torch.save({**payload, "rng": rng}, staging / "state.pt")
-    (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    old = folder / ".checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder / "checkpoint") as staging:
+        torch.save({**payload, "rng": rng}, staging / "state.pt")
+        (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -522,7 +515,7 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
 
     target = folder / "checkpoint"
     if not (target / "state.json").is_file():
-        old = folder / ".checkpoint.old"  # killed between the two renames
+        old = old_folder(target)  # killed between the two renames of atomic_folder
         if not (old / "state.json").is_file():
             return None
         old.rename(target)
@@ -557,18 +550,7 @@ def load_trainable(model: Any, weights: dict[str, Any]) -> None:
 def resume_history(path: Path, up_to: int) -> list[dict[str, Any]]:
     """The logged steps up to the checkpoint, with ``path`` cut back to them: later steps are
     redone after a resume, and a torn last line is dropped."""
-    history = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= up_to:
-                history.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-    return history
+    return read_jsonl(path, keep=lambda record: record.get("step", 0) <= up_to)
 
 
 def plot_curve(
@@ -580,22 +562,14 @@ def plot_curve(
     """Training and validation loss (or any two series) against step, saved as a PNG."""
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label=labels[0])
-    val = [h for h in history if "validation_loss" in h]
-    if val:
-        ax.plot(
-            [h["step"] for h in val], [h["validation_loss"] for h in val], "o-", label=labels[1]
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, figsize=(7, 4)) as (_, ax):
+        ax.plot([h["step"] for h in history], [h["train_loss"] for h in history], label=labels[0])
+        val = [h for h in history if "validation_loss" in h]
+        if val:
+            ax.plot(
+                [h["step"] for h in val], [h["validation_loss"] for h in val], "o-", label=labels[1]
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)

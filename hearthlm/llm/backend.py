@@ -14,11 +14,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ConfigError
+from hearthlm.plugins import registered
 
 ENTRY_POINT_GROUP = "hearthlm.backends"
 # GBNF body of a plain-text reply that cannot be a tool call: it may not open with "{" or
@@ -121,10 +121,7 @@ class Backend(ABC):
 @cache
 def available_backends() -> dict[str, type[Backend]]:
     """Every registered backend class by name, built-ins and plugins alike."""
-    found: dict[str, type[Backend]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
-    return found
+    return dict(registered(ENTRY_POINT_GROUP))
 
 
 def backend_class(name: str) -> type[Backend]:

@@ -42,7 +42,7 @@ from hearthlm.config import (
     config_error_from,
 )
 from hearthlm.errors import ConfigError, ContextWindowError
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, load_backend
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
 from hearthlm.llm.tools import (
@@ -138,8 +138,6 @@ class ChatHearth(BaseChatModel):
         except ValidationError as exc:
             raise config_error_from(exc, "ChatHearth") from None
         LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})  # early backend-name check
-        from hearthlm.llm.backend import backend_class
-
         backend_class(self.backend)
 
     @classmethod

@@ -10,8 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from functools import lru_cache
@@ -20,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
+from hearthlm.files import atomic_folder
+from hearthlm.llm.adapters import is_bottleneck_folder, load_bottleneck_adapters
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
 from hearthlm.llm.grammar import json_schema_gbnf
 from hearthlm.llm.sources import (
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> str:
+    """The torch device for ``device``: ``auto`` is CUDA when present, else CPU.
+
+    Raises:
+        ModelLoadError: ``cuda`` was asked for and CUDA is not available.
+    """
     import torch
 
     if device == "auto":
@@ -71,18 +76,13 @@ def cached_safetensors(source: ModelSource, cache_dir: Path | None) -> Path:
             "Check that the file is complete and that the 'gguf' package is installed."
         ) from exc
     _drop_gguf_marker(model)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=folder.parent))
-    try:
+    # unique: two processes may convert the same model at once
+    with atomic_folder(folder, unique=True) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "hearthlm_source.json").write_text(
             json.dumps({"gguf": str(source.path), "name": source.name}), encoding="utf-8"
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -155,8 +155,6 @@ class TransformersBackend(Backend):
                 f"{adapter} is a GGUF LoRA, which only the llamacpp backend loads; "
                 "give the transformers backend the PEFT adapter folder instead."
             )
-        from hearthlm.finetune.methods import is_bottleneck_folder, load_bottleneck_adapters
-
         if is_bottleneck_folder(adapter):
             self.model = load_bottleneck_adapters(self.model, adapter)
             self.model_name = f"{self.source.name}+{_adapter_name(adapter)}"

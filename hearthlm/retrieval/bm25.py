@@ -8,12 +8,12 @@ sidecar's version so a stale copy is never used.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hearthlm.files import atomic_folder
 from hearthlm.retrieval.store import SidecarStore
 
 
@@ -24,6 +24,9 @@ def _stemmer() -> Any:
 
 
 class BM25Index:
+    """BM25 keyword search over the sidecar's chunk texts, saved in ``folder``; ``rebuild``
+    after an index run changed them, ``search`` loads the saved index on first use."""
+
     def __init__(self, folder: Path, store: SidecarStore) -> None:
         self.folder = folder
         self.store = store
@@ -38,23 +41,19 @@ class BM25Index:
 
         rows = list(self.store.corpus())
         version = self.store.get_state("version") or "0"
-        staging = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
         ids, texts = zip(*rows, strict=True) if rows else ((), ())
         tokens = bm25s.tokenize(
             list(texts), stopwords="en", stemmer=self._stem, show_progress=False
         )
-        # No keyword in any chunk (only symbols or stopwords): nothing to search, and bm25s
-        # cannot build an index over an empty vocabulary.
-        if tokens.vocab:
-            model = bm25s.BM25()
-            model.index(tokens, show_progress=False)
-            model.save(str(staging / "model"))
-            (staging / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
-        (staging / "version").write_text(version, encoding="utf-8")
-        shutil.rmtree(self.folder, ignore_errors=True)
-        staging.rename(self.folder)  # readers never see a half-written index
+        with atomic_folder(self.folder) as staging:  # readers never see a half-written index
+            # No keyword in any chunk (only symbols or stopwords): nothing to search, and bm25s
+            # cannot build an index over an empty vocabulary.
+            if tokens.vocab:
+                model = bm25s.BM25()
+                model.index(tokens, show_progress=False)
+                model.save(str(staging / "model"))
+                (staging / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
+            (staging / "version").write_text(version, encoding="utf-8")
         self._model = None
 
     def _load(self) -> bool:

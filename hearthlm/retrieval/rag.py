@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -31,7 +30,7 @@ from hearthlm.llm.chat_model import ChatHearth
 from hearthlm.retrieval import reader
 from hearthlm.retrieval.grounding import CITATION, unsupported
 from hearthlm.retrieval.reader import Quote
-from hearthlm.retrieval.retriever import Hit, HybridRetriever
+from hearthlm.retrieval.retriever import Hit, HybridRetriever, Source
 
 AnswerMode = Literal["auto", "quote", "constrained", "free"]
 
@@ -46,42 +45,6 @@ CITED_SENTENCE = """root ::= "[" num "] " char+ [.!?]
 char ::= [^\\[\\]\\n.!?]
 num ::= {numbers}
 """
-
-
-@dataclass
-class Source:
-    """A chunk given to the model, numbered as in the prompt."""
-
-    number: int
-    path: str
-    page: int | None
-    heading: str
-    snippet: str
-    chunk_id: str
-    similarity: float | None
-    start: int = 0  # character offset of the snippet in the file's extracted text
-
-    @classmethod
-    def from_hit(cls, number: int, hit: Hit) -> Source:
-        meta = hit.metadata
-        return cls(
-            number=number,
-            path=str(meta.get("source", "")),
-            page=meta.get("page"),
-            heading=str(meta.get("heading", "")),
-            snippet=hit.text,
-            chunk_id=hit.id,
-            similarity=hit.similarity,
-            start=int(meta.get("start", 0)),
-        )
-
-    def label(self) -> str:
-        where = Path(self.path).name
-        if self.page is not None:
-            where += f", page {self.page}"
-        if self.heading:
-            where += f", {self.heading}"
-        return where
 
 
 @dataclass

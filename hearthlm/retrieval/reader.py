@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.retrieval.retriever import Source
 from hearthlm.retrieval.sentences import Span, split_sentences
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel
 
-    from hearthlm.retrieval.rag import Source
 
 QUESTION_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 WEIGHTS = {"dense": 0.45, "coverage": 0.4, "typed": 0.15}
@@ -231,8 +232,6 @@ def _flat(candidate: Candidate) -> str:
 
 def _scores(chat: Any) -> bool:
     # Only hearthlm's own chat model scores text; another chat model keeps the ranking's pick.
-    from hearthlm.llm.chat_model import ChatHearth
-
     return isinstance(chat, ChatHearth)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +42,42 @@ class Hit:
     def to_document(self) -> Document:
         meta = {**self.metadata, "id": self.id, "score": self.score, "similarity": self.similarity}
         return Document(page_content=self.text, metadata=meta, id=self.id)
+
+
+@dataclass
+class Source:
+    """A chunk given to the model, numbered as in the prompt."""
+
+    number: int
+    path: str
+    page: int | None
+    heading: str
+    snippet: str
+    chunk_id: str
+    similarity: float | None
+    start: int = 0  # character offset of the snippet in the file's extracted text
+
+    @classmethod
+    def from_hit(cls, number: int, hit: Hit) -> Source:
+        meta = hit.metadata
+        return cls(
+            number=number,
+            path=str(meta.get("source", "")),
+            page=meta.get("page"),
+            heading=str(meta.get("heading", "")),
+            snippet=hit.text,
+            chunk_id=hit.id,
+            similarity=hit.similarity,
+            start=int(meta.get("start", 0)),
+        )
+
+    def label(self) -> str:
+        where = Path(self.path).name
+        if self.page is not None:
+            where += f", page {self.page}"
+        if self.heading:
+            where += f", {self.heading}"
+        return where
 
 
 class HybridRetriever(BaseRetriever):

@@ -21,6 +21,9 @@ SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 
 @dataclass(frozen=True)
 class Chunk:
+    """One piece of a document to embed: its content-hash ``id``, text, and metadata (source,
+    page, heading, character offsets)."""
+
     id: str
     text: str
     metadata: dict[str, Any]

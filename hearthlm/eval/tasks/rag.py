@@ -1,8 +1,7 @@
-"""Scoring the chains built on the model: retrieval-augmented answers and agents.
+"""Scoring the docs chatbot: retrieval quality, and with gold answers, answers and citations.
 
 ``rag`` reads either a BEIR corpus with qrels (SciFact: retrieval quality) or rows that carry their
-own paragraphs and gold answers (HotpotQA: retrieval, answer and citation quality). ``agent`` runs
-the ReAct agent with the named tools over a question set and scores task success.
+own paragraphs and gold answers (HotpotQA: retrieval, answer and citation quality).
 """
 
 from __future__ import annotations
@@ -12,16 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hearthlm.config import RetrievalConfig
 from hearthlm.errors import EvalError
 from hearthlm.eval import metrics
-from hearthlm.eval.tasks import Engines, Item, Progress, Task
+from hearthlm.eval.tasks.base import Engines, Item, Progress, Task, gold_answers
+from hearthlm.eval.tasks.spec import RAGSpec
 from hearthlm.rows import BadRows, Row, field_of
 
+__all__ = ["RAGTask", "doc_ranking"]
 
-class RAGTask(Task):
+
+class RAGTask(Task[RAGSpec]):
     """Retrieval recall@k, MRR and nDCG@k against qrels or supporting paragraphs; with gold
     answers, also the answer's exact match and F1 and the citations' precision."""
 
+    spec_class = RAGSpec
     chunk = 16
 
     def items(self, bad: BadRows) -> list[Item]:
@@ -57,7 +61,7 @@ class RAGTask(Task):
                 return None  # a query without judgements is not scored (as in BEIR)
             data["relevant"] = self._qrels[key]
         if self.spec.reference in row.values:
-            data["references"] = _answers(field_of(row, self.spec.reference, bad))
+            data["references"] = gold_answers(field_of(row, self.spec.reference, bad))
         if not data["relevant"] and not data["references"]:
             bad.add(row.path, row.line, "nothing to score: no relevance judgements, no answers")
             return None
@@ -66,6 +70,7 @@ class RAGTask(Task):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
+        # lazy: the retrieval stack (~0.8 s) loads only for a rag task
         from hearthlm.retrieval import DocsQA, HybridRetriever
 
         index = self._index(items, engines)
@@ -95,8 +100,7 @@ class RAGTask(Task):
             yield record
 
     def _index(self, items: list[Item], engines: Engines) -> Any:
-        from hearthlm.config import RetrievalConfig
-        from hearthlm.retrieval import DocumentIndex
+        from hearthlm.retrieval import DocumentIndex  # lazy, as in predict
 
         folder = engines.workdir / "index"
         if self.spec.corpus is not None:
@@ -137,75 +141,6 @@ class RAGTask(Task):
             for name in names
             if any(name in r for r in records)
         }
-
-
-class AgentTask(Task):
-    """The ReAct agent with the named tools: task success, valid-action rate and steps."""
-
-    chunk = 4
-
-    def item(self, row: Row, bad: BadRows) -> Item | None:
-        from hearthlm.agents.cot import normalise_number
-
-        found = self._prompt_and_reference(row, bad)
-        if found is None:
-            return None
-        question, answer = found
-        text = str(answer)
-        numeric = normalise_number(text.rpartition("####")[2]) if "####" in text else None
-        return self._item(
-            row, {"question": question, "references": _answers(answer), "number": numeric}
-        )
-
-    def predict(
-        self, items: list[Item], engines: Engines, progress: Progress
-    ) -> Iterator[dict[str, Any]]:
-        from hearthlm.agents.cot import extract_answer
-        from hearthlm.agents.react import ReActAgent
-        from hearthlm.agents.tools import build_tools
-
-        tools = build_tools(engines.config, self.spec.tools)
-        agent = ReActAgent(engines.chat, tools, max_steps=self.spec.max_steps)
-        for item in items:
-            result = agent.invoke(item.data["question"])
-            answer = result.answer or ""
-            if item.data["number"] is not None:
-                success = extract_answer(answer) == item.data["number"]
-            else:
-                success = bool(metrics.exact_match(answer, item.data["references"]))
-            progress(1)
-            yield {
-                "id": item.id,
-                "task": self.name,
-                "answer": answer,
-                "success": success,
-                "steps": len(result.steps),
-                "valid_actions": sum(s.valid for s in result.steps),
-                "stopped_reason": result.stopped_reason,
-                "seconds": round(result.seconds, 3),
-            }
-
-    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
-        actions = sum(r["steps"] for r in records)
-        return {
-            "success": metrics.mean(float(r["success"]) for r in records),
-            "valid_action_rate": sum(r["valid_actions"] for r in records) / max(actions, 1),
-            "mean_steps": metrics.mean(float(r["steps"]) for r in records),
-            "seconds_per_task": metrics.mean(float(r["seconds"]) for r in records),
-        }
-
-
-def _answers(value: Any) -> list[str]:
-    """Gold answers from a string, a list of strings, or HotpotQA's ``[{"spans": [...]}]``."""
-    if isinstance(value, str):
-        return [value.rpartition("####")[2].strip() if "####" in value else value]
-    out: list[str] = []
-    for entry in value if isinstance(value, list) else [value]:
-        if isinstance(entry, dict):
-            out.extend(str(s) for s in entry.get("spans", []))
-        elif entry is not None:
-            out.append(str(entry))
-    return out
 
 
 def _read_qrels(path: Path, bad: BadRows) -> dict[str, dict[str, float]]:

@@ -1,0 +1,242 @@
+"""What a task file holds: one spec class per kind, told apart by ``kind``.
+
+Every spec has the fields of :class:`TaskSpec` (name, kind, data, template, id, limit, group);
+each kind adds only its own, and a field of another kind is refused (``extra="forbid"``). A task
+file is read as the union of the registered spec classes, discriminated on ``kind``, so a plugin's
+kind is read exactly as a built-in one.
+
+    name: my_quiz
+    kind: multiple_choice          # or generate, perplexity, gsm8k, rag, agent, a plugin's kind
+    data: quiz.csv                 # relative to the task file
+    template: "{question}"
+    choices: [a, b, c, d]          # columns holding the choice texts
+    answer: answer                 # 0-based index or a letter
+    fewshot: quiz_dev.csv
+    shots: 3
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from hearthlm.config import StrictModel, config_error_from
+from hearthlm.errors import ConfigError
+from hearthlm.plugins import registered
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AgentSpec",
+    "GSM8KSpec",
+    "GenerateSpec",
+    "Metric",
+    "MultipleChoiceSpec",
+    "PerplexitySpec",
+    "RAGSpec",
+    "TaskSpec",
+    "load_task",
+    "parse_spec",
+    "spec_classes",
+]
+
+ENTRY_POINT_GROUP = "hearthlm.tasks"
+Metric = Literal["rouge", "bleu", "chrf", "exact_match", "f1"]
+
+
+def _default_metrics() -> list[Metric]:
+    return ["exact_match", "f1"]
+
+
+class TaskSpec(StrictModel):
+    """The fields every task has; each kind's spec class adds its own.
+
+    ``TaskSpec(kind="generate", name=…, data=…, …)`` builds the spec class registered for that
+    kind (here :class:`GenerateSpec`), so code written before the kinds had their own classes
+    keeps working. Templates are Python format strings over the row's fields.
+    """
+
+    name: str
+    kind: str
+    data: Path
+    template: str = Field("{question}", description="The prompt, e.g. 'Q: {question}\\nA:'.")
+    id: str | None = Field(None, description="Column with a stable item id; else file:line.")
+    limit: int | None = Field(None, ge=1)
+    group: str | None = Field(None, description="Category for grouped scores (MMLU).")
+
+    def __new__(cls, *args: Any, **data: Any) -> TaskSpec:
+        if cls is TaskSpec:  # the base names no kind of its own: build the registered one
+            cls = spec_class(data.get("kind"))
+        return super().__new__(cls)
+
+    def template_hash(self) -> str:
+        """A short hash of everything that shapes the prompt, saved with each run's results."""
+        # The same parts for every kind (absent ones at their old defaults), so a spec hashes as
+        # it did when every kind shared one class.
+        parts = [
+            self.template,
+            getattr(self, "description", ""),
+            getattr(self, "system", None) or "",
+            getattr(self, "score_by", "letter"),
+            str(getattr(self, "shots", 0)),
+        ]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+class MultipleChoiceSpec(TaskSpec):
+    """k-shot multiple choice scored by log-likelihood (MMLU format)."""
+
+    kind: Literal["multiple_choice"] = "multiple_choice"
+    choices: list[str] = Field(default_factory=list, description="Columns with choice texts.")
+    answer: str = Field("answer", description="Column of the gold answer (index or letter).")
+    labels: list[str] = Field(default_factory=lambda: list(string.ascii_uppercase[:4]))
+    score_by: Literal["letter", "text"] = "letter"
+    fewshot: Path | None = None
+    shots: int = Field(0, ge=0)
+    description: str = ""
+
+
+class GenerateSpec(TaskSpec):
+    """Greedy generation scored against a reference column."""
+
+    kind: Literal["generate"] = "generate"
+    reference: str = Field("answer", description="Column of the reference answer or summary.")
+    metrics: list[Metric] = Field(default_factory=_default_metrics)
+    system: str | None = None
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class PerplexitySpec(TaskSpec):
+    """Perplexity of each text, or of a completion column given the template as its prompt."""
+
+    kind: Literal["perplexity"] = "perplexity"
+    completion: str | None = Field(
+        None, description="Column of the completion (the template is the prompt)."
+    )
+
+
+class GSM8KSpec(TaskSpec):
+    """Grade-school maths: direct answer, chain of thought or program-aided."""
+
+    kind: Literal["gsm8k"] = "gsm8k"
+    reference: str = Field("answer", description="Column of the solution ending '#### N'.")
+    method: Literal["direct", "cot", "pal"] = "cot"
+    fewshot: Path | None = None
+    shots: int = Field(0, ge=0)
+    system: str | None = None
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class RAGSpec(TaskSpec):
+    """Retrieval (and, with gold answers, answer and citation) quality of the docs chatbot."""
+
+    kind: Literal["rag"] = "rag"
+    reference: str = Field("answer", description="Column of the gold answers.")
+    corpus: Path | None = Field(None, description="A BEIR corpus.jsonl to index.")
+    qrels: Path | None = Field(None, description="BEIR qrels (query-id corpus-id score).")
+    k: int = Field(10, ge=1, description="Cut-off for recall, MRR and nDCG.")
+
+
+class AgentSpec(TaskSpec):
+    """Task success of the ReAct agent with the named tools."""
+
+    kind: Literal["agent"] = "agent"
+    reference: str = Field("answer", description="Column of the gold answer.")
+    tools: list[str] = Field(default_factory=lambda: ["calculator"], description="agent tools")
+    max_steps: int = Field(6, ge=1)
+
+
+BUILTIN_SPECS: dict[str, type[TaskSpec]] = {
+    "multiple_choice": MultipleChoiceSpec,
+    "generate": GenerateSpec,
+    "perplexity": PerplexitySpec,
+    "gsm8k": GSM8KSpec,
+    "rag": RAGSpec,
+    "agent": AgentSpec,
+}
+
+
+def spec_classes() -> dict[str, type[TaskSpec]]:
+    """Every task kind's spec class by kind: the built-ins, then the ``spec_class`` of each task
+    registered under the ``hearthlm.tasks`` entry points (a plugin cannot replace a built-in).
+
+    Raises:
+        ConfigError: A plugin's entry point names no task with a spec class for its kind.
+    """
+    found = dict(BUILTIN_SPECS)
+    for kind, task in registered(ENTRY_POINT_GROUP):
+        if kind in found:
+            continue
+        spec = getattr(task, "spec_class", None)
+        if not (isinstance(spec, type) and issubclass(spec, TaskSpec)) or (
+            spec.model_fields["kind"].default != kind
+        ):
+            raise ConfigError(
+                f"the {ENTRY_POINT_GROUP} entry point {kind!r} names {task!r}, which has no "
+                f"spec_class with kind {kind!r}; see hearthlm.eval.tasks.base for the contract."
+            )
+        found[kind] = spec
+    return found
+
+
+def spec_class(kind: Any) -> type[TaskSpec]:
+    """The spec class of ``kind``.
+
+    Raises:
+        ConfigError: No kind of that name is registered; the message lists the known ones.
+    """
+    classes = spec_classes()
+    if kind not in classes:
+        raise ConfigError(
+            f"unknown task kind {kind!r}; known kinds: {', '.join(classes)}. Set 'kind' to one "
+            f"of them, or install the package that registers it ({ENTRY_POINT_GROUP})."
+        )
+    return classes[kind]
+
+
+def parse_spec(raw: dict[str, Any], source: str = "task") -> TaskSpec:
+    """The spec that ``raw`` describes, read as the union of every registered kind's spec class
+    discriminated on ``kind``.
+
+    Raises:
+        ConfigError: The kind is unknown, or a field is missing, of the wrong type, or belongs
+            to another kind; the message names ``source`` and each bad field.
+    """
+    spec_class(raw.get("kind"))
+    kinds = tuple(spec_classes().values())  # built when asked: plugins may be installed since
+    union: Any = Annotated[Union[kinds], Field(discriminator="kind")]  # noqa: UP007
+    try:
+        spec: TaskSpec = TypeAdapter(union).validate_python(raw)
+    except ValidationError as exc:
+        raise config_error_from(exc, source) from exc
+    return spec
+
+
+def load_task(path: Path) -> TaskSpec:
+    """A spec from a YAML or TOML task file; every relative path in it (``data``, ``fewshot``,
+    ``corpus``, a plugin's own path fields) is resolved beside the file."""
+    if not path.is_file():
+        raise ConfigError(f"task file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: task files are .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # yaml.YAMLError is a ValueError-free
+        raise ConfigError(f"{path}: cannot parse the task file: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        raise ConfigError(f"{path}: cannot parse the task file: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a task file is a mapping of settings")
+    spec = parse_spec(raw, str(path))
+    updates = {name: path.parent / value for name, value in spec if isinstance(value, Path)}
+    return spec.model_copy(update=updates)

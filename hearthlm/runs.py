@@ -1,0 +1,82 @@
+"""Run folders: one run per folder, resumed after a crash, never mixed with another.
+
+Evaluation, fine-tuning and PPO each write into a folder the user names. Running again into the
+same folder resumes the run, so the folder records what run it holds (``run.json``: a
+fingerprint of the settings), and a different run is refused rather than mixed in. Their logs are
+JSONL files appended line by line; a kill can cut the last line, and :func:`read_jsonl` drops it.
+
+Example:
+    >>> claim_run(out, {"method": "lora", "data": digest}, TrainingError("..."))  # doctest: +SKIP
+    >>> history = read_jsonl(out / "metrics.jsonl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hearthlm.errors import HearthError
+from hearthlm.files import write_atomic
+
+__all__ = ["MARKER", "claim_run", "fingerprint", "read_jsonl"]
+
+MARKER = "run.json"
+
+
+def fingerprint(settings: Any) -> str:
+    """The SHA-256 of ``settings`` as sorted JSON (values JSON cannot hold are written as
+    ``str``): equal settings give equal fingerprints, in any process and any key order."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def claim_run(folder: Path, settings: dict[str, Any], refusal: HearthError) -> str:
+    """Make ``folder`` the home of the run that ``settings`` describe; returns its fingerprint.
+
+    A new folder is created and marked with ``run.json`` (the fingerprint and the settings). A
+    folder marked with the same fingerprint is the same run, to resume. A folder marked with
+    another is refused: ``refusal`` is raised, and nothing in the folder is touched.
+    """
+    digest = fingerprint(settings)
+    marker = folder / MARKER
+    if marker.is_file():
+        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != digest:
+            raise refusal
+        return digest
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": digest, "settings": settings}
+    write_atomic(marker, json.dumps(record, default=str))
+    return digest
+
+
+def read_jsonl(
+    path: Path, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> list[dict[str, Any]]:
+    """The records of a JSONL log that a crash may have cut, in order.
+
+    A line that does not decode (the torn tail of a killed write) is dropped, and so is a record
+    that ``keep`` rejects (steps after the checkpoint a run resumes from). When anything was
+    dropped, or the file does not end with a newline, ``path`` is rewritten atomically to the
+    lines kept, so the next append starts on a fresh line. A missing file is an empty log.
+    """
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    records, lines, dropped = [], [], False
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped = True
+            continue
+        if keep is not None and not keep(record):
+            dropped = True
+            continue
+        records.append(record)
+        lines.append(line + "\n")
+    if dropped or (raw and not raw.endswith(b"\n")):
+        write_atomic(path, "".join(lines))
+    return records

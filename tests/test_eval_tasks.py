@@ -1,0 +1,106 @@
+"""Task kinds: specs told apart by ``kind``, and kinds added by plugins through entry points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hearthlm.errors import ConfigError
+from hearthlm.eval.runner import run_tasks
+from hearthlm.eval.tasks import (
+    Engines,
+    GenerateSpec,
+    MultipleChoiceSpec,
+    MultipleChoiceTask,
+    TaskSpec,
+    load_task,
+    make_task,
+    task_kinds,
+)
+
+PLUGIN = """
+from typing import Literal
+
+from hearthlm.eval.tasks import Task, TaskSpec
+
+
+class WordCountSpec(TaskSpec):
+    kind: Literal["word_count"] = "word_count"
+    most: int = 100
+
+
+class WordCountTask(Task[WordCountSpec]):
+    spec_class = WordCountSpec
+
+    def item(self, row, bad):
+        text = self._render(row, bad)
+        return None if text is None else self._item(row, {"text": text})
+
+    def predict(self, items, engines, progress):
+        for item in items:
+            progress(1)
+            words = min(len(item.data["text"].split()), self.spec.most)
+            yield {"id": item.id, "task": self.name, "words": words}
+
+    def aggregate(self, records):
+        return {"mean_words": sum(r["words"] for r in records) / len(records)}
+"""
+
+
+def install_plugin(tmp_path: Path, monkeypatch, entry: str) -> None:
+    """A real distribution on sys.path declaring ``entry`` under hearthlm.tasks."""
+    (tmp_path / "wordcount_tasks.py").write_text(PLUGIN, encoding="utf-8")
+    dist = tmp_path / "wordcount_tasks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Name: wordcount-tasks\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(f"[hearthlm.tasks]\n{entry}\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_plugin_kind_runs_from_a_task_file(tmp_path, monkeypatch):
+    install_plugin(tmp_path, monkeypatch, "word_count = wordcount_tasks:WordCountTask")
+    rows = [{"text": "one two three"}, {"text": "four five"}]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "words.yaml").write_text(
+        "name: words\nkind: word_count\ndata: texts.jsonl\ntemplate: '{text}'\nmost: 2\n"
+    )
+    spec = load_task(tmp_path / "words.yaml")
+    assert type(spec).__name__ == "WordCountSpec" and spec.data == tmp_path / "texts.jsonl"
+    task = make_task(spec)
+    assert type(task) is task_kinds()["word_count"]
+    engines = Engines(config=None, scorer=lambda: None, chat=lambda: None)
+    run = run_tasks("words", [task], engines, tmp_path / "run", provenance={}, progress=False)
+    assert run.scores["tasks"]["words"] == {"mean_words": 2.0}
+    # and the plugin's kind is refused with another kind's field, like a built-in one
+    (tmp_path / "bad.yaml").write_text("name: w\nkind: word_count\ndata: texts.jsonl\nk: 5\n")
+    with pytest.raises(ConfigError, match=r"word_count\.k"):
+        load_task(tmp_path / "bad.yaml")
+
+
+def test_an_entry_point_that_is_not_a_task_is_refused(tmp_path, monkeypatch):
+    install_plugin(tmp_path, monkeypatch, "word_count = wordcount_tasks:WordCountSpec")
+    with pytest.raises(ConfigError, match=r"'word_count'.*not a hearthlm\.eval\.tasks\.Task"):
+        task_kinds()
+
+
+def test_each_kind_has_only_its_own_fields(tmp_path):
+    (tmp_path / "mixed.yaml").write_text(
+        "name: q\nkind: generate\ndata: q.jsonl\nchoices: [a, b]\n"
+    )
+    with pytest.raises(ConfigError, match=r"generate\.choices.*not permitted"):
+        load_task(tmp_path / "mixed.yaml")
+    (tmp_path / "essay.yaml").write_text("name: q\nkind: essay\ndata: q.jsonl\n")
+    with pytest.raises(ConfigError, match=r"unknown task kind 'essay'; known kinds: .*gsm8k"):
+        load_task(tmp_path / "essay.yaml")
+
+
+def test_task_spec_builds_the_spec_of_its_kind():
+    spec = TaskSpec(name="q", kind="multiple_choice", data=Path("q.csv"), choices=["a", "b"])
+    assert isinstance(spec, MultipleChoiceSpec) and spec.choices == ["a", "b"]
+    assert isinstance(make_task(spec), MultipleChoiceTask)
+    summary = TaskSpec(name="s", kind="generate", data=Path("d.jsonl"), metrics=["rouge"])
+    assert isinstance(summary, GenerateSpec)
+    with pytest.raises(ConfigError, match="MultipleChoiceTask runs MultipleChoiceSpec"):
+        MultipleChoiceTask(summary)

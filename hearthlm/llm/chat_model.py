@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
@@ -95,11 +95,24 @@ class ChatHearth(BaseChatModel):
     ``bind_tools`` and ``with_structured_output``. Tool calls and structured output are generated
     under a JSON-schema grammar, so they are always well formed.
 
+    Any reply can be constrained: pass ``constraint=`` with the call or bind it, as a
+    :class:`~hearthlm.llm.backend.Constraint`, a GBNF grammar (``str``) or a JSON schema
+    (``dict``). It overrides bound tools and structured output. Per-call sampling options
+    (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ...) are read the
+    same way.
+
     Example:
         >>> chat = ChatHearth(max_new_tokens=16)  # the packaged SmolLM2 on llama.cpp, greedy
         >>> chat.invoke("What is the capital of France?").content  # doctest: +SKIP
         'The capital of France is Paris.'
+        >>> yes_no = chat.bind(constraint='root ::= "yes" | "no"')  # a GBNF grammar
+        >>> yes_no.invoke("Is Paris in France?").content  # doctest: +SKIP
+        'yes'
     """
+
+    # Read by hearthlm's chains (hearthlm.llm.chain.can_constrain): this model honours
+    # constraint= with each call.
+    accepts_constraints: ClassVar[bool] = True
 
     backend: str = "llamacpp"
     model: str | None = None
@@ -590,11 +603,24 @@ class ChatHearth(BaseChatModel):
 
 
 def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:
-    """A constraint given with the call (``constraint=``), which overrides tools and formats."""
-    if kwargs.get("grammar"):
-        return Constraint(grammar=kwargs["grammar"])
+    """The constraint given with the call (``constraint=``), which overrides tools and formats:
+    a :class:`Constraint`, a GBNF grammar (``str``) or a JSON schema (``dict``)."""
+    if "grammar" in kwargs:
+        raise ConfigError(
+            "grammar= is not a ChatHearth option; pass constraint=Constraint(grammar=...) "
+            "or constraint='<GBNF>'."
+        )
     constraint = kwargs.get("constraint")
-    return constraint if isinstance(constraint, Constraint) else None
+    if constraint is None or isinstance(constraint, Constraint):
+        return constraint
+    if isinstance(constraint, str):
+        return Constraint(grammar=constraint)
+    if isinstance(constraint, dict):
+        return Constraint(json_schema=strict_schema(constraint))
+    raise ConfigError(
+        f"constraint={constraint!r} is not a Constraint, a GBNF grammar (str) or a JSON schema "
+        "(dict)."
+    )
 
 
 def _distinct(tools: Sequence[Any]) -> list[Any]:

@@ -6,17 +6,29 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, Field
 
 from hearthlm.agents.calculator import CalculatorError, calculate
 from hearthlm.errors import ConfigError
 from hearthlm.gsm8k import extract_answer, normalise_number
-from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.backend import Constraint
+from hearthlm.llm.chain import (
+    Chain,
+    QuestionInput,
+    call_options,
+    can_constrain,
+    question_text,
+    structured_reply,
+    unwrap,
+)
 from hearthlm.llm.prompting import build_few_shot_prompt
 
 COT_INSTRUCTION = (
@@ -85,6 +97,21 @@ def _gsm8k_example(question: str, solution: str) -> Example | None:
     return Example(question, reasoning, expression, answer)
 
 
+def few_shot_messages(
+    chat: Any, question: str, pairs: list[tuple[str, str]], instruction: str
+) -> list[BaseMessage]:
+    """The few-shot prompt: on a model that states its context window (ChatHearth), as many
+    examples as fit it (:func:`~hearthlm.llm.prompting.build_few_shot_prompt`); on another model,
+    every example."""
+    model = unwrap(chat)
+    if hasattr(model, "context_window"):
+        return build_few_shot_prompt(model, question, pairs, instruction=instruction).messages
+    shots: list[BaseMessage] = []
+    for asked, answered in pairs:
+        shots += [HumanMessage(asked), AIMessage(answered)]
+    return [SystemMessage(instruction), *shots, HumanMessage(question)]
+
+
 @dataclass
 class CoTResult:
     """What :class:`ChainOfThought` returns: the normalised answer (None when no number was
@@ -96,8 +123,13 @@ class CoTResult:
     votes: dict[str, int] = field(default_factory=dict)
 
 
-class ChainOfThought:
+class ChainOfThought(Chain[str | QuestionInput, CoTResult]):
     """Few-shot chain of thought; with ``samples > 1``, self-consistency (majority vote).
+
+    A Runnable over any chat model: ``invoke``, ``batch``, ``astream`` and LCEL (``|``). The
+    sampling options (``temperature``, ``seed``, ``max_new_tokens``) are passed to a ChatHearth
+    with each call; another chat model samples with its own settings, so give it a temperature
+    above 0 for self-consistency.
 
     Example:
         >>> cot = ChainOfThought(ChatHearth(), gsm8k_examples(path))  # doctest: +SKIP
@@ -106,7 +138,7 @@ class ChainOfThought:
 
     def __init__(
         self,
-        chat: ChatHearth,
+        chat: BaseChatModel,
         examples: Sequence[Example],
         *,
         samples: int = 1,
@@ -123,31 +155,39 @@ class ChainOfThought:
         self.seed = seed
         self.max_new_tokens = max_new_tokens
 
-    def invoke(self, question: str) -> CoTResult:
-        prompt = build_few_shot_prompt(
+    def stream(
+        self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[CoTResult]:
+        """The :class:`CoTResult` once every sample is in."""
+        question = question_text(input)
+        messages = few_shot_messages(
             self.chat,
             question,
             [(e.question, e.reasoning) for e in self.examples],
-            instruction=COT_INSTRUCTION,
+            COT_INSTRUCTION,
         )
         if self.samples == 1:
-            text = self._reason(prompt.messages)
-            return CoTResult(extract_answer(text), text, [text])
+            text = self._reason(messages, config)
+            yield CoTResult(extract_answer(text), text, [text])
+            return
         texts = [
-            self._reason(prompt.messages, temperature=self.temperature, seed=self.seed + i)
+            self._reason(messages, config, temperature=self.temperature, seed=self.seed + i)
             for i in range(self.samples)
         ]
         answers = [a for a in map(extract_answer, texts) if a is not None]
         votes = Counter(answers)
         best = votes.most_common(1)[0][0] if votes else None
         reasoning = next((t for t in texts if extract_answer(t) == best), texts[0])
-        return CoTResult(best, reasoning, texts, dict(votes))
+        yield CoTResult(best, reasoning, texts, dict(votes))
 
-    def _reason(self, messages: list[BaseMessage], **sampling: Any) -> str:
+    def _reason(
+        self, messages: list[BaseMessage], config: RunnableConfig | None, **sampling: Any
+    ) -> str:
         """Stream one solution and stop as soon as its "The answer is N." sentence is complete;
         small models otherwise go on to invent the next question."""
+        options = call_options(self.chat, max_new_tokens=self.max_new_tokens, **sampling)
         text = ""
-        for chunk in self.chat.stream(messages, max_new_tokens=self.max_new_tokens, **sampling):
+        for chunk in self.chat.stream(messages, config, **options):
             text += str(chunk.content)
             if _ANSWER_DONE.search(text):
                 break
@@ -164,29 +204,56 @@ class ProgramResult:
     error: str | None = None
 
 
-class ProgramAided:
-    """The model writes one arithmetic expression (grammar-constrained); the calculator runs it."""
+class ArithmeticExpression(BaseModel):
+    """The program of a program-aided answer (the structured reply of a model that reads no
+    grammar)."""
 
-    def __init__(self, chat: ChatHearth, examples: Sequence[Example], max_new_tokens: int = 96):
+    expression: str = Field(
+        description="One arithmetic expression: numbers, + - * / and parentheses only"
+    )
+
+
+class ProgramAided(Chain[str | QuestionInput, ProgramResult]):
+    """The model writes one arithmetic expression; the calculator runs it.
+
+    On ChatHearth the expression is decoded under a grammar that admits only arithmetic. Another
+    chat model is asked for an :class:`ArithmeticExpression` by native tool calling, JSON mode,
+    or a parsed reply retried once (:func:`hearthlm.llm.chain.structured_reply`).
+    """
+
+    def __init__(
+        self, chat: BaseChatModel, examples: Sequence[Example], max_new_tokens: int = 96
+    ) -> None:
         self.chat = chat
         self.examples = list(examples)
         self.max_new_tokens = max_new_tokens
 
-    def invoke(self, question: str) -> ProgramResult:
-        prompt = build_few_shot_prompt(
+    def stream(
+        self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[ProgramResult]:
+        """The :class:`ProgramResult`."""
+        messages = few_shot_messages(
             self.chat,
-            question,
+            question_text(input),
             [(e.question, e.expression) for e in self.examples],
-            instruction=PAL_INSTRUCTION,
+            PAL_INSTRUCTION,
         )
-        reply = self.chat.invoke(
-            prompt.messages,
-            max_new_tokens=self.max_new_tokens,
-            grammar=EXPRESSION_GRAMMAR,
-            stop=["\n"],
-        )
-        expression = str(reply.content).strip()
+        if can_constrain(self.chat):
+            reply = self.chat.invoke(
+                messages,
+                config,
+                max_new_tokens=self.max_new_tokens,
+                constraint=Constraint(grammar=EXPRESSION_GRAMMAR),
+                stop=["\n"],
+            )
+            expression = str(reply.content).strip()
+        else:
+            program = structured_reply(self.chat, messages, ArithmeticExpression, config)
+            if program is None:
+                yield ProgramResult(None, "", "the model gave no readable expression")
+                return
+            expression = program.expression.strip()
         try:
-            return ProgramResult(normalise_number(calculate(expression)), expression)
+            yield ProgramResult(normalise_number(calculate(expression)), expression)
         except CalculatorError as exc:
-            return ProgramResult(None, expression, str(exc))
+            yield ProgramResult(None, expression, str(exc))

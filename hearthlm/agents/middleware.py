@@ -22,6 +22,7 @@ from typing import Any
 from langchain.agents.middleware import ToolErrorMiddleware, wrap_model_call
 from langchain_core.messages import ToolMessage
 
+from hearthlm.llm.backend import Constraint
 from hearthlm.llm.grammar import choice_gbnf
 from hearthlm.llm.spans import text_spans
 
@@ -40,7 +41,7 @@ def call_tools_then_answer(request: Any, handler: Callable[[Any], Any]) -> Any:
     settings = dict(request.model_settings)
     spans = text_spans(results)
     if getattr(request.model, "tool_arguments", None) == "copy" and spans:
-        settings["grammar"] = choice_gbnf(spans)
+        settings["constraint"] = Constraint(grammar=choice_gbnf(spans))
     return handler(request.override(tool_choice="none", model_settings=settings))
 
 

@@ -15,15 +15,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field
 
 from hearthlm.agents.tools import resolve_tools
 from hearthlm.llm.backend import Constraint
-from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.chain import (
+    Chain,
+    QuestionInput,
+    call_options,
+    can_constrain,
+    question_text,
+    structured_reply,
+    unwrap,
+)
 from hearthlm.llm.tools import call_schema
 
 FINAL = "final_answer"
@@ -93,8 +102,22 @@ class AgentResult:
         }
 
 
-class ReActAgent(Runnable[str, AgentResult]):
-    """A ReAct agent over ``ChatHearth`` and LangChain tools.
+class Action(BaseModel):
+    """One ReAct action: a tool name and its arguments (the structured reply of a chat model
+    that reads no grammar)."""
+
+    name: str = Field(description="The tool to call")
+    arguments: dict[str, Any] = Field(description="The tool's arguments")
+
+
+class ReActAgent(Chain[str | QuestionInput, AgentResult]):
+    """A ReAct agent over any chat model and LangChain tools.
+
+    On ChatHearth each action is decoded under the tools' JSON-schema grammar. Another chat model
+    gives its action by native tool calling (``bind_tools`` with ``tool_choice="any"``), else by
+    JSON mode, else as a parsed reply retried once (:func:`hearthlm.llm.chain.structured_reply`).
+    The thought is prefilled as a continuation of the assistant turn (``Thought:``), which a
+    remote chat API may read as a finished turn instead.
 
     Example:
         >>> agent = ReActAgent(ChatHearth(), [calculator_tool()])  # doctest: +SKIP
@@ -104,7 +127,7 @@ class ReActAgent(Runnable[str, AgentResult]):
 
     def __init__(
         self,
-        chat: ChatHearth,
+        chat: BaseChatModel,
         tools: Sequence[BaseTool | Callable[..., Any]],
         *,
         max_steps: int = 6,
@@ -129,7 +152,7 @@ class ReActAgent(Runnable[str, AgentResult]):
         self._first_specs = specs[:-1] if require_tool and len(specs) > 1 else specs
         # As in ChatHearth: copied arguments are spans of the question (tool arguments) and of
         # the observations (the final answer), so the answer cannot loop or drift.
-        self.tool_arguments = tool_arguments or getattr(chat, "tool_arguments", "write")
+        self.tool_arguments = tool_arguments or getattr(unwrap(chat), "tool_arguments", "write")
         listed = "\n".join(
             json.dumps(
                 {
@@ -148,21 +171,11 @@ class ReActAgent(Runnable[str, AgentResult]):
         """The system message every step is generated under (fine-tuning traces reuse it)."""
         return self._system
 
-    def invoke(
-        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AgentResult:
-        result = None
-        for item in self.stream(input, config):
-            if isinstance(item, AgentResult):
-                result = item
-        assert result is not None
-        return result
-
     def stream(  # type: ignore[override]
-        self, input: str, config: RunnableConfig | None = None, **kwargs: Any
+        self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Step | AgentResult]:
         """Each :class:`Step` as it completes, then the :class:`AgentResult`."""
-        question = input
+        question = question_text(input)
         start = time.perf_counter()
         steps: list[Step] = []
         tokens = 0
@@ -182,17 +195,14 @@ class ReActAgent(Runnable[str, AgentResult]):
                 self._messages(question, scratchpad + "Thought:"),
                 config,
                 stop=["\n", "Action:", "Observation:"],
-                max_new_tokens=self.thought_tokens,
+                **call_options(self.chat, max_new_tokens=self.thought_tokens),
             )
             thought = str(thought_msg.content).strip()
             prefix = f"{scratchpad}Thought: {thought}\nAction: "
-            constraint = self._action_constraint(question, steps)
-            action_msg = self.chat.invoke(
-                self._messages(question, prefix), config, constraint=constraint
-            )
-            step_tokens = _tokens(thought_msg) + _tokens(action_msg)
+            action_text, action_tokens = self._act(question, steps, prefix, config)
+            step_tokens = _tokens(thought_msg) + action_tokens
             tokens += step_tokens
-            name, args, valid = _parse(str(action_msg.content))
+            name, args, valid = _parse(action_text)
             key = json.dumps([name, args], sort_keys=True)
             if name == FINAL and valid:
                 answer, observation, reason = str(args.get("answer", "")), "", "final_answer"
@@ -207,6 +217,31 @@ class ReActAgent(Runnable[str, AgentResult]):
             if reason in ("final_answer", "repeated_action"):
                 break
         yield AgentResult(question, answer, reason, steps, time.perf_counter() - start, tokens)
+
+    def _act(
+        self, question: str, steps: list[Step], prefix: str, config: RunnableConfig | None
+    ) -> tuple[str, int]:
+        """The step's action as JSON text, and the tokens it took."""
+        messages = self._messages(question, prefix)
+        if can_constrain(self.chat):
+            constraint = self._action_constraint(question, steps)
+            reply = self.chat.invoke(messages, config, constraint=constraint)
+            return str(reply.content), _tokens(reply)
+        specs = self._specs if steps else self._first_specs
+        try:
+            caller = self.chat.bind_tools(specs, tool_choice="any")
+        except NotImplementedError:
+            caller = None  # no native tool calling: JSON mode, then a parsed reply
+        if caller is not None:
+            reply = caller.invoke(messages, config)
+            calls = getattr(reply, "tool_calls", None) or []
+            if calls:
+                action = {"name": calls[0]["name"], "arguments": calls[0]["args"]}
+                return json.dumps(action), _tokens(reply)
+        found = structured_reply(
+            self.chat, messages, Action, config, methods=("json_mode", "parse")
+        )
+        return (found.model_dump_json() if found else ""), 0
 
     def _action_constraint(self, question: str, steps: list[Step]) -> Constraint:
         specs = self._specs if steps else self._first_specs

@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -26,8 +26,9 @@ from langchain_core.messages import (
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import Field, PrivateAttr, ValidationError
 
 from hearthlm.config import (
     HearthConfig,
@@ -43,6 +44,8 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
+from hearthlm.llm.grammar import choice_gbnf
+from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
 from hearthlm.llm.tools import (
@@ -58,6 +61,11 @@ from hearthlm.llm.tools import (
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
 TEXT_ONLY = f"root ::= {TEXT_REPLY}\n"  # plain text that cannot open a JSON tool call
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
+# A tool decision: the reply opens as a call, and the model chooses the name (or "none").
+CALL_OPENING = '{"name": "'
+CHOICE_TOKENS = 16
+# JSON mode, in OpenAI's words: the reply is a JSON object, of any shape.
+JSON_OBJECT: dict[str, Any] = {"type": "json_object"}
 
 
 @dataclass
@@ -87,11 +95,24 @@ class ChatHearth(BaseChatModel):
     ``bind_tools`` and ``with_structured_output``. Tool calls and structured output are generated
     under a JSON-schema grammar, so they are always well formed.
 
+    Any reply can be constrained: pass ``constraint=`` with the call or bind it, as a
+    :class:`~hearthlm.llm.backend.Constraint`, a GBNF grammar (``str``) or a JSON schema
+    (``dict``). It overrides bound tools and structured output. Per-call sampling options
+    (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ...) are read the
+    same way.
+
     Example:
         >>> chat = ChatHearth(max_new_tokens=16)  # the packaged SmolLM2 on llama.cpp, greedy
         >>> chat.invoke("What is the capital of France?").content  # doctest: +SKIP
         'The capital of France is Paris.'
+        >>> yes_no = chat.bind(constraint='root ::= "yes" | "no"')  # a GBNF grammar
+        >>> yes_no.invoke("Is Paris in France?").content  # doctest: +SKIP
+        'yes'
     """
+
+    # Read by hearthlm's chains (hearthlm.llm.chain.can_constrain): this model honours
+    # constraint= with each call.
+    accepts_constraints: ClassVar[bool] = True
 
     backend: str = "llamacpp"
     model: str | None = None
@@ -120,6 +141,14 @@ class ChatHearth(BaseChatModel):
         description="End a free-text reply once it repeats one phrase three times in a row "
         "(finish_reason 'repetition'), instead of letting it loop to its length cap.",
     )
+    tool_decision: Literal["choose", "write"] = Field(
+        "choose",
+        description="With tools bound and tool_choice 'auto', how a reply to a user message "
+        "decides between calling a tool and answering. 'choose': the model first chooses a "
+        "tool name or 'none' under a grammar, then writes that call or a text answer; a small "
+        "model otherwise almost always starts writing prose. 'write': the reply opens freely "
+        "with text or a call (better for larger models).",
+    )
     tool_arguments: Literal["copy", "write"] = Field(
         "copy",
         description="How tool-call arguments and structured-output fields are decoded. 'copy': "
@@ -133,6 +162,8 @@ class ChatHearth(BaseChatModel):
     _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, **data: Any) -> None:
+        if "max_tokens" in data:  # LangChain's standard name for the reply's token cap
+            data.setdefault("max_new_tokens", data.pop("max_tokens"))
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -161,6 +192,20 @@ class ChatHearth(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*_LLM_FIELDS, *_SAMPLING_FIELDS)}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        """Tracing metadata: provider, model name, temperature, token cap and stop sequences."""
+        params = LangSmithParams(
+            ls_provider="hearthlm",
+            ls_model_name=kwargs.get("model")
+            or (Path(self.model).name if self.model else DEFAULT_MODEL_NAME),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+        )
+        if stop:
+            params["ls_stop"] = stop
+        return params
 
     @property
     def llm_config(self) -> LLMConfig:
@@ -340,20 +385,54 @@ class ChatHearth(BaseChatModel):
     # -- prompt building ---------------------------------------------------------------------
 
     def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Prepared:
+        if kwargs.get("model") is not None:
+            raise ConfigError(
+                f"model={kwargs['model']!r} was passed with a call, but ChatHearth serves the one "
+                "model it loaded. Make another ChatHearth(model=...) for another model."
+            )
         tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
+        text_only = bool(kwargs.get("tools")) and kwargs.get("tool_choice") == "none"
         response_format = kwargs.get("response_format")
-        constraint = kwargs.get("constraint")  # low level: a Constraint as is
-        if kwargs.get("grammar"):
-            constraint = Constraint(grammar=kwargs["grammar"])
+        explicit = _explicit_constraint(kwargs)
+        fitted, ids, dropped = self._fit(messages, tools, response_format, tools_optional)
+        if (
+            explicit is None
+            and tools
+            and tools_optional
+            and self.tool_decision == "choose"
+            and isinstance(fitted[-1], HumanMessage)
+        ):
+            chosen = self._choose_tool(fitted, tools, kwargs)
+            tools, tools_optional, text_only = (
+                ([chosen], False, False) if chosen else ([], True, True)
+            )
+            rendered = self._template_messages(fitted, tools, None, tools_optional or not tools)
+            ids = self._prompt_ids(rendered)
+        constraint = explicit
+        if constraint is not None:
+            pass
         elif tools:
             schema = call_schema(tools, self._copy_source(messages))
             constraint = Constraint(schema, allow_text=tools_optional)
-        elif kwargs.get("tools") and kwargs.get("tool_choice") == "none":
+        elif text_only:
             constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
+        elif response_format == JSON_OBJECT:
+            constraint = Constraint({"type": "object"})  # JSON mode: the keys are written
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
             source = self._copy_source(messages)
             constraint = Constraint(schema if source is None else copy_schema(schema, source))
+        return _Prepared(ids, constraint, bool(tools), dropped)
+
+    def _fit(
+        self,
+        messages: list[BaseMessage],
+        tools: list[dict[str, Any]],
+        response_format: Any,
+        tools_optional: bool,
+    ) -> tuple[list[BaseMessage], list[int], int]:
+        """The messages that fit the context window, their prompt ids, and how many were
+        dropped (only with ``truncation="drop_oldest"``)."""
         messages = list(messages)
         dropped = 0
         while True:
@@ -362,7 +441,7 @@ class ChatHearth(BaseChatModel):
             )
             ids = self._prompt_ids(rendered)
             if len(ids) < self.context_window:
-                return _Prepared(ids, constraint, bool(tools), dropped)
+                return messages, ids, dropped
             droppable = [i for i, m in enumerate(messages[:-1]) if not isinstance(m, SystemMessage)]
             if self.truncation != "drop_oldest" or not droppable:
                 raise ContextWindowError(
@@ -372,6 +451,30 @@ class ChatHearth(BaseChatModel):
                 )
             del messages[droppable[0]]
             dropped += 1
+
+    def _choose_tool(
+        self, messages: list[BaseMessage], tools: list[dict[str, Any]], kwargs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The tool the model chooses to call for the user's message, or None to answer in text.
+
+        The reply is prefilled with the opening of a call, ``{"name": "``, and the model chooses
+        the name among the bound tools and ``none`` under a grammar: a choice a small model makes
+        well, where opening a call on its own it mostly starts writing prose instead.
+        """
+        names = [t["function"]["name"] for t in tools]
+        pass_name = next(n for n in ("none", "no_tool", "no_tool_call") if n not in names)
+        prefill = AIMessage(CALL_OPENING)
+        rendered = self._template_messages([*messages, prefill], tools, None, True)
+        prepared = _Prepared(
+            self._prompt_ids(rendered),
+            Constraint(grammar=choice_gbnf([*names, pass_name])),
+            False,
+            0,
+        )
+        outcome = _Outcome()
+        sampling = self._sampling({**kwargs, "max_new_tokens": CHOICE_TOKENS})
+        chosen = "".join(self._deltas(prepared, sampling, None, outcome)).strip()
+        return next((t for t in tools if t["function"]["name"] == chosen), None)
 
     def _copy_source(self, messages: list[BaseMessage]) -> list[str] | None:
         """The texts that arguments are copied from (the user's messages and tool results), or
@@ -392,6 +495,8 @@ class ChatHearth(BaseChatModel):
         extra = ""
         if tools:
             extra = tools_instructions(tools, required=not tools_optional)
+        elif response_format == JSON_OBJECT:
+            extra = "Reply with only a JSON object."
         elif response_format is not None:
             schema = json.dumps(_json_schema_of(response_format).get("properties", {}))
             extra = f"Reply with only a JSON object with these fields: {schema}"
@@ -448,33 +553,41 @@ class ChatHearth(BaseChatModel):
             tool_choice: ``"auto"`` (default: call a tool or answer), ``"any"``/``"required"``
                 (must call one), a tool name (must call that one), or ``"none"``.
         """
-        formatted = format_tools(tools)
+        formatted = format_tools(_distinct(tools))
         select_tools(formatted, tool_choice)  # validate the choice now, not at first call
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(
         self,
-        schema: dict[str, Any] | type,
+        schema: dict[str, Any] | type | None = None,
         *,
         include_raw: bool = False,
-        method: Literal["json_schema", "function_calling"] = "json_schema",
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
-        """Replies parsed into ``schema`` (a pydantic class, TypedDict or JSON schema).
+        """Replies parsed into ``schema`` (a pydantic v2 or v1 class, TypedDict or JSON schema).
 
         ``json_schema`` constrains the reply to the schema itself; ``function_calling`` makes it a
-        forced call of a tool with that schema.
+        forced call of a tool with that schema; ``json_mode`` constrains the reply to a JSON
+        object of any shape (the prompt must say which keys), parsed into ``schema`` if given.
         """
-        is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
-        if method == "function_calling":
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        if method != "json_schema":
+        if method not in ("json_schema", "function_calling", "json_mode"):
             raise ConfigError(
-                f"unknown method {method!r}; use 'json_schema' or 'function_calling'."
+                f"unknown method {method!r}; use 'json_schema', 'function_calling' or 'json_mode'."
             )
-        llm = self.bind(response_format=_json_schema_of(schema))
+        if schema is None and method != "json_mode":
+            raise ConfigError(f"method={method!r} needs a schema; pass one or use 'json_mode'.")
+        if method == "function_calling":
+            return super().with_structured_output(schema or {}, include_raw=include_raw, **kwargs)
+        traced = {"kwargs": {"method": method}}
+        if schema is not None:
+            traced["schema"] = convert_to_json_schema(schema)
+        response_format = JSON_OBJECT if method == "json_mode" else _json_schema_of(schema)
+        llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
         parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+            PydanticOutputParser(pydantic_object=schema)
+            if isinstance(schema, type) and is_basemodel_subclass(schema)
+            else JsonOutputParser()
         )
         if not include_raw:
             return llm | parser
@@ -487,7 +600,52 @@ class ChatHearth(BaseChatModel):
         )
 
 
+def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:
+    """The constraint given with the call (``constraint=``), which overrides tools and formats:
+    a :class:`Constraint`, a GBNF grammar (``str``) or a JSON schema (``dict``)."""
+    if "grammar" in kwargs:
+        raise ConfigError(
+            "grammar= is not a ChatHearth option; pass constraint=Constraint(grammar=...) "
+            "or constraint='<GBNF>'."
+        )
+    constraint = kwargs.get("constraint")
+    if constraint is None or isinstance(constraint, Constraint):
+        return constraint
+    if isinstance(constraint, str):
+        return Constraint(grammar=constraint)
+    if isinstance(constraint, dict):
+        return Constraint(json_schema=strict_schema(constraint))
+    raise ConfigError(
+        f"constraint={constraint!r} is not a Constraint, a GBNF grammar (str) or a JSON schema "
+        "(dict)."
+    )
+
+
+def _distinct(tools: Sequence[Any]) -> list[Any]:
+    """``tools`` with repeats of one definition dropped: a pydantic class and its own JSON schema
+    differ only in ``title`` annotations, and are the same tool. Different tools that share a name
+    stay, for :func:`format_tools` to refuse."""
+    kept: list[Any] = []
+    seen: set[str] = set()
+    for tool in tools:
+        key = json.dumps(_untitled(convert_to_openai_tool(tool)), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            kept.append(tool)
+    return kept
+
+
+def _untitled(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _untitled(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
+
+
 def _json_schema_of(schema: Any) -> dict[str, Any]:
+    if schema == JSON_OBJECT:
+        return {"type": "object"}
     if isinstance(schema, dict) and "function" not in schema and "properties" in schema:
         return schema
     return dict(convert_to_openai_tool(schema)["function"]["parameters"])

@@ -6,10 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from langchain_community.chat_message_histories import SQLChatMessageHistory
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
+from hearthlm.llm.chain import Chain, QuestionInput, call_options, question_text
 from hearthlm.retrieval.rag import Answer, DocsQA
 
 REWRITE = (
@@ -19,8 +22,11 @@ REWRITE = (
 HISTORY_TURNS = 6  # earlier messages shown to the rewriter
 
 
-class DocsChat:
-    """A chat session over documents.
+class DocsChat(Chain[str | QuestionInput, Answer]):
+    """A chat session over documents, on the chat model of its :class:`DocsQA` (any chat model).
+
+    A Runnable: ``invoke`` (the same as ``ask``), ``batch``, ``astream`` and LCEL (``|``); its
+    ``stream`` yields text deltas, then the :class:`Answer`. Each turn joins the session's history.
 
     Example:
         >>> chat = DocsChat(qa, Path("history.sqlite"))  # doctest: +SKIP
@@ -40,7 +46,7 @@ class DocsChat:
     def messages(self) -> list[BaseMessage]:
         return list(self.history.messages)
 
-    def standalone(self, question: str) -> str:
+    def standalone(self, question: str, config: RunnableConfig | None = None) -> str:
         """``question`` rewritten with the history; unchanged on the first turn."""
         past = self.messages[-HISTORY_TURNS:]
         if not past:
@@ -52,13 +58,17 @@ class DocsChat:
             SystemMessage(REWRITE),
             HumanMessage(f"{transcript}\nUser: {question}\n\nRewritten question:"),
         ]
-        rewritten = str(self.qa.chat.invoke(prompt, max_new_tokens=48, stop=["\n"]).content)
+        options = call_options(self.qa.chat, max_new_tokens=48)
+        rewritten = str(self.qa.chat.invoke(prompt, config, stop=["\n"], **options).content)
         return rewritten.strip() or question
 
-    def stream(self, question: str) -> Iterator[str | Answer]:
+    def stream(  # type: ignore[override]
+        self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[str | Answer]:
         """Text deltas of the answer, then the :class:`Answer`; the turn is saved at the end."""
-        standalone = self.standalone(question)
-        for item in self.qa.stream(standalone):
+        question = question_text(input)
+        standalone = self.standalone(question, config)
+        for item in self.qa.stream(standalone, config):
             if isinstance(item, Answer):
                 item.question = question
                 item.standalone_question = standalone
@@ -66,9 +76,5 @@ class DocsChat:
             yield item
 
     def ask(self, question: str) -> Answer:
-        answer = None
-        for item in self.stream(question):
-            if isinstance(item, Answer):
-                answer = item
-        assert answer is not None
-        return answer
+        """Answer ``question`` in this session (``invoke`` under its older name)."""
+        return self.invoke(question)

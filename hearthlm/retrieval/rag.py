@@ -21,12 +21,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 from hearthlm.errors import ConfigError, ContextWindowError
-from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.backend import Constraint
+from hearthlm.llm.chain import Chain, can_constrain, question_text, structured_reply, unwrap
 from hearthlm.retrieval import reader
 from hearthlm.retrieval.grounding import CITATION, unsupported
 from hearthlm.retrieval.reader import Quote
@@ -100,13 +105,33 @@ class Answer:
         }
 
 
-class DocsQA:
+class QAInput(TypedDict):
+    """The input of :class:`DocsQA` as a mapping; a plain ``str`` question works too."""
+
+    question: str
+    history: NotRequired[Sequence[BaseMessage]]  # earlier turns of the same conversation
+
+
+class CitedSentence(BaseModel):
+    """A ``constrained`` answer from a chat model that reads no grammar."""
+
+    source: int = Field(description="The number of the source that answers the question")
+    sentence: str = Field(description="One sentence that answers the question from that source")
+
+
+class DocsQA(Chain[str | QAInput, Answer]):
     """Question answering over a document index, with cited sources.
 
+    A Runnable over any chat model: ``invoke``, ``batch``, ``astream`` and LCEL (``|``). Its
+    ``stream`` yields text deltas, then the :class:`Answer`; in an LCEL sequence the
+    :class:`Answer` alone flows on.
+
     Args:
-        chat: the chat model. Quote answers and the ``constrained`` grammar need hearthlm's
-            :class:`ChatHearth`; with any other chat model the quote reader keeps its ranking's
-            choice, and ``auto`` writes freely and checks the answer's grounding.
+        chat: the chat model. Quote answers and the ``constrained`` grammar read best on
+            hearthlm's ChatHearth; with a chat model that reads no constraint the quote reader
+            keeps its ranking's choice, ``auto`` writes freely and checks the answer's
+            grounding, and ``constrained`` asks for a :class:`CitedSentence` by native tool
+            calling, JSON mode, or a parsed reply retried once.
         retriever: where the sources come from.
         min_relevance: for written answers, below this cosine similarity no chunk counts,
             and with none left the answer is "I don't know" without a model call. Quote
@@ -135,7 +160,7 @@ class DocsQA:
 
     def __init__(
         self,
-        chat: ChatHearth,
+        chat: BaseChatModel,
         retriever: HybridRetriever,
         min_relevance: float = 0.3,
         max_sources: int | None = None,
@@ -170,22 +195,22 @@ class DocsQA:
         """The answer mode in effect (``auto`` resolved for this chat model)."""
         if self.answer != "auto":
             return self.answer
-        if not isinstance(self.chat, ChatHearth):
+        if not can_constrain(self.chat):
             return "free"
-        return "quote" if self.chat.model is None else "constrained"
+        return "quote" if getattr(unwrap(self.chat), "model", None) is None else "constrained"
 
-    def invoke(self, question: str, history: Sequence[BaseMessage] = ()) -> Answer:
-        """Answer ``question``; ``history`` is earlier turns of the same conversation."""
-        final = None
-        for item in self.stream(question, history):
-            if isinstance(item, Answer):
-                final = item
-        if final is None:  # stream always ends with an Answer
-            raise RuntimeError("the answer stream ended without an answer")
-        return final
-
-    def stream(self, question: str, history: Sequence[BaseMessage] = ()) -> Iterator[str | Answer]:
-        """Text deltas as the answer is made, then the finished :class:`Answer`."""
+    def stream(  # type: ignore[override]
+        self,
+        input: str | QAInput,
+        config: RunnableConfig | None = None,
+        history: Sequence[BaseMessage] = (),
+        **kwargs: Any,
+    ) -> Iterator[str | Answer]:
+        """Text deltas as the answer is made, then the finished :class:`Answer`. ``history``
+        (or the input's ``history``) is earlier turns of the same conversation."""
+        question = question_text(input)
+        if isinstance(input, dict):
+            history = input.get("history", history)
         mode = self.mode
         if not question.strip():
             yield NO_ANSWER
@@ -212,7 +237,7 @@ class DocsQA:
             yield answer.text
             yield answer
             return
-        yield from self._write(question, sources, messages, mode)
+        yield from self._write(question, sources, messages, mode, config)
 
     def quote(self, question: str, sources: list[Source]) -> Answer:
         """The quote answer over already packed ``sources``: the sentence the model chooses among
@@ -228,22 +253,17 @@ class DocsQA:
         return Answer(question, text, sources, cited, mode="quote", quotes=quotes)
 
     def _write(
-        self, question: str, sources: list[Source], messages: list[BaseMessage], mode: str
+        self,
+        question: str,
+        sources: list[Source],
+        messages: list[BaseMessage],
+        mode: str,
+        config: RunnableConfig | None = None,
     ) -> Iterator[str | Answer]:
         """A written answer: deltas as the model writes, then the checked :class:`Answer`."""
-        options: dict[str, Any] = {}
-        if mode == "constrained":
-            if not isinstance(self.chat, ChatHearth):
-                raise ConfigError(
-                    f"answer='constrained' needs hearthlm's ChatHearth, which reads grammars; "
-                    f"{type(self.chat).__name__} does not. Use answer='free' or 'quote'."
-                )
-            numbers = " | ".join(f'"{s.number}"' for s in sources)
-            options["grammar"] = CITED_SENTENCE.format(numbers=numbers)
         replace = self.on_ungrounded == "quote"
         parts = []
-        for chunk in self.chat.stream(messages, **options):
-            text = str(chunk.content)
+        for text in self._written(sources, messages, mode, config):
             parts.append(text)
             if text and not replace:  # a reply that may be replaced is shown once checked
                 yield text
@@ -262,6 +282,29 @@ class DocsQA:
             yield answer.text
         yield answer
 
+    def _written(
+        self,
+        sources: list[Source],
+        messages: list[BaseMessage],
+        mode: str,
+        config: RunnableConfig | None,
+    ) -> Iterator[str]:
+        """The model's text: free, or one cited sentence (under a grammar on a chat model that
+        reads one, else as a :class:`CitedSentence` through the structured-reply fallbacks)."""
+        if mode != "constrained":
+            for chunk in self.chat.stream(messages, config):
+                yield str(chunk.content)
+            return
+        if can_constrain(self.chat):
+            numbers = " | ".join(f'"{s.number}"' for s in sources)
+            grammar = Constraint(grammar=CITED_SENTENCE.format(numbers=numbers))
+            for chunk in self.chat.stream(messages, config, constraint=grammar):
+                yield str(chunk.content)
+            return
+        cited = structured_reply(self.chat, messages, CitedSentence, config)
+        if cited is not None:
+            yield f"[{cited.source}] {cited.sentence.strip()}"
+
     def _embeddings(self) -> Any:
         index = getattr(self.retriever, "index", None)
         return getattr(index, "embeddings", None)
@@ -271,14 +314,15 @@ class DocsQA:
     ) -> tuple[list[Source], list[BaseMessage]]:
         """As many of the best chunks as fit the context, counted in the chat model's tokens.
         A chat model that does not say its context window (a remote one) gets every chunk."""
-        window = getattr(self.chat, "context_window", None)
-        budget = window - int(getattr(self.chat, "max_new_tokens", 0)) if window else None
+        model = unwrap(self.chat)
+        window = getattr(model, "context_window", None)
+        budget = window - int(getattr(model, "max_new_tokens", 0)) if window else None
         sources: list[Source] = []
         messages = _messages([], question, history)
         for hit in hits:
             candidate = Source.from_hit(len(sources) + 1, hit)
             trial = _messages([*sources, candidate], question, history)
-            if budget is not None and self.chat.get_num_tokens_from_messages(trial) > budget:
+            if budget is not None and model.get_num_tokens_from_messages(trial) > budget:
                 continue  # a later, shorter chunk may still fit
             sources.append(candidate)
             messages = trial

@@ -119,9 +119,14 @@ class HybridRetriever(BaseRetriever):
         return cls(index=index, **values)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
     ) -> list[Document]:
-        return [hit.to_document() for hit in self.search(query)]
+        """``retriever.invoke(query, k=3)`` overrides ``k`` for one call."""
+        return [hit.to_document() for hit in self.search(query, k=k)]
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """The best ``k`` chunks for ``query``, best first."""

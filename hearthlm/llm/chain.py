@@ -1,0 +1,232 @@
+"""What hearthlm's chains share: they run on any LangChain chat model, and compose in LCEL.
+
+Constraints. :class:`~hearthlm.llm.chat_model.ChatHearth` reads a
+:class:`~hearthlm.llm.backend.Constraint` (a GBNF grammar or a JSON schema) passed with the call,
+the one documented way to constrain a reply::
+
+    chat.bind(constraint=Constraint(grammar='root ::= "yes" | "no"')).invoke("Is it raining?")
+    chat.invoke(messages, constraint=Constraint(json_schema={"type": "object", ...}))
+
+A chat model that reads no constraint (``ChatOpenAI``, ``ChatOllama``, ...) gets a structured
+reply by :func:`structured_reply`'s fallbacks, in this order: native tool calling, JSON mode, then
+a plain reply parsed into the schema and, if it cannot be read, asked once more with the error.
+
+Chains. :class:`Chain` is the Runnable base of the chains: ``stream`` yields progress (text
+deltas, agent steps) and ends with the output, ``invoke`` returns that output, and in an LCEL
+sequence (``chain | next_step``) or through ``astream_events`` only the output flows on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, TypeVar
+
+from langchain_core.exceptions import OutputParserException
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import PydanticOutputParser
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables.config import run_in_executor
+from pydantic import BaseModel, ValidationError
+from typing_extensions import TypedDict
+
+from hearthlm.errors import ConfigError
+
+Input = TypeVar("Input")
+Output = TypeVar("Output")
+Schema = TypeVar("Schema", bound=BaseModel)
+
+# What a chat model may raise when it lacks a structured-output method.
+_UNSUPPORTED = (NotImplementedError, ValueError, TypeError)
+# What a reply that does not fit the schema raises.
+_UNREADABLE = (OutputParserException, ValidationError, ValueError, TypeError, KeyError)
+FALLBACKS = ("function_calling", "json_mode", "parse")
+
+
+class QuestionInput(TypedDict):
+    """A chain's input as a mapping; a plain ``str`` question works too."""
+
+    question: str
+
+
+def question_text(input: Any) -> str:
+    """The question of a chain input: a ``str`` or a mapping with a ``question``.
+
+    Raises:
+        ConfigError: the input is neither.
+    """
+    if isinstance(input, str):
+        return input
+    if isinstance(input, dict) and isinstance(input.get("question"), str):
+        return input["question"]
+    raise ConfigError(f"expected a question (str) or {{'question': str}}, got {input!r}")
+
+
+def unwrap(chat: Any) -> Any:
+    """The chat model under any ``.bind(...)`` layers."""
+    while isinstance(chat, RunnableBinding):
+        chat = chat.bound
+    return chat
+
+
+def can_constrain(chat: Any) -> bool:
+    """Whether ``chat`` reads a ``constraint=`` (a grammar or JSON schema) with each call.
+
+    A chat model class says so with ``accepts_constraints = True``; ChatHearth does.
+    """
+    return bool(getattr(unwrap(chat), "accepts_constraints", False))
+
+
+def call_options(chat: Any, **options: Any) -> dict[str, Any]:
+    """``options`` (a constraint, per-call sampling such as ``max_new_tokens``, ``temperature``,
+    ``seed``) for a chat model that reads them with the call; none for another model, which
+    keeps the settings it was made with."""
+    if not can_constrain(chat):
+        return {}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def structured_reply(
+    chat: BaseChatModel | Runnable[Any, Any],
+    messages: Sequence[BaseMessage],
+    schema: type[Schema],
+    config: RunnableConfig | None = None,
+    *,
+    methods: Sequence[str] = FALLBACKS,
+) -> Schema | None:
+    """The reply of a chat model that reads no constraint, as a ``schema`` instance.
+
+    Tries, in order, each of ``methods`` the model has: ``function_calling`` (native tool
+    calling), ``json_mode``, and ``parse`` (a plain reply with format instructions, parsed;
+    when it cannot be read, the model is told why and asked once more). None when every method
+    fails.
+
+    Example:
+        >>> class Expression(BaseModel):
+        ...     expression: str
+        >>> structured_reply(ChatOpenAI(), messages, Expression)  # doctest: +SKIP
+        Expression(expression='12 * 7')
+    """
+    for method in methods:
+        if method == "parse":
+            return _parse_and_retry(chat, messages, schema, config)
+        runnable = _structured(chat, schema, method)
+        if runnable is None:
+            continue  # the model has no such method
+        try:
+            result = runnable.invoke(list(messages), config)
+        except (*_UNSUPPORTED, *_UNREADABLE):
+            continue
+        try:
+            return schema.model_validate(result)
+        except ValidationError:
+            continue
+    return None
+
+
+def _structured(chat: Any, schema: type[BaseModel], method: str) -> Runnable[Any, Any] | None:
+    """``chat.with_structured_output`` by ``method``, or None when the model lacks it.
+
+    LangChain's base class takes no ``method`` and always calls tools; a chat model that
+    inherits it and has ``bind_tools`` therefore has native tool calling under no name.
+    """
+    try:
+        return chat.with_structured_output(schema, method=method)
+    except _UNSUPPORTED:
+        pass
+    model = unwrap(chat)
+    inherited = type(model).with_structured_output is BaseChatModel.with_structured_output
+    has_tools = type(model).bind_tools is not BaseChatModel.bind_tools
+    if method == "function_calling" and inherited and has_tools:
+        return chat.with_structured_output(schema)
+    return None
+
+
+def _parse_and_retry(
+    chat: Any, messages: Sequence[BaseMessage], schema: type[Schema], config: RunnableConfig | None
+) -> Schema | None:
+    parser: PydanticOutputParser[Schema] = PydanticOutputParser(pydantic_object=schema)
+    asked = _with_note(messages, parser.get_format_instructions())
+    reply = chat.invoke(asked, config)
+    try:
+        return parser.invoke(reply, config)
+    except _UNREADABLE as exc:
+        error = str(exc).splitlines()[0]
+    again = [
+        *asked,
+        AIMessage(str(reply.content)),
+        HumanMessage(f"That reply could not be read ({error}). Reply with only the JSON object."),
+    ]
+    try:
+        return parser.invoke(chat.invoke(again, config), config)
+    except _UNREADABLE:
+        return None
+
+
+def _with_note(messages: Sequence[BaseMessage], note: str) -> list[BaseMessage]:
+    """``messages`` with ``note`` added to the last user message (or as a new one)."""
+    out = list(messages)
+    if out and isinstance(out[-1], HumanMessage) and isinstance(out[-1].content, str):
+        out[-1] = HumanMessage(f"{out[-1].content}\n\n{note}")
+    else:
+        out.append(HumanMessage(note))
+    return out
+
+
+class Chain(Runnable[Input, Output]):
+    """A Runnable whose ``stream`` yields progress items and ends with its output.
+
+    Subclasses implement :meth:`stream` (progress, then exactly one output as the last item).
+    ``invoke``, ``batch``, ``ainvoke``, ``abatch`` and ``astream`` follow
+    from it; in an LCEL sequence only the output flows on to the next step.
+    """
+
+    def stream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        """Progress items, then the output as the last item."""
+        raise NotImplementedError
+
+    def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
+        final: Any = None
+        for item in self.stream(input, config, **kwargs):
+            final = item
+        if not isinstance(final, self.OutputType):
+            raise RuntimeError(f"{type(self).__name__}.stream ended without its output")
+        return final
+
+    async def ainvoke(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Output:
+        return await run_in_executor(config, self.invoke, input, config, **kwargs)
+
+    async def astream(
+        self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        """The items of :meth:`stream`, each as it is made, without blocking the event loop."""
+        items = self.stream(input, config, **kwargs)
+        done = object()
+        while True:
+            item = await run_in_executor(config, next, items, done)
+            if item is done:
+                return
+            yield item
+            await asyncio.sleep(0)
+
+    def transform(
+        self, input: Iterator[Input], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Output]:
+        """In a sequence: the whole input, then the output alone."""
+        final: Any = None
+        for chunk in input:
+            final = chunk if final is None else final + chunk
+        yield self.invoke(final, config, **kwargs)
+
+    async def atransform(
+        self, input: AsyncIterator[Input], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Output]:
+        final: Any = None
+        async for chunk in input:
+            final = chunk if final is None else final + chunk
+        yield await self.ainvoke(final, config, **kwargs)

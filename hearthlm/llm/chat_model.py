@@ -26,6 +26,7 @@ from langchain_core.messages import (
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import Field, PrivateAttr, ValidationError
@@ -623,16 +624,24 @@ def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:
 
 def _distinct(tools: Sequence[Any]) -> list[Any]:
     """``tools`` with repeats of one definition dropped: a pydantic class and its own JSON schema
-    differ only in ``title`` annotations, and are the same tool. Different tools that share a name
-    stay, for :func:`format_tools` to refuse."""
+    differ only in ``title`` annotations, and are the same tool. Two runnable tools (functions or
+    LangChain tools) that share a name stay, even with one schema: a call could not say which one
+    runs, so :func:`format_tools` refuses them."""
     kept: list[Any] = []
-    seen: set[str] = set()
+    runnable: dict[str, bool] = {}
     for tool in tools:
         key = json.dumps(_untitled(convert_to_openai_tool(tool)), sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            kept.append(tool)
+        runs = _runs(tool)
+        if key in runnable and not (runs and runnable[key]):
+            continue
+        runnable[key] = runnable.get(key, False) or runs
+        kept.append(tool)
     return kept
+
+
+def _runs(tool: Any) -> bool:
+    """Whether ``tool`` is code that runs (a function or a LangChain tool), not only a schema."""
+    return isinstance(tool, BaseTool) or (callable(tool) and not isinstance(tool, type))
 
 
 def _untitled(node: Any) -> Any:

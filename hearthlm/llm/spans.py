@@ -66,17 +66,26 @@ def copy_schema(schema: dict[str, Any], texts: Sequence[str]) -> dict[str, Any]:
     numbers = text_numbers(texts)
     schema = copy.deepcopy(schema)
 
-    def visit(node: Any) -> Any:
+    def visit(node: Any, field: str = "") -> Any:
         if isinstance(node, list):
             return [visit(item) for item in node]
         if not isinstance(node, dict):
             return node
-        node = {key: visit(value) for key, value in node.items()}
+        node = {
+            key: (
+                {name: visit(sub, name) for name, sub in value.items()}
+                if key == "properties" and isinstance(value, dict)
+                else visit(value)
+            )
+            for key, value in node.items()
+        }
         kind = node.get("type")
         if {"enum", "const"} & node.keys() or kind not in ("string", "integer", "number"):
             return node
         if kind == "string":
-            fitting: list[Any] = [s for s in spans if _string_fits(s, node)]
+            fitting: list[Any] = [
+                s for s in spans if _string_fits(s, node) and not _echoes(s, field)
+            ]
         else:
             fitting = [_as_json_number(n, kind) for n in numbers if _number_fits(n, kind, node)]
         if not fitting:
@@ -86,6 +95,13 @@ def copy_schema(schema: dict[str, Any], texts: Sequence[str]) -> dict[str, Any]:
 
     result: dict[str, Any] = visit(schema)
     return result
+
+
+def _echoes(span: str, field: str) -> bool:
+    """Whether ``span`` holds a word of its own field's name: after ``"order_id": "`` a 135M model
+    copies "order" or "order Q-77" where the id is "Q-77"; the value of a field rarely names it."""
+    names = set(field.lower().split("_")) - {""}
+    return any(word.lower().strip("'\".,?!") in names for word in span.split())
 
 
 def _string_fits(span: str, node: dict[str, Any]) -> bool:

@@ -234,6 +234,8 @@ class DocsQA(Chain[str | QAInput, Answer]):
             )
         if mode == "quote":
             answer = self.quote(question, sources)
+            if not answer.known and all((h.similarity or 0.0) < self.min_relevance for h in hits):
+                answer.sources = []  # nothing retrieved was even near the question
             yield answer.text
             yield answer
             return

@@ -628,6 +628,18 @@ def test_dpo_refuses_training_settings_it_cannot_honour(tmp_path, train, refused
     assert not (tmp_path / "dpo").exists()  # refused before anything was loaded or written
 
 
+def test_dpo_refuses_a_folder_that_holds_another_run(tmp_path):
+    from hearthlm.finetune.dpo import train_dpo
+    from hearthlm.runs import claim_run
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _dpo_rows())
+    out = tmp_path / "dpo"
+    claim_run(out, {"another": "run"}, TrainingError("unused"))
+    with pytest.raises(TrainingError, match="holds a different DPO run"):
+        train_dpo(data, out, beta=0.2)
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]  # nothing of it was touched
+
+
 def _dpo_rows() -> list[dict]:
     return [
         {

@@ -24,6 +24,7 @@ from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import TrainConfig, plot_curve, use_bf16
+from hearthlm.runs import claim_run, fingerprint
 
 LEARNING_RATE = 5e-5  # DPO's default peak learning rate, here and in the CLI
 # TrainConfig fields that TRL's trainer has no counterpart for here, and why.
@@ -77,6 +78,7 @@ def train_dpo(
 
     Raises:
         ConfigError: ``method`` is not LoRA, or ``train`` sets a field DPO cannot honour.
+        TrainingError: ``out`` holds a DPO run with other settings or pairs.
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -90,6 +92,22 @@ def train_dpo(
         )
     _refuse_unsupported(train)
     rows = preference_rows(data, limit)  # a bad file fails before the model loads
+    settings = {
+        "method": method.model_dump(mode="json"),
+        "train": train.model_dump(mode="json"),
+        "data": str(data.resolve()),
+        "pairs": fingerprint(rows),
+        "model": llm.model,
+        "beta": beta,
+        "max_length": max_length,
+        "validation": validation,
+    }
+    # Resume only the same run: TRL would resume any checkpoint it finds in out/trl.
+    claim_run(
+        out,
+        settings,
+        TrainingError(f"{out} holds a different DPO run; choose another --out or delete it."),
+    )
     model, tokenizer, backend = load_base(llm)
     cut = max(1, round(len(rows) * validation)) if validation and len(rows) > 1 else 0
     args = DPOConfig(

@@ -220,8 +220,8 @@ class DocsQA(Chain[str | QAInput, Answer]):
         # A chunk's cosine similarity is a coarse gate: "Within how many days are returns
         # accepted?" scores 0.28 against the chunk that answers it. The quote reader reads every
         # hit and refuses by its sentences' relevance instead.
-        floor = self.min_relevance if mode != "quote" else float("-inf")
-        relevant = [h for h in hits if (h.similarity or 0.0) >= floor]
+        near = [h for h in hits if (h.similarity or 0.0) >= self.min_relevance]
+        relevant = hits if mode == "quote" else near
         if not relevant:
             yield NO_ANSWER
             yield Answer(question, NO_ANSWER, mode=mode)
@@ -234,7 +234,7 @@ class DocsQA(Chain[str | QAInput, Answer]):
             )
         if mode == "quote":
             answer = self.quote(question, sources)
-            if not answer.known and all((h.similarity or 0.0) < self.min_relevance for h in hits):
+            if not answer.known and not near:
                 answer.sources = []  # nothing retrieved was even near the question
             yield answer.text
             yield answer

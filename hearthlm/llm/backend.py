@@ -113,6 +113,12 @@ class Backend(ABC):
         ``lock``. Backends that cannot score raise ``NotImplementedError``."""
         raise NotImplementedError(f"the {self.name} backend does not score text")
 
+    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+        """:meth:`loglikelihood` of each continuation after one shared ``context``: how the
+        model ranks a set of alternatives. Backends may evaluate the context once. Callers hold
+        ``lock``."""
+        return [self.loglikelihood(context, continuation) for continuation in continuations]
+
     def describe(self) -> dict[str, Any]:
         """Facts shown in response metadata and ``hearth models``."""
         return {"backend": self.name, "model": self.model_name, "context_size": self.context_size}

@@ -45,7 +45,7 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
-from hearthlm.llm.grammar import choice_gbnf
+from hearthlm.llm.calls import choose_arguments, choose_tool
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
@@ -62,9 +62,6 @@ from hearthlm.llm.tools import (
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
 TEXT_ONLY = f"root ::= {TEXT_REPLY}\n"  # plain text that cannot open a JSON tool call
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
-# A tool decision: the reply opens as a call, and the model chooses the name (or "none").
-CALL_OPENING = '{"name": "'
-CHOICE_TOKENS = 16
 # JSON mode, in OpenAI's words: the reply is a JSON object, of any shape.
 JSON_OBJECT: dict[str, Any] = {"type": "json_object"}
 
@@ -77,6 +74,7 @@ class _Prepared:
     constraint: Constraint | None
     tools_active: bool
     dropped_messages: int
+    fixed: str | None = None  # the whole reply, chosen without generating (a tool call)
 
 
 @dataclass
@@ -259,6 +257,22 @@ class ChatHearth(BaseChatModel):
         with engine.lock:
             return engine.loglikelihood(context_ids, continuation_ids)
 
+    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """:meth:`loglikelihood` of each continuation after one shared ``context``, which is
+        evaluated once: how the model ranks alternatives (tool calls are chosen this way).
+
+        Example:
+            >>> chat.loglikelihoods("Paris is in", [" France", " Peru"])  # doctest: +SKIP
+            [-1.2, -6.8]
+        """
+        engine = self.engine
+        context_ids = engine.tokenize(context)
+        continuation_ids = [engine.tokenize(c) for c in continuations]
+        if not context_ids or not all(continuation_ids):
+            raise ConfigError("loglikelihoods needs a non-empty context and continuations")
+        with engine.lock:
+            return engine.loglikelihoods(context_ids, continuation_ids)
+
     def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
         values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
         values.update({k: v for k, v in overrides.items() if k in _SAMPLING_FIELDS})
@@ -353,6 +367,12 @@ class ChatHearth(BaseChatModel):
         # Free text stops once it loops; JSON is left to its grammar, which bounds every string.
         free_text = constraint is None or constraint.allow_text or constraint.grammar == TEXT_ONLY
         guard = RepetitionGuard() if self.stop_repetition and free_text else None
+        if prepared.fixed is not None:
+            outcome.output_tokens = len(engine.tokenize(prepared.fixed))
+            outcome.opening = prepared.fixed[:1]
+            outcome.text.append(prepared.fixed)
+            yield prepared.fixed
+            return
         with engine.lock:
             tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
             try:
@@ -396,34 +416,50 @@ class ChatHearth(BaseChatModel):
         response_format = kwargs.get("response_format")
         explicit = _explicit_constraint(kwargs)
         fitted, ids, dropped = self._fit(messages, tools, response_format, tools_optional)
-        if (
-            explicit is None
-            and tools
-            and tools_optional
-            and self.tool_decision == "choose"
-            and isinstance(fitted[-1], HumanMessage)
-        ):
-            chosen = self._choose_tool(fitted, tools, kwargs)
+        request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
+        choosing = self.tool_decision == "choose" and request is not None and explicit is None
+        if choosing and tools and (tools_optional or len(tools) > 1):
+            chosen = choose_tool(self.loglikelihoods, tools, str(request), optional=tools_optional)
             tools, tools_optional, text_only = (
                 ([chosen], False, False) if chosen else ([], True, True)
             )
             rendered = self._template_messages(fitted, tools, None, tools_optional or not tools)
             ids = self._prompt_ids(rendered)
         constraint = explicit
+        fixed = None
+        source = self._copy_source(messages)
         if constraint is not None:
             pass
+        elif tools and len(tools) == 1 and not tools_optional and source is not None:
+            schema, fixed = self._chosen_call(fitted, tools[0], source)
+            constraint = Constraint(schema)
         elif tools:
-            schema = call_schema(tools, self._copy_source(messages))
-            constraint = Constraint(schema, allow_text=tools_optional)
+            constraint = Constraint(call_schema(tools, source), allow_text=tools_optional)
         elif text_only:
             constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
         elif response_format == JSON_OBJECT:
             constraint = Constraint({"type": "object"})  # JSON mode: the keys are written
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
-            source = self._copy_source(messages)
             constraint = Constraint(schema if source is None else copy_schema(schema, source))
-        return _Prepared(ids, constraint, bool(tools), dropped)
+        return _Prepared(ids, constraint, bool(tools), dropped, fixed)
+
+    def _chosen_call(
+        self, messages: list[BaseMessage], tool: dict[str, Any], source: list[str]
+    ) -> tuple[dict[str, Any], str | None]:
+        """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
+        (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
+        name = tool["function"]["name"]
+        params = strict_schema(tool["function"].get("parameters") or {"type": "object"})
+        opening = AIMessage(f'{{"name": {json.dumps(name)}, "arguments": {{')
+        rendered = self._template_messages([*messages, opening], [tool], None, False)
+        chosen, fixed_params = choose_arguments(
+            self.loglikelihoods, self._prompt_text(rendered), params, source
+        )
+        spec = {"type": "function", "function": {**tool["function"], "parameters": fixed_params}}
+        schema = call_schema([spec])
+        complete = set(chosen) == set(fixed_params.get("properties", {}))
+        return schema, render_tool_call(name, chosen) if complete else None
 
     def _fit(
         self,
@@ -452,30 +488,6 @@ class ChatHearth(BaseChatModel):
                 )
             del messages[droppable[0]]
             dropped += 1
-
-    def _choose_tool(
-        self, messages: list[BaseMessage], tools: list[dict[str, Any]], kwargs: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """The tool the model chooses to call for the user's message, or None to answer in text.
-
-        The reply is prefilled with the opening of a call, ``{"name": "``, and the model chooses
-        the name among the bound tools and ``none`` under a grammar: a choice a small model makes
-        well, where opening a call on its own it mostly starts writing prose instead.
-        """
-        names = [t["function"]["name"] for t in tools]
-        pass_name = next(n for n in ("none", "no_tool", "no_tool_call") if n not in names)
-        prefill = AIMessage(CALL_OPENING)
-        rendered = self._template_messages([*messages, prefill], tools, None, True)
-        prepared = _Prepared(
-            self._prompt_ids(rendered),
-            Constraint(grammar=choice_gbnf([*names, pass_name])),
-            False,
-            0,
-        )
-        outcome = _Outcome()
-        sampling = self._sampling({**kwargs, "max_new_tokens": CHOICE_TOKENS})
-        chosen = "".join(self._deltas(prepared, sampling, None, outcome)).strip()
-        return next((t for t in tools if t["function"]["name"] == chosen), None)
 
     def _copy_source(self, messages: list[BaseMessage]) -> list[str] | None:
         """The texts that arguments are copied from (the user's messages and tool results), or
@@ -509,7 +521,11 @@ class ChatHearth(BaseChatModel):
         return rendered
 
     def _prompt_ids(self, rendered: list[dict[str, str]]) -> list[int]:
-        """Token ids of the rendered chat. A final assistant message is continued, not closed:
+        """Token ids of the rendered chat (:meth:`_prompt_text`)."""
+        return self.engine.tokenize(self._prompt_text(rendered))
+
+    def _prompt_text(self, rendered: list[dict[str, str]]) -> str:
+        """The rendered chat as prompt text. A final assistant message is continued, not closed:
         that is how a reply is prefilled (e.g. "Thought:" in ReAct)."""
         engine = self.engine
         prefill = rendered[-1]["content"] if rendered[-1]["role"] == "assistant" else ""
@@ -522,7 +538,7 @@ class ChatHearth(BaseChatModel):
         )
         if prefill:
             prompt = prompt[: prompt.rindex(prefill) + len(prefill)]
-        return engine.tokenize(prompt)
+        return prompt
 
     def _usage(self, prepared: _Prepared, outcome: _Outcome) -> UsageMetadata:
         n_in, n_out = len(prepared.prompt_ids), outcome.output_tokens

@@ -224,6 +224,25 @@ class TransformersBackend(Backend):
             targets = torch.tensor(continuation, device=self.device)
             return float(logprobs.gather(1, targets[:, None]).sum())
 
+    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+        import torch
+
+        if not continuations:
+            return []
+        width = len(context) + max(len(c) for c in continuations)
+        rows = [context + c + [0] * (width - len(context) - len(c)) for c in continuations]
+        mask = [[1] * (len(context) + len(c)) + [0] * (width - len(context) - len(c))
+                for c in continuations]  # fmt: skip
+        with torch.inference_mode():
+            ids = torch.tensor(rows, device=self.device)  # (n, width)
+            attention = torch.tensor(mask, device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=attention).logits.float()
+            logprobs = torch.log_softmax(logits[:, len(context) - 1 : -1], dim=-1)
+            targets = ids[:, len(context) :]  # (n, width - len(context))
+            picked = logprobs.gather(2, targets[:, :, None])[:, :, 0]
+            picked = picked * attention[:, len(context) :]
+            return [float(x) for x in picked.sum(dim=1)]
+
     def _prefill(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         if self.soft_prompt is None:
             return self._forward(input_ids=ids, cache=cache)

@@ -127,11 +127,38 @@ class LlamaCppBackend(Backend):
         scorer.eval(ids)
         logits = np.asarray(scorer.scores[: len(ids)], dtype=np.float64)  # (len(ids), vocab)
         # the logits at position i predict token i + 1
-        rows = logits[first - 1 : len(ids) - 1]
-        top = rows.max(axis=1, keepdims=True)
-        log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-        picked = rows[np.arange(len(rows)), ids[first:]]
-        return float((picked - log_norm).sum())
+        rows = _log_softmax(logits[first - 1 : len(ids) - 1])
+        return float(rows[np.arange(len(rows)), ids[first:]].sum())
+
+    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+        import numpy as np
+
+        scorer = self._scoring_context()
+        room = int(scorer.n_ctx()) - max((len(c) for c in continuations), default=0)
+        context = context[-room:]
+        # The context is evaluated once (and only past the prefix it shares with the last
+        # one); each continuation is then evaluated from the context's end.
+        kept = scorer.input_ids[: scorer.n_tokens].tolist()
+        shared = 0
+        while shared < min(len(kept), len(context) - 1) and kept[shared] == context[shared]:
+            shared += 1
+        scorer.n_tokens = shared
+        scorer.eval(context[shared:])
+        end = len(context)
+        first = _log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
+        totals = []
+        for continuation in continuations:
+            total = float(first[continuation[0]])
+            if len(continuation) > 1:
+                scorer.n_tokens = end
+                scorer.eval(continuation[:-1])
+                rows = _log_softmax(
+                    np.asarray(scorer.scores[end : end + len(continuation) - 1], dtype=np.float64)
+                )
+                total += float(rows[np.arange(len(rows)), continuation[1:]].sum())
+            totals.append(total)
+        scorer.n_tokens = end
+        return totals
 
     def _scoring_context(self) -> Any:
         """The generation context computes the last position's logits only; scoring needs all,
@@ -166,6 +193,14 @@ def _build_grammar(constraint: Constraint) -> Any:
         gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
         gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"
     return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def _log_softmax(rows: Any) -> Any:
+    """Row-wise log-softmax of a (n, vocab) float array."""
+    import numpy as np
+
+    top = rows.max(axis=1, keepdims=True)
+    return rows - (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))
 
 
 def _token_text(llm: Any, token: int) -> str:

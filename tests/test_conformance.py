@@ -74,23 +74,6 @@ class TestChatHearthIntegration(_ChatHearthSuite, ChatModelIntegrationTests):
         model._engine = llama_chat.engine
         return model
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known failure: with copied arguments (the default) the 135M model chooses the "
-        "span 'Hello Group' over '你好啊集团'; with tool_arguments='write' it writes the Chinese "
-        "name. Listed in the README until the span choice is fixed.",
-    )
-    def test_unicode_tool_call_integration(
-        self,
-        model: BaseChatModel,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
-
 
 class TestEmbeddingsUnit(EmbeddingsUnitTests):
     @property

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.tools import resolve_tools
 from hearthlm.llm.backend import Constraint
+from hearthlm.llm.calls import choose_call, choose_tool
 from hearthlm.llm.chain import (
     Chain,
     QuestionInput,
@@ -224,7 +225,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         """The step's action as JSON text, and the tokens it took."""
         messages = self._messages(question, prefix)
         if can_constrain(self.chat):
-            constraint = self._action_constraint(question, steps)
+            constraint = self._action_constraint(question, steps, messages)
             reply = self.chat.invoke(messages, config, constraint=constraint)
             return str(reply.content), _tokens(reply)
         specs = self._specs if steps else self._first_specs
@@ -243,10 +244,20 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         )
         return (found.model_dump_json() if found else ""), 0
 
-    def _action_constraint(self, question: str, steps: list[Step]) -> Constraint:
+    def _action_constraint(
+        self, question: str, steps: list[Step], messages: list[BaseMessage]
+    ) -> Constraint:
         specs = self._specs if steps else self._first_specs
         if self.tool_arguments != "copy":
             return Constraint(json_schema=call_schema(specs))
+        model = unwrap(self.chat)
+        if not steps and hasattr(model, "loglikelihoods") and hasattr(model, "prompt"):
+            # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
+            # the tool by the question's likelihood under each description, then each argument.
+            tool = choose_tool(model.loglikelihoods, specs, question, optional=False)
+            assert tool is not None  # a call is required, so a tool is always chosen
+            _, fixed = choose_call(model.loglikelihoods, model.prompt(messages), tool, [question])
+            return Constraint(json_schema=call_schema([fixed]))
         observations = [s.observation for s in steps if s.valid and s.tool in self.tools]
         texts = {s["function"]["name"]: [question, *observations] for s in specs}
         texts[FINAL] = observations or [question]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hearthlm.llm.spans import copy_schema
+from hearthlm.llm.tools import strict_schema
 
 # (context, continuations) -> log-likelihood of each continuation after the context.
 Scorer = Callable[[str, Sequence[str]], list[float]]
@@ -55,6 +56,18 @@ def choose_tool(
     ]
     best = max(range(len(entries)), key=scores.__getitem__)
     return tools[best] if best < len(tools) else None
+
+
+def choose_call(
+    score: Scorer, prompt: str, tool: dict[str, Any], texts: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The arguments chosen for a call of ``tool`` written right after ``prompt``, and the
+    tool's spec with them fixed (:func:`choose_arguments`), for :func:`call_schema`."""
+    function = tool["function"]
+    parameters = strict_schema(function.get("parameters") or {"type": "object"})
+    opening = f'{prompt}{{"name": {json.dumps(function["name"])}, "arguments": {{'
+    chosen, fixed = choose_arguments(score, opening, parameters, texts)
+    return chosen, {"type": "function", "function": {**function, "parameters": fixed}}
 
 
 def choose_arguments(

@@ -20,6 +20,7 @@ MAX_SPAN_WORDS = 8
 # Enough for a few sentences of spans; a long message keeps its most recent words' spans.
 MAX_SPANS = 400
 _EDGE = "\"'`.,;:!?()[]{}<>"
+_OPERATORS = frozenset(["+", "-", "*", "/", "^", "%", "=", "**", "//", "\u00d7", "\u00f7"])
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 
 
@@ -31,6 +32,8 @@ def text_spans(texts: Sequence[str], max_words: int = MAX_SPAN_WORDS) -> list[st
         words = text.split()
         for length in range(1, max_words + 1):
             for start in range(len(words) - length + 1):
+                if _cuts(words, start, start + length):
+                    continue
                 raw = " ".join(words[start : start + length])
                 for span in _variants(raw):
                     if len(spans) >= MAX_SPANS:
@@ -39,11 +42,30 @@ def text_spans(texts: Sequence[str], max_words: int = MAX_SPAN_WORDS) -> list[st
     return list(spans)
 
 
+def _cuts(words: list[str], start: int, end: int) -> bool:
+    """Whether ``words[start:end]`` cuts an expression short: it starts or ends at an operator,
+    or one stands right outside it ("1234" of "1234 * 5678"), or it opens a bracket it does not
+    close. Offered such a span, a small model takes the short one."""
+    inside = words[start:end]
+    edges = [inside[0], inside[-1]]
+    if start > 0:
+        edges.append(words[start - 1])
+    if end < len(words):
+        edges.append(words[end])
+    if any(w in _OPERATORS for w in edges):
+        return True
+    return not _balanced(" ".join(inside))
+
+
+def _balanced(text: str) -> bool:
+    return all(text.count(a) == text.count(b) for a, b in ("()", "[]"))
+
+
 def _variants(raw: str) -> list[str]:
     stripped = raw.strip(_EDGE)
     if stripped.endswith(("'s", "\u2019s")):
         stripped = stripped[:-2]
-    return [s for s in dict.fromkeys((raw, stripped)) if s and _plain(s)]
+    return [s for s in dict.fromkeys((raw, stripped)) if s and _plain(s) and _balanced(s)]
 
 
 def _plain(span: str) -> bool:

@@ -18,7 +18,10 @@ called), ``exact_args`` (arguments equal to the gold ones, defaults filled in), 
 answers that repeat a phrase three times or hit their length cap) and ``seconds_per_request``.
 
     python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants baseline,copy]
-        [--agent-requests N] [--max-new-tokens N]
+        [--agent-requests N] [--max-new-tokens N] [--heldout]
+
+``--heldout`` runs a second set, written before any run on it: 34 requests over 7 other tools
+(translation, calendar, stocks, music, recipes, restaurants, parcels), 6 of them needing no tool.
 """
 
 from __future__ import annotations
@@ -95,6 +98,57 @@ def city_population(city: str, year: int) -> str:
     """Get the population of a city in a given year."""
     return f"{city} had 2.1 million people in {year}."
 
+
+# -- a held-out set: other tools and requests, written before any run on them, to check that
+# the choices tuned on the set above (the channel prompt, the pass option) carry over.
+
+
+def translate(text: str, language: Literal["french", "spanish", "german", "italian"]) -> str:
+    """Translate a text into another language."""
+    return f"({language}) {text}"
+
+
+def create_event(title: str, date: str, time: str | None = None) -> str:
+    """Create a calendar event with a title on a date written as YYYY-MM-DD, optionally at a
+    time written as HH:MM."""
+    return f"Created {title} on {date}."
+
+
+def get_stock_price(ticker: str) -> str:
+    """Get the current share price of a company by its stock ticker symbol."""
+    return f"{ticker} trades at 187.20."
+
+
+def play_song(title: str, artist: str | None = None) -> str:
+    """Play a song by its title, optionally by a given artist."""
+    return f"Playing {title}."
+
+
+def search_recipes(ingredient: str, max_minutes: int | None = None) -> str:
+    """Find cooking recipes that use an ingredient, optionally ready within some minutes."""
+    return f"3 recipes with {ingredient}."
+
+
+def reserve_table(restaurant: str, people: int, time: str) -> str:
+    """Reserve a table at a restaurant for a number of people at a time written as HH:MM."""
+    return f"Table for {people} at {restaurant}, {time}."
+
+
+def track_package(tracking_number: str, carrier: Literal["ups", "fedex", "dhl"]) -> str:
+    """Track a parcel by its tracking number with its carrier."""
+    return f"{tracking_number} is out for delivery."
+
+
+HELDOUT_TOOLS = [
+    translate,
+    create_event,
+    get_stock_price,
+    play_song,
+    search_recipes,
+    reserve_table,
+    track_package,
+]
+HELDOUT_DATA = Path(__file__).parent / "data" / "tool_requests_heldout.jsonl"
 
 TOOLS = [
     order_status,
@@ -286,7 +340,7 @@ def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
     command = [sys.executable, __file__, "--child", variant]
     command += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
     command += ["--agent-requests", str(args.agent_requests)]
-    command += ["--max-new-tokens", str(args.max_new_tokens)]
+    command += ["--max-new-tokens", str(args.max_new_tokens)] + ["--heldout"] * args.heldout
     log = Path(tempfile.gettempdir()) / f"bench_tools_{variant}.log"
     print(f"{variant}: progress in {log}", file=sys.stderr)
     with log.open("w") as err:
@@ -318,8 +372,17 @@ def main() -> None:
     p.add_argument(
         "--max-new-tokens", type=int, default=512, help="cap on free-text replies, every variant"
     )
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="the held-out set (data/tool_requests_heldout.jsonl: 28 requests over 7 other "
+        "tools, 6 that need none)",
+    )
     p.add_argument("--child", default=None, help=argparse_hidden())
     args = p.parse_args()
+    if args.heldout:
+        global TOOLS, DATA
+        TOOLS, DATA = HELDOUT_TOOLS, HELDOUT_DATA
     rows = load_requests(args.quick)
     if args.child:
         import hearthlm
@@ -328,6 +391,7 @@ def main() -> None:
         print("RESULT " + json.dumps({"records": records, "hearthlm": hearthlm.__file__}))
         return
     figures: dict[str, Any] = {
+        "set": "heldout" if args.heldout else "main",
         "requests": len(rows),
         "tool_requests": sum(r["tool"] is not None for r in rows),
         "tools": len(TOOLS),
@@ -354,10 +418,11 @@ def main() -> None:
             and figures["copy_create_agent_looping_answers"] == 0,
         }
     if args.save:
-        replies = Path(__file__).parent / "results" / "bench_tools_replies.json"
+        name = "bench_tools_heldout_replies.json" if args.heldout else "bench_tools_replies.json"
+        replies = Path(__file__).parent / "results" / name
         replies.parent.mkdir(exist_ok=True)
         replies.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
-    emit("bench_tools", figures, args.save)
+    emit("bench_tools_heldout" if args.heldout else "bench_tools", figures, args.save)
 
 
 def argparse_hidden() -> str:

@@ -32,3 +32,13 @@ def test_scoring_leaves_generation_unchanged(llama_chat):
 def test_empty_text_is_a_clear_error(llama_chat):
     with pytest.raises(ConfigError, match="non-empty"):
         llama_chat.loglikelihood("", " Paris")
+
+
+def test_alternatives_scored_together_match_each_scored_alone(llama_chat, hf_chat):
+    context = "Answer: the kettle is descaled with"
+    options = [" white vinegar", " a hammer", " citric acid solution"]
+    for chat in (llama_chat, hf_chat):
+        together = chat.loglikelihoods(context, options)
+        alone = [chat.loglikelihood(context, option) for option in options]
+        assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(together, alone, strict=True))
+        assert together[1] < max(together[0], together[2])

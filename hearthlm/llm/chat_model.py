@@ -45,7 +45,7 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
-from hearthlm.llm.calls import choose_call, choose_tool
+from hearthlm.llm.calls import choose_arguments, choose_call, choose_tool
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
@@ -443,7 +443,15 @@ class ChatHearth(BaseChatModel):
             constraint = Constraint({"type": "object"})  # JSON mode: the keys are written
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
-            constraint = Constraint(schema if source is None else copy_schema(schema, source))
+            if source is not None:  # fields chosen as a call's arguments are
+                rendered = self._template_messages(fitted, [], response_format, True)
+                opening = self._prompt_text(rendered) + "{"
+                chosen, schema = choose_arguments(self.loglikelihoods, opening, schema, source)
+                fields = schema.get("properties")
+                if isinstance(fields, dict) and fields and set(chosen) == set(fields):
+                    fixed = json.dumps(chosen, ensure_ascii=False)
+                schema = copy_schema(schema, source)
+            constraint = Constraint(schema)
         return _Prepared(ids, constraint, bool(tools), dropped, fixed)
 
     def _chosen_call(
@@ -455,7 +463,7 @@ class ChatHearth(BaseChatModel):
         chosen, spec = choose_call(self.loglikelihoods, prompt, tool, source)
         every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
         name = tool["function"]["name"]
-        return call_schema([spec]), render_tool_call(name, chosen) if every else None
+        return call_schema([spec], source), render_tool_call(name, chosen) if every else None
 
     def prompt(self, messages: list[BaseMessage]) -> str:
         """The prompt text the model reads for ``messages``, chat template applied. A final

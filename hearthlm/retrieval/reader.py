@@ -123,7 +123,11 @@ class Candidate:
 
 
 def select(
-    ranked: Sequence[Candidate], first: int = 0, max_quotes: int = 2, ratio: float = 0.7
+    ranked: Sequence[Candidate],
+    first: int = 0,
+    max_quotes: int = 2,
+    ratio: float = 0.7,
+    bridge: bool = False,
 ) -> list[Quote]:
     """The quotes of an answer: ``ranked[first]``, then up to ``max_quotes - 1`` more from other
     sources that score at least ``ratio`` times as high (a question that needs two facts finds
@@ -142,6 +146,9 @@ def select(
     ):
         span = group
     quotes = [top.quote(span)]
+    linked = _bridge(top, ranked) if bridge and max_quotes > 1 else None
+    if linked is not None:
+        quotes.append(linked.quote())
     for candidate in ranked:
         if len(quotes) >= max_quotes:
             break
@@ -150,6 +157,20 @@ def select(
         if candidate.score >= ratio * top.score and relevance(candidate) >= relevance(top) / 2:
             quotes.append(candidate.quote())
     return quotes
+
+
+def _bridge(top: Candidate, ranked: Sequence[Candidate]) -> Candidate | None:
+    """The best sentence of another source whose title the top sentence names: the second hop
+    of a question about "the woman who portrayed Corliss Archer" is the source titled with the
+    name that the first sentence gives."""
+    text = top.span.text.lower()
+    for candidate in ranked:
+        if candidate.source.number == top.source.number:
+            continue
+        title = " ".join((candidate.span.title or candidate.source.heading).split()).lower()
+        if len(title) >= 4 and re.search(rf"(?<!\w){re.escape(title)}(?!\w)", text):
+            return candidate
+    return None
 
 
 def candidates(

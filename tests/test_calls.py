@@ -1,0 +1,140 @@
+"""Tool calls chosen by likelihood (hearthlm.llm.calls): the tool among many, enum values the
+request names, optional fields, and the schema the grammar then writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jsonschema
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from hearthlm.llm.calls import choose_arguments, mentions
+from hearthlm.llm.spans import text_spans
+from hearthlm.llm.tools import strict_schema
+
+
+def order_status(order_id: str) -> str:
+    """Look up the delivery status of an order by its id."""
+    return f"Order {order_id} was delivered on Monday."
+
+
+def book_flight(origin: str, destination: str, date: str) -> str:
+    """Book a flight from one city to another on a date written as YYYY-MM-DD."""
+    return f"Booked {origin} to {destination} on {date}."
+
+
+def convert_currency(
+    amount: float,
+    source: Literal["USD", "EUR", "GBP", "JPY"],
+    target: Literal["USD", "EUR", "GBP", "JPY"],
+) -> str:
+    """Convert an amount of money from one currency to another."""
+    return f"{amount} {source} in {target}."
+
+
+def set_alarm(time: str, label: str | None = None) -> str:
+    """Set an alarm at a time written as HH:MM, with an optional label."""
+    return f"Alarm set for {time}."
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"Sunny in {city}."
+
+
+TOOLS = [order_status, book_flight, convert_currency, set_alarm, get_weather]
+
+
+def test_enum_values_are_found_in_the_words_of_a_request():
+    assert mentions("changed_mind", "I changed my mind, cancel it") is not None
+    assert mentions("fahrenheit", "How hot is it, in Fahrenheit?") is not None
+    assert mentions("EUR", "Change 1200 EUR into USD") < mentions("USD", "Change 1200 EUR into USD")
+    assert mentions("late", "it is later than planned") is None
+
+
+def test_copied_spans_do_not_cut_an_expression_short():
+    spans = set(text_spans(["What is 1234 * 5678?", "Compute (12 + 30) / 7 for me."]))
+    assert {"1234 * 5678", "(12 + 30) / 7"} <= spans
+    assert not {"1234", "5678", "12 + 30", "12 + 30) / 7", "* 5678"} & spans
+
+
+def _prefers_short(context: str, continuations: Sequence[str]) -> list[float]:
+    """A scorer standing in for the model where only the control flow is under test: shorter
+    text is likelier, and closing an object is likelier than going on."""
+    return [-len(c) - (0.0 if c == "}" else 0.5) for c in continuations]
+
+
+def test_named_values_win_no_value_is_used_twice_and_free_fields_stay_free():
+    schema = strict_schema(
+        {
+            "type": "object",
+            "properties": {
+                "source": {"enum": ["USD", "EUR"]},
+                "target": {"enum": ["USD", "EUR"]},
+                "origin": {"type": "string"},
+                "destination": {"type": "string"},
+                "note": {"type": "string", "format": "date"},  # no span fits: the grammar writes
+                "label": {"type": "string"},  # optional, not named: left out
+            },
+            "required": ["source", "target", "origin", "destination", "note"],
+        }
+    )
+    request = "Change EUR into USD and fly from Rome to Oslo"
+    chosen, fixed = choose_arguments(_prefers_short, "{", schema, [request])
+    assert chosen["source"] == "EUR" and chosen["target"] == "USD"  # in the order named
+    assert chosen["origin"] != chosen["destination"]
+    assert "note" not in chosen and fixed["properties"]["note"] == schema["properties"]["note"]
+    assert "label" not in fixed["properties"]
+    jsonschema.validate({**chosen, "note": "2025-01-01"}, fixed)
+
+
+def test_a_tool_is_chosen_among_many_and_its_arguments_are_the_requests(llama_chat):
+    bound = llama_chat.bind_tools(TOOLS, tool_choice="any")
+    expected = {
+        "Book a flight from Paris to Rome on 2025-06-12.": (
+            "book_flight",
+            {"origin": "Paris", "destination": "Rome", "date": "2025-06-12"},
+        ),
+        "Change 1200 EUR into USD.": (
+            "convert_currency",
+            {"amount": 1200, "source": "EUR", "target": "USD"},
+        ),
+        "Set an alarm at 22:00 labelled medicine.": (
+            "set_alarm",
+            {"time": "22:00", "label": "medicine"},
+        ),
+        "Set an alarm for 07:30.": ("set_alarm", {"time": "07:30"}),
+    }
+    for request, (name, args) in expected.items():
+        reply = bound.invoke(request)
+        assert reply.invalid_tool_calls == []
+        assert (reply.tool_calls[0]["name"], reply.tool_calls[0]["args"]) == (name, args), request
+        assert reply.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_auto_answers_small_talk_in_text_and_calls_for_a_task(llama_chat):
+    bound = llama_chat.bind_tools(TOOLS, tool_choice="auto")
+    joke = bound.invoke("Tell me a joke.")
+    assert joke.tool_calls == [] and joke.content.strip()
+    weather = bound.invoke("Is it raining in Tokyo right now?")
+    assert weather.tool_calls[0]["name"] == "get_weather"
+    assert weather.tool_calls[0]["args"] == {"city": "Tokyo"}
+
+
+def test_a_streamed_call_is_the_invoked_call(llama_chat):
+    bound = llama_chat.bind_tools(TOOLS, tool_choice="any")
+    request = "Where is my order B-4471?"
+    streamed = None
+    for chunk in bound.stream(request):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert streamed is not None
+    assert streamed.tool_calls[0]["args"] == bound.invoke(request).tool_calls[0]["args"]
+    assert streamed.tool_calls[0]["args"] == {"order_id": "B-4471"}
+
+
+def test_structured_output_chooses_an_enum_the_request_names(llama_chat):
+    schema = convert_to_openai_tool(convert_currency)["function"]["parameters"]
+    schema = {"title": "Conversion", **schema}
+    found = llama_chat.with_structured_output(schema).invoke("What is 99.5 EUR in GBP?")
+    assert found == {"amount": 99.5, "source": "EUR", "target": "GBP"}

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -254,9 +255,10 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         if not steps and hasattr(model, "loglikelihoods") and hasattr(model, "prompt"):
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
-            tool = choose_tool(model.loglikelihoods, specs, question, optional=False)
+            score = partial(model.loglikelihoods, best_only=True)
+            tool = choose_tool(score, specs, question, optional=False)
             assert tool is not None  # a call is required, so a tool is always chosen
-            _, fixed = choose_call(model.loglikelihoods, model.prompt(messages), tool, [question])
+            _, fixed = choose_call(score, model.prompt(messages), tool, [question])
             return Constraint(json_schema=call_schema([fixed]))
         observations = [s.observation for s in steps if s.valid and s.tool in self.tools]
         texts = {s["function"]["name"]: [question, *observations] for s in specs}

@@ -113,10 +113,13 @@ class Backend(ABC):
         ``lock``. Backends that cannot score raise ``NotImplementedError``."""
         raise NotImplementedError(f"the {self.name} backend does not score text")
 
-    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+    def loglikelihoods(
+        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+    ) -> list[float]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``: how the
-        model ranks a set of alternatives. Backends may evaluate the context once. Callers hold
-        ``lock``."""
+        model ranks a set of alternatives. Backends may evaluate the context once. With
+        ``best_only`` a backend may skip continuations that cannot score highest (their score
+        is then ``-inf``); the best one is exact. Callers hold ``lock``."""
         return [self.loglikelihood(context, continuation) for continuation in continuations]
 
     def describe(self) -> dict[str, Any]:

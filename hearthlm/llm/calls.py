@@ -30,7 +30,8 @@ from typing import Any
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.tools import strict_schema
 
-# (context, continuations) -> log-likelihood of each continuation after the context.
+# (context, continuations) -> log-likelihood of each continuation after the context; only the
+# highest is used, so a scorer may give -inf to those that cannot be highest.
 Scorer = Callable[[str, Sequence[str]], list[float]]
 
 CHANNEL = "Function: {name}: {description}\nA user request that needs this function:"

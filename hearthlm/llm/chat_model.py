@@ -259,9 +259,12 @@ class ChatHearth(BaseChatModel):
         with engine.lock:
             return engine.loglikelihood(context_ids, continuation_ids)
 
-    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
+    def loglikelihoods(
+        self, context: str, continuations: Sequence[str], best_only: bool = False
+    ) -> list[float]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``, which is
-        evaluated once: how the model ranks alternatives (tool calls are chosen this way).
+        evaluated once: how the model ranks alternatives (tool calls are chosen this way). With
+        ``best_only`` the backend may skip those that cannot score highest (``-inf``).
 
         Example:
             >>> chat.loglikelihoods("Paris is in", [" France", " Peru"])  # doctest: +SKIP
@@ -273,7 +276,11 @@ class ChatHearth(BaseChatModel):
         if not context_ids or not all(continuation_ids):
             raise ConfigError("loglikelihoods needs a non-empty context and continuations")
         with engine.lock:
-            return engine.loglikelihoods(context_ids, continuation_ids)
+            return engine.loglikelihoods(context_ids, continuation_ids, best_only)
+
+    def _chooser(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """The scorer calls are chosen with: only the best alternative need be exact."""
+        return self.loglikelihoods(context, continuations, best_only=True)
 
     def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
         values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
@@ -421,7 +428,7 @@ class ChatHearth(BaseChatModel):
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
         choosing = self.tool_decision == "choose" and request is not None and explicit is None
         if choosing and tools and (tools_optional or len(tools) > 1):
-            chosen = choose_tool(self.loglikelihoods, tools, str(request), optional=tools_optional)
+            chosen = choose_tool(self._chooser, tools, str(request), optional=tools_optional)
             tools, tools_optional, text_only = (
                 ([chosen], False, False) if chosen else ([], True, True)
             )
@@ -446,7 +453,7 @@ class ChatHearth(BaseChatModel):
             if source is not None:  # fields chosen as a call's arguments are
                 rendered = self._template_messages(fitted, [], response_format, True)
                 opening = self._prompt_text(rendered) + "{"
-                chosen, schema = choose_arguments(self.loglikelihoods, opening, schema, source)
+                chosen, schema = choose_arguments(self._chooser, opening, schema, source)
                 fields = schema.get("properties")
                 if isinstance(fields, dict) and fields and set(chosen) == set(fields):
                     fixed = json.dumps(chosen, ensure_ascii=False)
@@ -460,7 +467,7 @@ class ChatHearth(BaseChatModel):
         """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
         (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
         prompt = self._prompt_text(self._template_messages(messages, [tool], None, False))
-        chosen, spec = choose_call(self.loglikelihoods, prompt, tool, source)
+        chosen, spec = choose_call(self._chooser, prompt, tool, source)
         every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
         name = tool["function"]["name"]
         return call_schema([spec], source), render_tool_call(name, chosen) if every else None

@@ -224,8 +224,10 @@ class TransformersBackend(Backend):
             targets = torch.tensor(continuation, device=self.device)
             return float(logprobs.gather(1, targets[:, None]).sum())
 
-    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
-        import torch
+    def loglikelihoods(
+        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+    ) -> list[float]:
+        import torch  # one padded batch scores every continuation; best_only changes nothing
 
         if not continuations:
             return []

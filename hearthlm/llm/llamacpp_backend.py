@@ -6,6 +6,7 @@ whose strings are strict JSON strings (see :mod:`hearthlm.llm.grammar`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -130,7 +131,9 @@ class LlamaCppBackend(Backend):
         rows = _log_softmax(logits[first - 1 : len(ids) - 1])
         return float(rows[np.arange(len(rows)), ids[first:]].sum())
 
-    def loglikelihoods(self, context: list[int], continuations: list[list[int]]) -> list[float]:
+    def loglikelihoods(
+        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+    ) -> list[float]:
         import numpy as np
 
         scorer = self._scoring_context()
@@ -146,17 +149,40 @@ class LlamaCppBackend(Backend):
         scorer.eval(context[shared:])
         end = len(context)
         first = _log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
-        totals = []
-        for continuation in continuations:
+        evaluated: list[tuple[list[int], Any]] = []  # token paths and their log-prob rows
+
+        def rows_after(path: list[int]) -> Any:
+            """Log-prob rows after each token of ``path``, reusing a longer path's rows."""
+            for done, rows in evaluated:
+                if done[: len(path)] == path:
+                    return rows
+            scorer.n_tokens = end
+            scorer.eval(path)
+            rows = _log_softmax(np.asarray(scorer.scores[end : end + len(path)], dtype=np.float64))
+            evaluated.append((path, rows))
+            return rows
+
+        totals = [-math.inf] * len(continuations)
+        best = -math.inf
+        # Likeliest first token first, and the longest of those sharing it, whose evaluation
+        # then serves the shorter ones ("Paris", "Paris to", "Paris to Rome"). A continuation
+        # scores at most its first token's log-probability, so with best_only the rest cannot
+        # win once that falls below the best.
+        order = sorted(
+            range(len(continuations)),
+            key=lambda i: (-first[continuations[i][0]], -len(continuations[i])),
+        )
+        for i in order:
+            continuation = continuations[i]
             total = float(first[continuation[0]])
+            if best_only and total <= best:
+                break
             if len(continuation) > 1:
-                scorer.n_tokens = end
-                scorer.eval(continuation[:-1])
-                rows = _log_softmax(
-                    np.asarray(scorer.scores[end : end + len(continuation) - 1], dtype=np.float64)
-                )
-                total += float(rows[np.arange(len(rows)), continuation[1:]].sum())
-            totals.append(total)
+                rows = rows_after(continuation[:-1])
+                picked = rows[np.arange(len(continuation) - 1), continuation[1:]]
+                total += float(picked.sum())
+            totals[i] = total
+            best = max(best, total)
         scorer.n_tokens = end
         return totals
 

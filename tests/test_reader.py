@@ -187,3 +187,29 @@ def test_sources_without_punctuation_or_in_another_language(embeddings, llama_ch
     assert "forty litres per minute" in flat.text and len(flat.quotes[0].text) <= 400
     german = qa.invoke("Wie lange ist die Garantie?")
     assert german.text == NO_ANSWER or "zwei Jahre Garantie" in german.text
+
+
+def test_a_quote_that_names_another_document_brings_its_best_sentence(
+    embeddings, llama_chat, tmp_path
+):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "film.md").write_text(
+        "# Kiss and Tell\n\nKiss and Tell is a 1945 American comedy film starring Shirley Temple "
+        "as Corliss Archer. It was directed by Richard Wallace.\n",
+        encoding="utf-8",
+    )
+    (docs / "actress.md").write_text(
+        "# Shirley Temple\n\nShirley Temple was an American actress, singer and dancer. Later "
+        "in life she served as United States Chief of Protocol.\n",
+        encoding="utf-8",
+    )
+    (docs / "kettle.md").write_text(
+        "# Kettle\n\nThe kettle boils 1.7 litres of water in four minutes.\n", encoding="utf-8"
+    )
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    index.index_path(docs, progress=False)
+    qa = DocsQA(llama_chat, HybridRetriever.from_index(index), answer="quote")
+    answer = qa.invoke("Which actress played Corliss Archer in the film Kiss and Tell?")
+    assert answer.quotes[0].path.endswith("film.md")
+    assert [Path(q.path).name for q in answer.quotes] == ["film.md", "actress.md"]

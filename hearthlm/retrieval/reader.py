@@ -132,8 +132,9 @@ def select(
     """The quotes of an answer: ``ranked[first]``, then up to ``max_quotes - 1`` more from other
     sources: with ``bridge``, the best sentence of a source whose title the first quote names
     (the second hop of a two-hop question), then those that score at least ``ratio`` times as
-    high (a question that needs two facts finds them in two places). A list item becomes its whole list when another item of it scores as
-    high and matches as much of the question: "What comes in the box?" asks for every item.
+    high (a question that needs two facts finds them in two places). A list item becomes its
+    whole list when another item of it scores as high and matches as much of the question:
+    "What comes in the box?" asks for every item.
     """
     top = ranked[first]
     span = top.span

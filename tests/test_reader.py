@@ -50,6 +50,17 @@ def quote_qa(examples_index, llama_chat) -> DocsQA:
     return DocsQA(llama_chat, HybridRetriever.from_index(examples_index), answer="quote")
 
 
+def quote_qa_over(files: dict[str, str], embeddings, llama_chat, tmp_path: Path) -> DocsQA:
+    """A quote-mode DocsQA over a fresh index of ``files`` (name -> text)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in files.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    index.index_path(docs, progress=False)
+    return DocsQA(llama_chat, HybridRetriever.from_index(index), answer="quote")
+
+
 # --- sentences ---------------------------------------------------------------------------------
 
 
@@ -173,16 +184,12 @@ def test_bad_questions_get_a_clear_answer(quote_qa):
 
 
 def test_sources_without_punctuation_or_in_another_language(embeddings, llama_chat, tmp_path):
-    docs = tmp_path / "docs"
-    docs.mkdir()
     words = " ".join(["the pump runs at forty litres per minute when the valve is open"] * 30)
-    (docs / "flat.txt").write_text(words, encoding="utf-8")
-    (docs / "de.md").write_text(
-        "# Garantie\n\nDer Wasserkocher hat zwei Jahre Garantie ab Kaufdatum.\n", encoding="utf-8"
-    )
-    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
-    index.index_path(docs, progress=False)
-    qa = DocsQA(llama_chat, HybridRetriever.from_index(index), answer="quote")
+    files = {
+        "flat.txt": words,
+        "de.md": "# Garantie\n\nDer Wasserkocher hat zwei Jahre Garantie ab Kaufdatum.\n",
+    }
+    qa = quote_qa_over(files, embeddings, llama_chat, tmp_path)
     flat = qa.invoke("How fast does the pump run?")
     assert "forty litres per minute" in flat.text and len(flat.quotes[0].text) <= 400
     german = qa.invoke("Wie lange ist die Garantie?")
@@ -192,24 +199,14 @@ def test_sources_without_punctuation_or_in_another_language(embeddings, llama_ch
 def test_a_quote_that_names_another_document_brings_its_best_sentence(
     embeddings, llama_chat, tmp_path
 ):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "film.md").write_text(
-        "# Kiss and Tell\n\nKiss and Tell is a 1945 American comedy film starring Shirley Temple "
-        "as Corliss Archer. It was directed by Richard Wallace.\n",
-        encoding="utf-8",
-    )
-    (docs / "actress.md").write_text(
-        "# Shirley Temple\n\nShirley Temple was an American actress, singer and dancer. Later "
-        "in life she served as United States Chief of Protocol.\n",
-        encoding="utf-8",
-    )
-    (docs / "kettle.md").write_text(
-        "# Kettle\n\nThe kettle boils 1.7 litres of water in four minutes.\n", encoding="utf-8"
-    )
-    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
-    index.index_path(docs, progress=False)
-    qa = DocsQA(llama_chat, HybridRetriever.from_index(index), answer="quote")
+    files = {
+        "film.md": "# Kiss and Tell\n\nKiss and Tell is a 1945 American comedy film starring "
+        "Shirley Temple as Corliss Archer. It was directed by Richard Wallace.\n",
+        "actress.md": "# Shirley Temple\n\nShirley Temple was an American actress, singer and "
+        "dancer. Later in life she served as United States Chief of Protocol.\n",
+        "kettle.md": "# Kettle\n\nThe kettle boils 1.7 litres of water in four minutes.\n",
+    }
+    qa = quote_qa_over(files, embeddings, llama_chat, tmp_path)
     answer = qa.invoke("Which actress played Corliss Archer in the film Kiss and Tell?")
     assert answer.quotes[0].path.endswith("film.md")
     assert [Path(q.path).name for q in answer.quotes] == ["film.md", "actress.md"]

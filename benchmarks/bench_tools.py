@@ -18,7 +18,7 @@ called), ``exact_args`` (arguments equal to the gold ones, defaults filled in), 
 answers that repeat a phrase three times or hit their length cap) and ``seconds_per_request``.
 
     python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants baseline,copy]
-        [--agent-requests N] [--max-new-tokens N] [--heldout]
+        [--agent-requests N] [--max-new-tokens N] [--heldout] [--no-agents]
 
 ``--heldout`` runs a second set, written before any run on it: 34 requests over 7 other tools
 (translation, calendar, stocks, music, recipes, restaurants, parcels), 6 of them needing no tool.
@@ -229,7 +229,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
             message = bound.invoke(row["request"])
             records[path].append(reply_record(message, time.perf_counter() - start))
         print(f"{variant} {path} done", file=sys.stderr, flush=True)
-    for row in agent_rows(rows, args.agent_requests):
+    for row in agent_rows(rows, args.agent_requests) * (not args.no_agents):
         start = time.perf_counter()
         result = react.invoke(row["request"])
         steps = result.steps
@@ -244,7 +244,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
             }
         )
     print(f"{variant} react done", file=sys.stderr, flush=True)
-    for i, row in enumerate(agent_rows(rows, args.agent_requests)):
+    for i, row in enumerate(agent_rows(rows, args.agent_requests) * (not args.no_agents)):
         start = time.perf_counter()
         try:
             state = agent.invoke(
@@ -290,6 +290,8 @@ def score(
     tool_rows = [r for r in rows if r["tool"] is not None]
     out: dict[str, Any] = {}
     for path, recs in records.items():
+        if not recs:  # a path not run (--no-agents)
+            continue
         gold_rows = agent_rows(rows, per_tool) if path in ("react", "create_agent") else tool_rows
         if path == "bind_auto":
             pairs = list(zip(rows, recs, strict=True))
@@ -341,6 +343,7 @@ def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
     command += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
     command += ["--agent-requests", str(args.agent_requests)]
     command += ["--max-new-tokens", str(args.max_new_tokens)] + ["--heldout"] * args.heldout
+    command += ["--no-agents"] * args.no_agents
     log = Path(tempfile.gettempdir()) / f"bench_tools_{variant}.log"
     print(f"{variant}: progress in {log}", file=sys.stderr)
     with log.open("w") as err:
@@ -378,6 +381,7 @@ def main() -> None:
         help="the held-out set (data/tool_requests_heldout.jsonl: 28 requests over 7 other "
         "tools, 6 that need none)",
     )
+    p.add_argument("--no-agents", action="store_true", help="run the bind_tools paths only")
     p.add_argument("--child", default=None, help=argparse_hidden())
     args = p.parse_args()
     if args.heldout:
@@ -408,8 +412,7 @@ def main() -> None:
         raw[variant] = child_result(variant, *children[variant])["records"]
         for key, value in score(raw[variant], rows, args.agent_requests).items():
             figures[f"{variant}_{key}"] = value
-    shipped = "copy" if "copy" in raw else None
-    if shipped:
+    if "copy" in raw and not args.no_agents:
         figures["targets_met"] = {
             "parse_100": all(figures[f"copy_{p}_parse"] == 1.0 for p in PATHS),
             "any_tool_accuracy_0.9": figures["copy_bind_any_tool_accuracy"] >= 0.9,
@@ -418,11 +421,15 @@ def main() -> None:
             and figures["copy_create_agent_looping_answers"] == 0,
         }
     if args.save:
-        name = "bench_tools_heldout_replies.json" if args.heldout else "bench_tools_replies.json"
-        replies = Path(__file__).parent / "results" / name
+        replies = Path(__file__).parent / "results" / f"{result_name(args)}_replies.json"
         replies.parent.mkdir(exist_ok=True)
         replies.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
-    emit("bench_tools_heldout" if args.heldout else "bench_tools", figures, args.save)
+    emit(result_name(args), figures, args.save)
+
+
+def result_name(args: Any) -> str:
+    """bench_tools, with _heldout for the held-out set and _bind for the bind_tools paths."""
+    return "bench_tools" + "_heldout" * args.heldout + "_bind" * args.no_agents
 
 
 def argparse_hidden() -> str:

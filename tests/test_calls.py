@@ -75,18 +75,23 @@ def test_named_values_win_no_value_is_used_twice_and_free_fields_stay_free():
                 "origin": {"type": "string"},
                 "destination": {"type": "string"},
                 "note": {"type": "string", "format": "date"},  # no span fits: the grammar writes
-                "label": {"type": "string"},  # optional, not named: left out
+                "label": {"type": "string"},  # optional
+                "minutes": {"type": "integer"},  # optional: no number in the request
             },
             "required": ["source", "target", "origin", "destination", "note"],
         }
     )
-    request = "Change EUR into USD and fly from Rome to Oslo"
+    request = "Change EUR into USD and fly from rome to oslo"
     chosen, fixed = choose_arguments(_prefers_short, "{", schema, [request])
     assert chosen["source"] == "EUR" and chosen["target"] == "USD"  # in the order named
     assert chosen["origin"] != chosen["destination"]
     assert "note" not in chosen and fixed["properties"]["note"] == schema["properties"]["note"]
-    assert "label" not in fixed["properties"]
+    assert "label" not in fixed["properties"]  # the scorer would rather close the call
+    assert "minutes" not in fixed["properties"]  # nothing to copy: not invented
     jsonschema.validate({**chosen, "note": "2025-01-01"}, fixed)
+    # a name no other field took, or a number, is the request giving an optional field
+    chosen, _ = choose_arguments(_prefers_short, "{", schema, [request + " for Maria, 20 minutes"])
+    assert chosen["minutes"] == 20 and "label" in chosen
 
 
 def test_a_tool_is_chosen_among_many_and_its_arguments_are_the_requests(llama_chat):

@@ -35,10 +35,10 @@ def test_empty_text_is_a_clear_error(llama_chat):
 
 
 def test_alternatives_scored_together_match_each_scored_alone(llama_chat, hf_chat):
-    context = "Answer: the kettle is descaled with"
-    options = [" white vinegar", " a hammer", " citric acid solution"]
+    context = "The capital of France is"
+    options = [" Paris", " banana", " the city of Paris"]
     for chat in (llama_chat, hf_chat):
         together = chat.loglikelihoods(context, options)
         alone = [chat.loglikelihood(context, option) for option in options]
         assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(together, alone, strict=True))
-        assert together[1] < max(together[0], together[2])
+        assert together[1] < together[0] - 3

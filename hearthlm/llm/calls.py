@@ -88,26 +88,39 @@ def choose_arguments(
     narrowed = copy_schema(parameters, texts)["properties"]
     required = set(parameters.get("required", []))
     text = " ".join(texts)
+    fields = list(properties)
+    found = {f: _options(properties[f], narrowed[f], text) for f in fields}
+    # Enum values the request names are taken first, in the order named ("EUR into USD"), so
+    # that no span field takes their words ("thank you in German": the text is not "German").
+    named: dict[str, Any] = {}
+    for field in fields:
+        left = [v for v in found[field][1] if v not in named.values()]
+        if left:
+            named[field] = left[0]
     chosen: dict[str, Any] = {}
     omitted: set[str] = set()
     prefix = opening
-    fields = list(properties)
     for field in fields:
-        options, named = _options(properties[field], narrowed[field], text)
+        options, _ = found[field]
+        optional = field not in required
         if options is _FREE:
+            if optional and _scalar(properties[field]):
+                omitted.add(field)  # nothing in the request fits: a value would be invented
             continue
-        options = _unused(options, list(chosen.values()))
-        named = [v for v in named if v in options]
+        taken = [*chosen.values(), *(v for f, v in named.items() if f != field)]
+        fresh = _unused(options, taken)
         first = prefix.endswith("{")
-        if field not in required and not named and not _names_field(field, text):
+        kind = _kind(properties[field])
+        if optional and field not in named and not _wanted(field, kind, fresh, text, taken):
             close, go = score(prefix, ["}", ' "' if first else ","])
             if close > go:
                 omitted.add(field)
                 continue
         prefix += f"{'' if first else ', '}{json.dumps(field)}:"
-        if named:
-            value = named[0]
+        if field in named:
+            value = named[field]
         else:
+            options = fresh or options
             after = "" if isinstance(options[0], str) else ("}" if field == fields[-1] else ",")
             rendered = [" " + json.dumps(o, ensure_ascii=False) + after for o in options]
             scores = score(prefix, rendered)
@@ -178,17 +191,51 @@ def _non_null(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _unused(options: list[Any], used: list[Any]) -> list[Any]:
-    """The options no earlier field took, nor that hold a value an earlier field took (the
-    request's words go to one argument each); all of them when that would leave none."""
-    taken = [u for u in used if isinstance(u, str)]
-    kept = [o for o in options if o not in used and not _holds(o, taken)]
-    return kept or options
+    """The options that no other field took, nor that hold a value another field took, in any
+    case (the request's words go to one argument each); may be empty."""
+    taken = [u.replace("_", " ") for u in used if isinstance(u, str)]
+    return [o for o in options if o not in used and not _holds(o, taken)]
 
 
 def _holds(option: Any, taken: list[str]) -> bool:
     return isinstance(option, str) and any(
-        re.search(rf"(?<!\w){re.escape(t)}(?!\w)", option) for t in taken
+        re.search(rf"(?<!\w){re.escape(t)}(?!\w)", option, re.IGNORECASE) for t in taken
     )
+
+
+def _scalar(node: dict[str, Any]) -> bool:
+    return _non_null(node).get("type") in ("string", "number", "integer")
+
+
+def _kind(node: dict[str, Any]) -> str:
+    """ "enum" (the schema's own values), "number" or "string" (copied), else "other"."""
+    node = _non_null(node)
+    if {"enum", "const"} & node.keys() or node.get("type") == "boolean":
+        return "enum"
+    return {"integer": "number", "number": "number", "string": "string"}.get(
+        node.get("type", ""), "other"
+    )
+
+
+def _wanted(field: str, kind: str, fresh: list[Any], text: str, taken: list[Any]) -> bool:
+    """Whether the request gives an optional field without the model's say: it names the
+    field, or holds a number that no other field took (a number field), or a name or code (a
+    capitalised word inside a sentence, a word with digits) that no other field took (a string
+    field)."""
+    if _names_field(field, text):
+        return True
+    if kind == "number":
+        return bool(fresh)
+    if kind != "string":
+        return False
+    used = " ".join(str(t) for t in taken).lower()
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        words = re.findall(r"[\w'-]+", sentence)[1:]
+        for word in words:
+            value_like = (word[:1].isupper() and word != "I") or any(c.isdigit() for c in word)
+            if value_like and word.lower() not in used:
+                return True
+    return False
 
 
 def _one_line(text: str) -> str:

@@ -104,7 +104,7 @@ def choose_arguments(
         options, _ = found[field]
         optional = field not in required
         if options is _FREE:
-            if optional and _scalar(properties[field]):
+            if optional and _kind(properties[field]) in ("string", "number"):
                 omitted.add(field)  # nothing in the request fits: a value would be invented
             continue
         taken = [*chosen.values(), *(v for f, v in named.items() if f != field)]
@@ -201,10 +201,6 @@ def _holds(option: Any, taken: list[str]) -> bool:
     return isinstance(option, str) and any(
         re.search(rf"(?<!\w){re.escape(t)}(?!\w)", option, re.IGNORECASE) for t in taken
     )
-
-
-def _scalar(node: dict[str, Any]) -> bool:
-    return _non_null(node).get("type") in ("string", "number", "integer")
 
 
 def _kind(node: dict[str, Any]) -> str:

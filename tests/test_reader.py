@@ -13,6 +13,7 @@ from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import NO_ANSWER, DocsQA, DocumentIndex, HybridRetriever
 from hearthlm.retrieval.grounding import claims, unsupported
 from hearthlm.retrieval.loaders import load_file
+from hearthlm.retrieval.reader import Quote
 from hearthlm.retrieval.sentences import split_sentences
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "docs"
@@ -105,6 +106,23 @@ def test_text_without_punctuation_is_cut_at_word_boundaries():
 
 
 # --- grounding ---------------------------------------------------------------------------------
+
+
+def test_a_quote_is_led_by_its_title_unless_it_names_it():
+    def reads(text: str, title: str) -> str:
+        return Quote(text, 1, "a.md", None, "", 0, len(text), 1.0, title).reads
+
+    film = "The Spiderwick Chronicles (film)"
+    assert reads("Set in New England, it follows a family.", film) == (
+        "The Spiderwick Chronicles (film): Set in New England, it follows a family."
+    )
+    assert reads("The Spiderwick Chronicles is a 2008 film.", film) == (
+        "The Spiderwick Chronicles is a 2008 film."  # the name without its qualifier counts
+    )
+    assert reads("E4 - The heating plate is overheating.", "Error codes") == (
+        "Error codes: E4 - The heating plate is overheating."
+    )
+    assert reads("It boils in four minutes.", "") == "It boils in four minutes."
 
 
 def test_grounding_flags_numbers_codes_and_names_not_in_the_sources():

@@ -55,8 +55,7 @@ _AMOUNT = re.compile(
     re.IGNORECASE,
 )
 _NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+")
-# A sentence that opens so names its subject only in the sentences or title before it.
-_REFERS_BACK = re.compile(r"^(it|its|he|his|she|her|they|their|this|these|those)\b", re.IGNORECASE)
+_QUALIFIER = re.compile(r"\s*\([^)]*\)")  # "(film)", "(American football)" after a title
 
 
 @dataclass
@@ -84,10 +83,11 @@ class Quote:
 
     @property
     def reads(self) -> str:
-        """The quote as the answer shows it: led by its title when the sentence opens with a
-        pronoun. "It is told in first person …" says nothing without "Animorphs:" before it."""
+        """The quote as the answer shows it: led by its title unless the sentence names it.
+        "It is told in first person …" says nothing without "Animorphs:" before it, and "Set in
+        the Spiderwick Estate …" says which film only under "The Spiderwick Chronicles (film)"."""
         title, text = " ".join(self.title.split()), self.display
-        if title and _REFERS_BACK.match(text):
+        if title and not _names(text, title):
             return f"{title}: {text}"
         return text
 
@@ -247,6 +247,12 @@ def choose(
         for i in near
     ]
     return near[int(np.argmax(likelihood))], True
+
+
+def _names(text: str, title: str) -> bool:
+    """Whether ``text`` names ``title`` (without its qualifier in brackets)."""
+    name = " ".join(_QUALIFIER.sub(" ", title).split()).lower()
+    return not name or name in text.lower()
 
 
 def _flat(candidate: Candidate) -> str:

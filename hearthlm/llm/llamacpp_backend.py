@@ -6,8 +6,11 @@ whose strings are strict JSON strings (see :mod:`hearthlm.llm.grammar`).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +23,8 @@ from hearthlm.llm.text import CHATML_TEMPLATE
 
 # Plain text that is not a tool call: it may not open with "{" or whitespace.
 _TEXT_RULE = f"text-reply ::= {TEXT_REPLY}"
+# Every llama.cpp model this process loaded, freed at exit (see _release).
+_LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class LlamaCppBackend(Backend):
@@ -80,6 +85,7 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {source.path}: {exc}") from exc
+        _LOADED.add(llm)
         backend = cls(llm, source)
         if lora is not None:
             backend.model_name = f"{source.name}+{lora.stem}"
@@ -202,10 +208,25 @@ class LlamaCppBackend(Backend):
                 logits_all=True,
                 verbose=False,
             )
+            _LOADED.add(self._scorer)
         return self._scorer
 
     def _grammar(self, constraint: Constraint) -> Any:
         return self._grammars.get(constraint, _build_grammar)
+
+
+@atexit.register
+def _release() -> None:
+    """Free the loaded models while the interpreter is still whole, then close the two
+    /dev/null files llama-cpp-python opens at import and never closes. Left to shutdown, their
+    finalizers print "ResourceWarning: unclosed file" and "'NoneType' object is not callable"."""
+    for llm in list(_LOADED):
+        llm.close()
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
 
 
 def _build_grammar(constraint: Constraint) -> Any:

@@ -229,7 +229,8 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
             message = bound.invoke(row["request"])
             records[path].append(reply_record(message, time.perf_counter() - start))
         print(f"{variant} {path} done", file=sys.stderr, flush=True)
-    for row in agent_rows(rows, args.agent_requests) * (not args.no_agents):
+    agents = [] if args.no_agents else agent_rows(rows, args.agent_requests)
+    for row in agents:
         start = time.perf_counter()
         result = react.invoke(row["request"])
         steps = result.steps
@@ -244,7 +245,7 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
             }
         )
     print(f"{variant} react done", file=sys.stderr, flush=True)
-    for i, row in enumerate(agent_rows(rows, args.agent_requests) * (not args.no_agents)):
+    for i, row in enumerate(agents):
         start = time.perf_counter()
         try:
             state = agent.invoke(

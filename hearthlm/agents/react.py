@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -25,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.tools import resolve_tools
 from hearthlm.llm.backend import Constraint
-from hearthlm.llm.calls import choose_call, choose_tool
+from hearthlm.llm.calls import best_scorer, choose_call, choose_tool
 from hearthlm.llm.chain import (
     Chain,
     QuestionInput,
@@ -255,7 +254,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         if not steps and hasattr(model, "loglikelihoods") and hasattr(model, "prompt"):
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
-            score = partial(model.loglikelihoods, best_only=True)
+            score = best_scorer(model)
             tool = choose_tool(score, specs, question, optional=False)
             assert tool is not None  # a call is required, so a tool is always chosen
             _, fixed = choose_call(score, model.prompt(messages), tool, [question])

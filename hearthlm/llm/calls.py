@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from hearthlm.llm.spans import copy_schema
@@ -37,6 +38,12 @@ Scorer = Callable[[str, Sequence[str]], list[float]]
 CHANNEL = "Function: {name}: {description}\nA user request that needs this function:"
 PASS_DESCRIPTION = "Answer the user directly without any function."
 _FREE = object()  # a field whose value the grammar writes
+
+
+def best_scorer(model: Any) -> Scorer:
+    """The :data:`Scorer` of a model with ``loglikelihoods`` (ChatHearth): only the best
+    alternative is scored exactly, which is all a choice needs."""
+    return partial(model.loglikelihoods, best_only=True)
 
 
 def choose_tool(

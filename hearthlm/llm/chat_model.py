@@ -45,7 +45,7 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
-from hearthlm.llm.calls import choose_arguments, choose_call, choose_tool
+from hearthlm.llm.calls import best_scorer, choose_arguments, choose_call, choose_tool
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
@@ -278,10 +278,6 @@ class ChatHearth(BaseChatModel):
         with engine.lock:
             return engine.loglikelihoods(context_ids, continuation_ids, best_only)
 
-    def _chooser(self, context: str, continuations: Sequence[str]) -> list[float]:
-        """The scorer calls are chosen with: only the best alternative need be exact."""
-        return self.loglikelihoods(context, continuations, best_only=True)
-
     def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
         values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
         values.update({k: v for k, v in overrides.items() if k in _SAMPLING_FIELDS})
@@ -428,7 +424,7 @@ class ChatHearth(BaseChatModel):
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
         choosing = self.tool_decision == "choose" and request is not None and explicit is None
         if choosing and tools and (tools_optional or len(tools) > 1):
-            chosen = choose_tool(self._chooser, tools, str(request), optional=tools_optional)
+            chosen = choose_tool(best_scorer(self), tools, str(request), optional=tools_optional)
             tools, tools_optional, text_only = (
                 ([chosen], False, False) if chosen else ([], True, True)
             )
@@ -453,7 +449,7 @@ class ChatHearth(BaseChatModel):
             if source is not None:  # fields chosen as a call's arguments are
                 rendered = self._template_messages(fitted, [], response_format, True)
                 opening = self._prompt_text(rendered) + "{"
-                chosen, schema = choose_arguments(self._chooser, opening, schema, source)
+                chosen, schema = choose_arguments(best_scorer(self), opening, schema, source)
                 fields = schema.get("properties")
                 if isinstance(fields, dict) and fields and set(chosen) == set(fields):
                     fixed = json.dumps(chosen, ensure_ascii=False)
@@ -467,7 +463,7 @@ class ChatHearth(BaseChatModel):
         """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
         (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
         prompt = self._prompt_text(self._template_messages(messages, [tool], None, False))
-        chosen, spec = choose_call(self._chooser, prompt, tool, source)
+        chosen, spec = choose_call(best_scorer(self), prompt, tool, source)
         every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
         name = tool["function"]["name"]
         return call_schema([spec], source), render_tool_call(name, chosen) if every else None

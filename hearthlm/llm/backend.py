@@ -8,10 +8,12 @@ point group, exactly as a plugin would register its own.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar
@@ -24,6 +26,37 @@ ENTRY_POINT_GROUP = "hearthlm.backends"
 # GBNF body of a plain-text reply that cannot be a tool call: it may not open with "{" or
 # whitespace. Used as the text alternative of optional tool calls and for tool_choice="none".
 TEXT_REPLY = "[^{ \\t\\n] [^\\x00]*"
+# The cancel event of the request the current thread serves (see cancel_scope).
+_CANCEL: ContextVar[threading.Event | None] = ContextVar("hearth_cancel", default=None)
+
+
+@contextlib.contextmanager
+def cancel_scope(event: threading.Event) -> Iterator[threading.Event]:
+    """Generation and scoring started inside this block end soon after ``event`` is set: a
+    reply stops within a token or two, and a batched backend frees the sequence at once, even
+    mid-prompt. This is how a server stops the work of a client that went away.
+
+    Example:
+        >>> stop = threading.Event()
+        >>> with cancel_scope(stop):  # doctest: +SKIP
+        ...     chat.invoke("Write a long story.")  # another thread may call stop.set()
+    """
+    token = _CANCEL.set(event)
+    try:
+        yield event
+    finally:
+        _CANCEL.reset(token)
+
+
+def current_cancel() -> threading.Event | None:
+    """The cancel event of the enclosing :func:`cancel_scope`, if any."""
+    return _CANCEL.get()
+
+
+def cancelled() -> bool:
+    """Whether the enclosing :func:`cancel_scope`'s event is set."""
+    event = _CANCEL.get()
+    return event is not None and event.is_set()
 
 
 @dataclass(frozen=True)
@@ -71,7 +104,7 @@ class Backend(ABC):
 
     Subclasses set the attributes below in ``load`` and implement ``tokenize``, ``decode`` and
     ``generate``. ``lock`` serialises generation, since one loaded model serves one request at a
-    time.
+    time; a backend that batches concurrent requests itself has a lock that never blocks.
     """
 
     name: ClassVar[str]
@@ -83,7 +116,8 @@ class Backend(ABC):
     stop_token_ids: frozenset[int] = frozenset()
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.generated_tokens = 0  # replies' tokens, counted by the chat model
+        self.lock: contextlib.AbstractContextManager[Any] = threading.Lock()
 
     @classmethod
     @abstractmethod
@@ -122,9 +156,21 @@ class Backend(ABC):
         is then ``-inf``); the best one is exact. Callers hold ``lock``."""
         return [self.loglikelihood(context, continuation) for continuation in continuations]
 
+    def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:
+        """For each token of ``ids`` after the first: its log-probability given the tokens
+        before it, and the ``top`` likeliest tokens there with theirs (what an OpenAI
+        ``/v1/completions`` request with ``echo`` and ``logprobs`` returns). Callers hold
+        ``lock``. Backends that cannot score raise ``NotImplementedError``."""
+        raise NotImplementedError(f"the {self.name} backend does not score text")
+
     def describe(self) -> dict[str, Any]:
         """Facts shown in response metadata and ``hearth models``."""
         return {"backend": self.name, "model": self.model_name, "context_size": self.context_size}
+
+    def close(self) -> None:
+        """Free what the backend holds beyond memory (threads, contexts); the default has
+        nothing to free."""
+        return None
 
 
 @cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,14 @@ from hearthlm.config import (
     config_error_from,
 )
 from hearthlm.errors import ConfigError, ContextWindowError
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, backend_class, load_backend
+from hearthlm.llm.backend import (
+    TEXT_REPLY,
+    Backend,
+    Constraint,
+    backend_class,
+    cancelled,
+    load_backend,
+)
 from hearthlm.llm.calls import best_scorer, choose_arguments, choose_call, choose_tool
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
@@ -87,6 +95,27 @@ class _Outcome:
     text: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Completion:
+    """A raw completion as it streams (:meth:`ChatHearth.complete`): iterate over it for text
+    deltas; once it ends, ``finish_reason`` and ``output_tokens`` say how."""
+
+    prompt_ids: list[int]
+    _deltas: Iterator[str]
+    _outcome: _Outcome
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    @property
+    def finish_reason(self) -> str:
+        return self._outcome.finish_reason
+
+    @property
+    def output_tokens(self) -> int:
+        return self._outcome.output_tokens
+
+
 class ChatHearth(BaseChatModel):
     """A local model (llama.cpp or transformers backend) as a LangChain chat model.
 
@@ -122,6 +151,9 @@ class ChatHearth(BaseChatModel):
     threads: int | None = None
     cache_dir: Path | None = None
     truncation: Literal["error", "drop_oldest"] = "error"
+    parallel: int = 1
+    prefill_chunk: int = 128
+    flash_attention: bool = False
 
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
@@ -278,6 +310,48 @@ class ChatHearth(BaseChatModel):
         with engine.lock:
             return engine.loglikelihoods(context_ids, continuation_ids, best_only)
 
+    def complete(
+        self, prompt: str | Sequence[int], stop: list[str] | None = None, **kwargs: Any
+    ) -> Completion:
+        """Continue raw ``prompt`` text (or token ids) with no chat template, as OpenAI's
+        ``/v1/completions`` does. Takes the per-call options and ``constraint=`` of a chat
+        call; the model's chat tools and formats do not apply.
+
+        Raises:
+            ConfigError: the prompt is empty.
+            ContextWindowError: it leaves no room to generate.
+
+        Example:
+            >>> "".join(chat.complete("Paris is in", max_new_tokens=2))  # doctest: +SKIP
+            ' France.'
+        """
+        engine = self.engine
+        ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ConfigError("the prompt is empty; give at least one token to continue.")
+        if len(ids) >= self.context_window:
+            raise ContextWindowError(
+                f"the prompt is {len(ids)} tokens but the context window is "
+                f"{self.context_window}. Shorten the prompt."
+            )
+        prepared = _Prepared(ids, _explicit_constraint(kwargs), False, 0)
+        outcome = _Outcome()
+        return Completion(
+            ids, self._deltas(prepared, self._sampling(kwargs), stop, outcome), outcome
+        )
+
+    def token_logprobs(
+        self, text: str | Sequence[int], top: int = 0
+    ) -> tuple[list[int], list[tuple[float, dict[int, float]]]]:
+        """The token ids of ``text`` (raw, no template) and, for each after the first, its
+        log-probability and the ``top`` likeliest tokens there (``echo`` with ``logprobs``)."""
+        engine = self.engine
+        ids = engine.tokenize(text) if isinstance(text, str) else list(text)
+        if len(ids) < 2:
+            return ids, []
+        with engine.lock:
+            return ids, engine.token_logprobs(ids, top)
+
     def _sampling(self, overrides: dict[str, Any]) -> SamplingConfig:
         values = {k: getattr(self, k) for k in _SAMPLING_FIELDS}
         values.update({k: v for k, v in overrides.items() if k in _SAMPLING_FIELDS})
@@ -383,6 +457,7 @@ class ChatHearth(BaseChatModel):
             try:
                 for token in tokens:
                     outcome.output_tokens += 1
+                    engine.generated_tokens += 1
                     text = scanner.push(detokenizer.push(token))
                     if text:
                         outcome.text.append(text)
@@ -392,6 +467,9 @@ class ChatHearth(BaseChatModel):
                                 budget = min(structured_budget, room)  # it became a tool call
                         yield text
                     if scanner.stopped:
+                        break
+                    if cancelled():
+                        outcome.finish_reason = "cancelled"
                         break
                     if guard and outcome.opening != "{" and guard.push(text):
                         outcome.finish_reason = "repetition"
@@ -403,6 +481,8 @@ class ChatHearth(BaseChatModel):
                 close = getattr(tokens, "close", None)
                 if close:
                     close()
+        if cancelled():  # a batched backend may have ended the sequence itself
+            outcome.finish_reason = "cancelled"
         tail = scanner.flush()
         if tail:
             outcome.text.append(tail)
@@ -443,7 +523,7 @@ class ChatHearth(BaseChatModel):
         elif text_only:
             constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
         elif response_format == JSON_OBJECT:
-            constraint = Constraint({"type": "object"})  # JSON mode: the keys are written
+            constraint = Constraint(json_mode_schema(str(request or "")))
         elif response_format is not None:
             schema = strict_schema(_json_schema_of(response_format))
             if source is not None:  # fields chosen as a call's arguments are
@@ -627,6 +707,31 @@ class ChatHearth(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks(
             [fallback], exception_key="parsing_error"
         )
+
+
+# A quoted key name, in a sentence that speaks of keys or fields.
+_QUOTED_KEY = re.compile(r"""['"`]([A-Za-z_][A-Za-z0-9_]{0,63})['"`]""")
+_KEY_WORDS = re.compile(r"\b(keys?|fields?|propert(y|ies)|attributes?)\b", re.IGNORECASE)
+
+
+def json_mode_schema(request: str) -> dict[str, Any]:
+    """JSON mode's grammar: an object, whose keys are those the request quotes in a sentence
+    about keys ("a JSON with 'setup' and 'punchline' keys"), each required and holding a
+    string, number, boolean or null, if it quotes any. JSON mode asks the prompt to say which
+    keys; a small model left to write them forgets one, or nests an object in another.
+    """
+    keys: list[str] = []
+    for sentence in re.split(r"(?<=[.!?\n])\s+", request):
+        if _KEY_WORDS.search(sentence):
+            keys += [k for k in _QUOTED_KEY.findall(sentence) if k not in keys]
+    if not keys:
+        return {"type": "object"}
+    return {
+        "type": "object",
+        "properties": {k: {"type": ["string", "number", "boolean", "null"]} for k in keys},
+        "required": keys,
+        "additionalProperties": False,
+    }
 
 
 def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:

@@ -245,6 +245,17 @@ class TransformersBackend(Backend):
             picked = picked * attention[:, len(context) :]
             return [float(x) for x in picked.sum(dim=1)]
 
+    def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:
+        import torch
+
+        from hearthlm.llm.scoring import token_logprobs
+
+        with torch.inference_mode():
+            tensor = torch.tensor([ids], device=self.device)  # (1, len)
+            logits = self.model(input_ids=tensor).logits[0, :-1].float()
+            rows = torch.log_softmax(logits, dim=-1).cpu().numpy()  # (len - 1, vocab)
+        return token_logprobs(rows, ids[1:], top)
+
     def _prefill(self, ids: torch.Tensor, cache: Any) -> torch.Tensor:
         if self.soft_prompt is None:
             return self._forward(input_ids=ids, cache=cache)

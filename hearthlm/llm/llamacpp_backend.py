@@ -7,7 +7,7 @@ whose strings are strict JSON strings (see :mod:`hearthlm.llm.grammar`).
 from __future__ import annotations
 
 import atexit
-import math
+import contextlib
 import os
 import sys
 import weakref
@@ -15,16 +15,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
-from hearthlm.errors import ModelLoadError
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
-from hearthlm.llm.grammar import json_schema_gbnf
+from hearthlm.errors import ContextWindowError, ModelLoadError
+from hearthlm.llm.backend import Backend, Constraint, GrammarCache
+from hearthlm.llm.grammar import constraint_gbnf
+from hearthlm.llm.scoring import (
+    SCORING_WINDOW,
+    log_softmax,
+    score_continuations,
+    token_logprobs,
+)
 from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
 from hearthlm.llm.text import CHATML_TEMPLATE
 
-# Plain text that is not a tool call: it may not open with "{" or whitespace.
-_TEXT_RULE = f"text-reply ::= {TEXT_REPLY}"
 # Every llama.cpp model this process loaded, freed at exit (see _release).
 _LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
+_BATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # batched engines: their threads stop first
 
 
 class LlamaCppBackend(Backend):
@@ -32,8 +37,11 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
 
-    def __init__(self, llm: Any, source: ModelSource) -> None:
+    def __init__(self, llm: Any, source: ModelSource, batched: Any = None) -> None:
         super().__init__()
+        if batched is not None:  # continuous batching (hearthlm.llm.batching): no lock
+            self.lock = contextlib.nullcontext()
+        self.batched = batched
         self.llm = llm
         self.source = source
         self.model_name = source.name
@@ -43,12 +51,9 @@ class LlamaCppBackend(Backend):
         self.eos_token = _token_text(llm, llm.token_eos())
         # llama.cpp pads its context to a multiple of 256; the Python side holds the size asked for.
         self.context_size = min(int(llm.n_ctx()), len(llm.input_ids))
-        vocab = llm._model.vocab
-        import llama_cpp
-
-        self.stop_token_ids = frozenset(
-            t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)
-        )
+        if batched is not None:
+            self.context_size = batched.context_size
+        self.stop_token_ids = _stop_ids(llm)
         self._grammars = GrammarCache()
         self._scorer: Any = None  # a second context that keeps every position's logits
 
@@ -72,21 +77,33 @@ class LlamaCppBackend(Backend):
                     "with `hearth finetune export --gguf-lora`, or use backend 'transformers'."
                 )
         threads = config.threads or os.cpu_count() or 1
+        batched = config.parallel > 1
         try:
             llm = Llama(
                 model_path=str(source.path),
-                n_ctx=config.context_size or 0,  # 0: the model's trained context
+                # 0: the model's trained context. A batched backend decodes in contexts of its
+                # own; this one only tokenizes.
+                n_ctx=64 if batched else config.context_size or 0,
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=-1 if config.device == "cuda" else 0,
                 lora_path=str(lora) if lora else None,
                 last_n_tokens_size=config.context_size or 8192,
+                flash_attn=config.flash_attention,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {source.path}: {exc}") from exc
         _LOADED.add(llm)
-        backend = cls(llm, source)
+        engine = None
+        if batched:
+            from hearthlm.llm.batching import BatchedEngine
+
+            stops = _stop_ids(llm)
+            size = config.context_size or int(llm._model.n_ctx_train())
+            engine = BatchedEngine(llm._model.model, stops, config, size)
+            _BATCHED.add(engine)
+        backend = cls(llm, source, engine)
         if lora is not None:
             backend.model_name = f"{source.name}+{lora.stem}"
         return backend
@@ -103,9 +120,13 @@ class LlamaCppBackend(Backend):
         sampling: SamplingConfig,
         constraint: Constraint | None = None,
     ) -> Iterator[int]:
+        if self.batched is not None:
+            yield from self.batched.generate(prompt_ids, sampling, constraint)
+            return
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
         grammar = self._grammar(constraint) if constraint else None
+        self._evaluate_head(prompt_ids)
         tokens = self.llm.generate(
             prompt_ids,
             temp=sampling.temperature,
@@ -124,7 +145,22 @@ class LlamaCppBackend(Backend):
         finally:
             tokens.close()
 
+    def _evaluate_head(self, prompt_ids: list[int]) -> None:
+        """Evaluate all of the prompt but its last token, reusing the cells that hold a shared
+        prefix; ``Llama.generate`` then evaluates that last token alone. The first token is
+        then drawn from the same numbers whether the prompt was cached or not (llama.cpp
+        rounds a batch of many tokens differently from one), so a seeded reply repeats."""
+        llm, head = self.llm, prompt_ids[:-1]
+        kept = llm.input_ids[: llm.n_tokens].tolist()
+        shared = 0
+        while shared < min(len(kept), len(head)) and kept[shared] == head[shared]:
+            shared += 1
+        llm.n_tokens = shared
+        llm.eval(head[shared:])
+
     def loglikelihood(self, context: list[int], continuation: list[int]) -> float:
+        if self.batched is not None:
+            return float(self.batched.loglikelihoods(context, [continuation])[0])
         import numpy as np
 
         scorer = self._scoring_context()
@@ -134,12 +170,14 @@ class LlamaCppBackend(Backend):
         scorer.eval(ids)
         logits = np.asarray(scorer.scores[: len(ids)], dtype=np.float64)  # (len(ids), vocab)
         # the logits at position i predict token i + 1
-        rows = _log_softmax(logits[first - 1 : len(ids) - 1])
+        rows = log_softmax(logits[first - 1 : len(ids) - 1])
         return float(rows[np.arange(len(rows)), ids[first:]].sum())
 
     def loglikelihoods(
         self, context: list[int], continuations: list[list[int]], best_only: bool = False
     ) -> list[float]:
+        if self.batched is not None:
+            return list(self.batched.loglikelihoods(context, continuations, best_only))
         import numpy as np
 
         scorer = self._scoring_context()
@@ -154,43 +192,29 @@ class LlamaCppBackend(Backend):
         scorer.n_tokens = shared
         scorer.eval(context[shared:])
         end = len(context)
-        first = _log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
-        evaluated: list[tuple[list[int], Any]] = []  # token paths and their log-prob rows
+        first = log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
 
         def rows_after(path: list[int]) -> Any:
-            """Log-prob rows after each token of ``path``, reusing a longer path's rows."""
-            for done, rows in evaluated:
-                if done[: len(path)] == path:
-                    return rows
             scorer.n_tokens = end
             scorer.eval(path)
-            rows = _log_softmax(np.asarray(scorer.scores[end : end + len(path)], dtype=np.float64))
-            evaluated.append((path, rows))
-            return rows
+            return log_softmax(np.asarray(scorer.scores[end : end + len(path)], dtype=np.float64))
 
-        totals = [-math.inf] * len(continuations)
-        best = -math.inf
-        # Likeliest first token first, and the longest of those sharing it, whose evaluation
-        # then serves the shorter ones ("Paris", "Paris to", "Paris to Rome"). A continuation
-        # scores at most its first token's log-probability, so with best_only the rest cannot
-        # win once that falls below the best.
-        order = sorted(
-            range(len(continuations)),
-            key=lambda i: (-first[continuations[i][0]], -len(continuations[i])),
-        )
-        for i in order:
-            continuation = continuations[i]
-            total = float(first[continuation[0]])
-            if best_only and total <= best:
-                break
-            if len(continuation) > 1:
-                rows = rows_after(continuation[:-1])
-                picked = rows[np.arange(len(continuation) - 1), continuation[1:]]
-                total += float(picked.sum())
-            totals[i] = total
-            best = max(best, total)
+        totals = score_continuations(first, rows_after, continuations, best_only)
         scorer.n_tokens = end
         return totals
+
+    def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:
+        import numpy as np
+
+        if self.batched is not None:
+            rows = self.batched.rows(ids)
+        else:
+            scorer = self._scoring_context()
+            _check_window(ids, int(scorer.n_ctx()))
+            scorer.reset()
+            scorer.eval(ids)
+            rows = np.asarray(scorer.scores[: len(ids) - 1], dtype=np.float64)
+        return token_logprobs(log_softmax(rows), ids[1:], top)
 
     def _scoring_context(self) -> Any:
         """The generation context computes the last position's logits only; scoring needs all,
@@ -201,11 +225,12 @@ class LlamaCppBackend(Backend):
             params = self.llm.context_params
             self._scorer = Llama(
                 model_path=str(self.source.path),
-                n_ctx=min(self.context_size, 1024),
+                n_ctx=min(self.context_size, SCORING_WINDOW),
                 n_threads=params.n_threads,
                 n_threads_batch=params.n_threads_batch,
                 n_gpu_layers=self.llm.model_params.n_gpu_layers,
                 logits_all=True,
+                flash_attn=params.flash_attn_type > 0,
                 verbose=False,
             )
             _LOADED.add(self._scorer)
@@ -214,12 +239,25 @@ class LlamaCppBackend(Backend):
     def _grammar(self, constraint: Constraint) -> Any:
         return self._grammars.get(constraint, _build_grammar)
 
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        if self.batched is not None:
+            facts["parallel"] = self.batched.scheduler.context.n_seq
+        return facts
+
+    def close(self) -> None:
+        """Stop the batched engine's scheduler, if any; requests in flight end with an error."""
+        if self.batched is not None:
+            self.batched.close()
+
 
 @atexit.register
 def _release() -> None:
     """Free the loaded models while the interpreter is still whole, then close the two
     /dev/null files llama-cpp-python opens at import and never closes. Left to shutdown, their
     finalizers print "ResourceWarning: unclosed file" and "'NoneType' object is not callable"."""
+    for engine in list(_BATCHED):
+        engine.close()
     for llm in list(_LOADED):
         llm.close()
     utils = sys.modules.get("llama_cpp._utils")
@@ -232,22 +270,22 @@ def _release() -> None:
 def _build_grammar(constraint: Constraint) -> Any:
     from llama_cpp import LlamaGrammar
 
-    if constraint.grammar is not None:
-        gbnf = constraint.grammar
-    else:
-        gbnf = json_schema_gbnf(constraint.json_schema or {})
-    if constraint.allow_text:
-        gbnf = gbnf.replace("root ::=", "tool-call ::=", 1)
-        gbnf = f"root ::= tool-call | text-reply\n{_TEXT_RULE}\n{gbnf}"
-    return LlamaGrammar.from_string(gbnf, verbose=False)
+    return LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
 
 
-def _log_softmax(rows: Any) -> Any:
-    """Row-wise log-softmax of a (n, vocab) float array."""
-    import numpy as np
+def _check_window(ids: list[int], window: int) -> None:
+    if len(ids) > window:
+        raise ContextWindowError(
+            f"the text to score is {len(ids)} tokens; scoring reads at most {window}. "
+            "Score a shorter text."
+        )
 
-    top = rows.max(axis=1, keepdims=True)
-    return rows - (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))
+
+def _stop_ids(llm: Any) -> frozenset[int]:
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
 def _token_text(llm: Any, token: int) -> str:

@@ -1,0 +1,395 @@
+"""Continuous batching on llama.cpp: many requests, one model, one ``llama_decode`` a step.
+
+One scheduler thread owns a context of ``llm.parallel`` sequences, as llama.cpp's own server
+owns its slots. Callers on any thread submit a generation or a scoring session and read its
+results from a queue. Each step the scheduler
+
+1. drops the sequences whose caller closed them or whose cancel event is set, and admits waiting
+   requests into free slots (the slot whose cells share the longest prefix with the prompt, so a
+   follow-up request re-evaluates only what is new);
+2. builds one batch: the next token of every decoding sequence, then prompt tokens, at most
+   ``prefill_chunk`` of them while others are decoding, so a long prompt does not freeze the
+   streams already running;
+3. calls ``llama_decode`` once, and samples each decoding sequence with its own sampler chain
+   (its settings, seed and grammar), or hands a scoring session the logits it asked for.
+
+Scoring (``loglikelihoods``, for the tool choice and the quote reader) runs on a slot of its
+own, so it shares the batches but never touches another sequence's cells. Greedy replies equal
+the in-process backend's for a lone request; batched with others, llama.cpp's kernels may round
+differently, which can change a token only where the two likeliest are nearly tied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hearthlm.config import LLMConfig, SamplingConfig
+from hearthlm.errors import ContextWindowError, GenerationError
+from hearthlm.llm.backend import Constraint, GrammarCache, current_cancel
+from hearthlm.llm.grammar import constraint_gbnf
+from hearthlm.llm.llama_batch import BatchContext, Sampler
+from hearthlm.llm.scoring import SCORING_WINDOW, log_softmax, score_continuations
+
+_END = object()  # a generation's last queue item
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """A request in the scheduler: a generation (``sampler`` set) or a scoring session."""
+
+    prompt: list[int]
+    sampler: Sampler | None = None
+    cancel: threading.Event | None = None
+    out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)  # tokens to evaluate, from ``pos`` on
+    pos: int = 0
+    all_rows: bool = False  # scoring: logits of every pending token, not only the last
+    rows: list[Any] = field(default_factory=list)
+    prefilled: bool = False  # generation: the prompt is in; ``pending`` is the sampled token
+    request: tuple[list[int], int, bool] | None = None  # scoring: (tokens, start, all_rows)
+    closed: bool = False  # the caller is gone
+
+    @property
+    def stopped(self) -> bool:
+        return self.closed or (self.cancel is not None and self.cancel.is_set())
+
+
+class Scheduler:
+    """The scheduler thread and its context (see the module docstring)."""
+
+    def __init__(
+        self, context: BatchContext, stop_ids: frozenset[int], prefill_chunk: int = 128
+    ) -> None:
+        self.context = context
+        self.stop_ids = stop_ids
+        self.prefill_chunk = prefill_chunk
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._history: list[list[int]] = [[] for _ in range(context.n_seq)]  # tokens in cells
+        self._used = [0.0] * context.n_seq  # when each slot was last released
+        self._free = set(range(context.n_seq))
+        self.generated_tokens = 0
+        self.prompt_tokens = 0
+        self.steps = 0
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="hearth-batch", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread ---------------------------------------------------------------
+
+    def submit(self, sequence: _Sequence) -> None:
+        if not self._running:
+            raise GenerationError("the batched engine is closed; load the model again.")
+        self._commands.put(sequence)
+
+    def wake(self) -> None:
+        self._commands.put(None)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "running": len(self._active),
+            "waiting": len(self._waiting),
+            "slots": self.context.n_seq,
+            "generated_tokens": self.generated_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "steps": self.steps,
+        }
+
+    def close(self) -> None:
+        """Stop the thread: every request in flight ends, then the context is freed."""
+        if self._running:
+            self._running = False
+            self._commands.put(None)
+            self._thread.join(timeout=30)
+
+    # -- the scheduler thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._running:
+                self._take_commands(block=not self._active and not self._waiting)
+                self._drop_stopped()
+                self._admit()
+                self._start_evaluations()
+                if self._active:
+                    self._step()
+        finally:
+            for sequence in [*self._active, *self._waiting]:
+                sequence.out.put(GenerationError("the batched engine was closed mid-request"))
+                _close(sequence)
+            self.context.close()
+
+    def _take_commands(self, block: bool) -> None:
+        try:
+            command = self._commands.get(block=block, timeout=0.5 if block else None)
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(command, _Sequence):
+                self._waiting.append(command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drop_stopped(self) -> None:
+        for sequence in [s for s in self._waiting if s.stopped]:
+            self._waiting.remove(sequence)
+            sequence.out.put(_END)
+            _close(sequence)
+        for sequence in [s for s in self._active if s.stopped]:
+            if not sequence.closed:  # cancelled: its caller is still reading
+                ended = GenerationError("the request was cancelled")
+                sequence.out.put(_END if sequence.sampler is not None else ended)
+            self._release(sequence)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            sequence = self._waiting.popleft()
+            slot, shared = self._best_slot(sequence.prompt)
+            self._free.discard(slot)
+            sequence.slot = slot
+            if sequence.sampler is not None:
+                shared = min(shared, len(sequence.prompt) - 1)  # the last token gives logits
+                sequence.pending = sequence.prompt[shared:]
+                sequence.pos = shared
+                self.context.forget(slot, shared)
+                self._history[slot] = sequence.prompt[:shared]
+                self.prompt_tokens += len(sequence.pending)
+            else:
+                sequence.out.put(shared)  # a scoring session starts with what is cached
+            self._active.append(sequence)
+
+    def _start_evaluations(self) -> None:
+        """Scoring sessions that asked for an evaluation: drop their cells from its start."""
+        for sequence in self._active:
+            if sequence.request is None:
+                continue
+            tokens, start, all_rows = sequence.request
+            sequence.request = None
+            self.context.forget(sequence.slot, start)
+            del self._history[sequence.slot][start:]
+            sequence.pending, sequence.pos, sequence.all_rows = list(tokens), start, all_rows
+            sequence.rows = []
+            self.prompt_tokens += len(tokens)
+
+    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot whose cells share the longest prefix with ``prompt`` (else the one
+        released longest ago), and the length of that prefix."""
+
+        def shared(slot: int) -> int:
+            history, n = self._history[slot], 0
+            limit = min(len(history), len(prompt))
+            while n < limit and history[n] == prompt[n]:
+                n += 1
+            return n
+
+        best = max(self._free, key=lambda s: (shared(s), -self._used[s]))
+        return best, shared(best)
+
+    def _step(self) -> None:
+        items: list[tuple[int, int, int, bool]] = []
+        readers: list[tuple[_Sequence, int, bool]] = []  # (sequence, batch index, last of it)
+        decoding = [s for s in self._active if s.prefilled and s.pending]
+        for sequence in decoding:
+            items.append((sequence.pending[0], sequence.pos, sequence.slot, True))
+            readers.append((sequence, len(items) - 1, True))
+        budget = self.context.n_batch - len(items)
+        if decoding:
+            budget = min(budget, self.prefill_chunk)
+        for sequence in self._active:
+            if sequence.prefilled or not sequence.pending or budget <= 0:
+                continue
+            # A prompt's last token goes alone, in a later step, as on the in-process backend.
+            head = (
+                len(sequence.pending) - 1 if sequence.sampler and len(sequence.pending) > 1 else 0
+            )
+            take = sequence.pending[: min(budget, head) if head else budget]
+            budget -= len(take)
+            finishing = len(take) == len(sequence.pending)
+            for i, token in enumerate(take):
+                last = finishing and i == len(take) - 1
+                wants = sequence.all_rows or last
+                items.append((token, sequence.pos + i, sequence.slot, wants))
+                if wants:
+                    readers.append((sequence, len(items) - 1, last))
+        if not items:
+            self._take_commands(block=True)  # scoring sessions between evaluations
+            return
+        try:
+            self.context.decode(items)
+        except GenerationError as exc:
+            for sequence in {id(s): s for s, _, _ in readers}.values():
+                sequence.out.put(exc)
+                self._release(sequence)
+            return
+        self.steps += 1
+        self._advance(items)
+        for sequence, index, last in readers:
+            self._read(sequence, index, last)
+
+    def _advance(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """Record what the batch put in each slot's cells."""
+        counts: dict[int, int] = {}
+        for _, _, slot, _ in items:
+            counts[slot] = counts.get(slot, 0) + 1
+        for sequence in self._active:
+            n = counts.get(sequence.slot, 0)
+            if n:
+                self._history[sequence.slot].extend(sequence.pending[:n])
+                sequence.pending = sequence.pending[n:]
+                sequence.pos += n
+
+    def _read(self, sequence: _Sequence, index: int, last: bool) -> None:
+        if sequence.sampler is None:  # scoring: rows as asked
+            sequence.rows.append(self.context.logits(index))
+            if last:
+                rows, sequence.rows = sequence.rows, []
+                sequence.out.put(rows)
+            return
+        token = sequence.sampler.sample(self.context, index)
+        sequence.prefilled = True
+        if token in self.stop_ids or sequence.pos >= self.context.n_ctx_seq:
+            sequence.out.put(_END)
+            self._release(sequence)
+            return
+        self.generated_tokens += 1
+        sequence.pending = [token]
+        sequence.out.put(token)
+
+    def _release(self, sequence: _Sequence) -> None:
+        if sequence in self._active:
+            self._active.remove(sequence)
+            self._free.add(sequence.slot)
+            self._used[sequence.slot] = time.monotonic()
+        _close(sequence)
+
+
+def _close(sequence: _Sequence) -> None:
+    if sequence.sampler is not None:
+        sequence.sampler.close()
+        sequence.sampler = None
+
+
+class BatchedEngine:
+    """Generation and scoring on a :class:`Scheduler`, callable from many threads at once,
+    which share one model and one context of ``config.parallel`` sequences of
+    ``context_size`` tokens. The llama.cpp backend runs on it when ``llm.parallel`` is above 1
+    (``hearth serve``'s engine)."""
+
+    def __init__(
+        self, model: Any, stop_ids: frozenset[int], config: LLMConfig, context_size: int
+    ) -> None:
+        context = BatchContext(
+            model,
+            n_seq=config.parallel,
+            n_ctx_seq=context_size,
+            n_batch=512,
+            threads=config.threads or os.cpu_count() or 1,
+            flash_attention=config.flash_attention,
+        )
+        self.context_size = min(context_size, context.n_ctx_seq)
+        self.scheduler = Scheduler(context, stop_ids, config.prefill_chunk)
+        self._prototypes = GrammarCache()
+        self._penalty_window = config.context_size or 8192
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None = None,
+    ) -> Iterator[int]:
+        grammar = self._prototypes.get(constraint, self._grammar_sampler) if constraint else None
+        context = self.scheduler.context
+        sampler = Sampler(context.vocab, context.n_vocab, sampling, grammar, self._penalty_window)
+        sequence = _Sequence(list(prompt_ids), sampler=sampler, cancel=current_cancel())
+        self.scheduler.submit(sequence)
+        try:
+            while True:
+                item = sequence.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            sequence.closed = True
+            self.scheduler.wake()
+
+    def loglikelihoods(
+        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+    ) -> list[float]:
+        import numpy as np
+
+        room = SCORING_WINDOW - max((len(c) for c in continuations), default=0)
+        context = context[-room:]
+        with self._scoring(context) as evaluate:
+            end = len(context)
+            first = log_softmax(np.asarray(evaluate(context, 0, False), dtype=np.float64))[0]
+
+            def rows_after(path: list[int]) -> Any:
+                return log_softmax(np.asarray(evaluate(path, end, True), dtype=np.float64))
+
+            return score_continuations(first, rows_after, continuations, best_only)
+
+    def rows(self, ids: list[int]) -> Any:
+        """The logits after each token of ``ids`` but the last: (len(ids) - 1, vocab).
+
+        Raises:
+            ContextWindowError: ``ids`` is longer than a sequence.
+        """
+        import numpy as np
+
+        if len(ids) > self.context_size:
+            raise ContextWindowError(
+                f"the text to score is {len(ids)} tokens; a sequence holds {self.context_size}."
+            )
+        with self._scoring(ids) as evaluate:
+            return np.asarray(evaluate(ids[:-1], 0, True), dtype=np.float64)
+
+    @contextlib.contextmanager
+    def _scoring(self, context: list[int]) -> Iterator[Any]:
+        """A slot held for one scoring call; yields ``evaluate(tokens, start, all_rows)``,
+        which evaluates ``tokens`` from position ``start`` (dropping the slot's cells from
+        there) and returns their logits rows: every row, or only the last."""
+        session = _Sequence(list(context), cancel=current_cancel())
+        self.scheduler.submit(session)
+        cached = _take(session)  # how much of the context the slot's cells already hold
+
+        def evaluate(tokens: list[int], start: int, all_rows: bool) -> Any:
+            nonlocal cached
+            skip = 0 if all_rows else max(0, min(cached - start, len(tokens) - 1))
+            cached = 0
+            session.request = (tokens[skip:], start + skip, all_rows)
+            self.scheduler.wake()
+            return _take(session)
+
+        try:
+            yield evaluate
+        finally:
+            session.closed = True
+            self.scheduler.wake()
+
+    def _grammar_sampler(self, constraint: Constraint) -> Sampler:
+        return Sampler.grammar(self.scheduler.context.vocab, constraint_gbnf(constraint))
+
+    def close(self) -> None:
+        """Stop the scheduler; requests in flight end with an error."""
+        self.scheduler.close()
+
+
+def _take(sequence: _Sequence) -> Any:
+    item = sequence.out.get()
+    if isinstance(item, BaseException):
+        raise item
+    return item

@@ -1,0 +1,80 @@
+"""Scoring given continuations by their log-likelihood, shared by the llama.cpp backends."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+# Longest context a scoring call reads: its context is cut to fit beside the continuations.
+SCORING_WINDOW = 1024
+
+
+def score_continuations(
+    first: Any,
+    rows_after: Callable[[list[int]], Any],
+    continuations: list[list[int]],
+    best_only: bool,
+) -> list[float]:
+    """The log-likelihood of each continuation, given ``first`` (the log-probabilities of the
+    token after the context) and ``rows_after(path)``, which evaluates ``path`` right after the
+    context and returns the log-probability rows after each of its tokens.
+
+    The likeliest first token goes first, and the longest of the continuations sharing it,
+    whose evaluation then serves the shorter ones ("Paris", "Paris to", "Paris to Rome"). A
+    continuation scores at most its first token's log-probability, so with ``best_only`` the
+    rest cannot win once that falls below the best (they score ``-inf``).
+    """
+    import numpy as np
+
+    evaluated: list[tuple[list[int], Any]] = []  # token paths and their log-prob rows
+
+    def rows_of(path: list[int]) -> Any:
+        for done, rows in evaluated:
+            if done[: len(path)] == path:
+                return rows
+        rows = rows_after(path)
+        evaluated.append((path, rows))
+        return rows
+
+    totals = [-math.inf] * len(continuations)
+    best = -math.inf
+    order = sorted(
+        range(len(continuations)),
+        key=lambda i: (-first[continuations[i][0]], -len(continuations[i])),
+    )
+    for i in order:
+        continuation = continuations[i]
+        total = float(first[continuation[0]])
+        if best_only and total <= best:
+            break
+        if len(continuation) > 1:
+            rows = rows_of(continuation[:-1])
+            picked = rows[np.arange(len(continuation) - 1), continuation[1:]]
+            total += float(picked.sum())
+        totals[i] = total
+        best = max(best, total)
+    return totals
+
+
+def log_softmax(rows: Any) -> Any:
+    """Row-wise log-softmax of a (n, vocab) float array."""
+    import numpy as np
+
+    top = rows.max(axis=1, keepdims=True)
+    return rows - (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))
+
+
+def token_logprobs(rows: Any, targets: list[int], top: int) -> list[tuple[float, dict[int, float]]]:
+    """Each target token's log-probability in its row of ``rows`` (log-softmax, (n, vocab)),
+    with the ``top`` likeliest tokens of the row and theirs."""
+    import numpy as np
+
+    out: list[tuple[float, dict[int, float]]] = []
+    for row, target in zip(rows, targets, strict=True):
+        best: dict[int, float] = {}
+        if top:
+            ids = np.argpartition(-row, top - 1)[:top]
+            best = {int(i): float(row[i]) for i in sorted(ids, key=lambda i: -row[i])}
+        out.append((float(row[target]), best))
+    return out

@@ -39,8 +39,9 @@ from hearthlm.cli_options import (
     cli_config,
     overrides,
     print_sources,
+    stream_text,
 )
-from hearthlm.config import HearthConfig
+from hearthlm.config import APIKey, HearthConfig, load_config
 from hearthlm.errors import HearthError
 from hearthlm.llm.backend import available_backends
 from hearthlm.llm.sources import list_sources
@@ -272,19 +273,6 @@ def search(
         console.print(f"   {hit.text[:300]}", highlight=False)
 
 
-def _docs_qa(cfg: HearthConfig) -> Any:
-    from hearthlm.retrieval import DocsQA, DocumentIndex, HybridRetriever
-
-    retrieval = cfg.retrieval
-    return DocsQA(
-        chat_model(cfg),
-        HybridRetriever.from_index(DocumentIndex(retrieval)),
-        min_relevance=retrieval.min_relevance,
-        answer=retrieval.answer,
-        on_ungrounded=retrieval.on_ungrounded,
-    )
-
-
 def _print_answer(answer: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer.as_dict()))
@@ -317,19 +305,14 @@ def ask(
     The sampling options matter to the answer modes that write (constrained, free); a quote
     answer chooses sentences and ignores them.
     """
-    from hearthlm.retrieval import Answer
+    from hearthlm.retrieval import build_docs_qa
 
     cfg = cli_config(config, **overrides(locals()))
-    qa = _docs_qa(cfg)
+    qa = build_docs_qa(cfg)
     if as_json:
         _print_answer(qa.invoke(question), True)
         return
-    for item in qa.stream(question):
-        if isinstance(item, Answer):
-            print()
-            _print_answer(item, False)
-        else:
-            print(item, end="", flush=True)
+    _print_answer(stream_text(qa.stream(question)), False)
 
 
 @app.command()
@@ -362,25 +345,55 @@ def agent(
         max_seconds=limits.max_seconds,
         max_tokens=limits.max_tokens,
     )
-    for item in runner.stream(question):
-        if isinstance(item, AgentResult):
-            if as_json:
-                print(json.dumps(item.as_dict()))
-            elif item.answer is not None:
-                console.print(f"[bold green]Answer:[/bold green] {item.answer}", highlight=False)
-            else:
-                console.print(
-                    f"[yellow]Stopped ({item.stopped_reason}) without an answer.[/yellow]"
-                )
-        elif not as_json:
-            console.print(f"[dim]Thought:[/dim] {item.thought}", highlight=False)
+    result: AgentResult | None = None
+    for chunk in runner.stream(question):
+        result = chunk if result is None else result + chunk
+        for step in [] if as_json else chunk.steps:
+            console.print(f"[dim]Thought:[/dim] {step.thought}", highlight=False)
             console.print(
-                f"[cyan]Action:[/cyan] {item.tool} {json.dumps(item.tool_input)}", highlight=False
+                f"[cyan]Action:[/cyan] {step.tool} {json.dumps(step.tool_input)}", highlight=False
             )
-            if item.observation:
+            if step.observation:
                 console.print(
-                    f"[magenta]Observation:[/magenta] {item.observation}", highlight=False
+                    f"[magenta]Observation:[/magenta] {step.observation}", highlight=False
                 )
+    assert result is not None  # a run always ends with its result chunk
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    elif result.answer is not None:
+        console.print(f"[bold green]Answer:[/bold green] {result.answer}", highlight=False)
+    else:
+        console.print(f"[yellow]Stopped ({result.stopped_reason}) without an answer.[/yellow]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="A key clients must send; it may use every collection."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without a key.")
+    ] = False,
+    parallel: Annotated[int | None, typer.Option(help="Requests decoded together.")] = None,
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Serve the model over HTTP: OpenAI's API, cited answers over collections, agent runs and
+    a web chat at http://HOST:PORT/ (the API's own page is /docs)."""
+    from hearthlm.serve import run
+
+    options = {"serve.host": host, "serve.port": port, "serve.parallel": parallel}
+    if insecure:
+        options["serve.insecure"] = True
+    cfg = load_config(config, overrides={**options, "llm.backend": backend, "llm.model": model})
+    if api_key:
+        keys = [*cfg.serve.api_keys, APIKey(key=api_key, name="cli")]
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"api_keys": keys})})
+    run(cfg)
 
 
 @app.command()
@@ -392,9 +405,9 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _docs_chat(cfg: HearthConfig, session: str | None) -> None:
-    from hearthlm.retrieval import Answer, DocsChat
+    from hearthlm.retrieval import build_docs_chat
 
-    docs_chat = DocsChat(_docs_qa(cfg), cfg.retrieval.history_path, session_id=session)
+    docs_chat = build_docs_chat(cfg, session_id=session)
     err_console.print(
         f"[dim]session {docs_chat.session_id} (resume with --session "
         f"{docs_chat.session_id}); /exit quits[/dim]"
@@ -409,12 +422,7 @@ def _docs_chat(cfg: HearthConfig, session: str | None) -> None:
         if not line.strip():
             continue
         print("bot> ", end="", flush=True)
-        for item in docs_chat.stream(line):
-            if isinstance(item, Answer):
-                print()
-                _print_answer(item, False)
-            else:
-                print(item, end="", flush=True)
+        _print_answer(stream_text(docs_chat.stream(line)), False)
 
 
 def _messages(system: str | None, prompt: str) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,6 +64,19 @@ def chat_model(cfg: HearthConfig) -> Any:
     """The :class:`~hearthlm.llm.ChatHearth` that the ``llm`` and ``sampling`` sections of
     ``cfg`` describe (the model loads on first use)."""
     return ChatHearth.from_config(cfg)
+
+
+def stream_text(chunks: Iterable[Any], out: Any = None) -> Any:
+    """Print the text of a chain's answer chunks as they come; returns their sum."""
+    total = None
+    for chunk in chunks:
+        if out is None:
+            print(chunk.text, end="", flush=True)
+        else:
+            out.print(chunk.text, end="", highlight=False)
+        total = chunk if total is None else total + chunk
+    print() if out is None else out.print()
+    return total
 
 
 def print_sources(out: Any, answer: Any) -> None:

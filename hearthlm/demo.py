@@ -11,10 +11,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hearthlm.cli_options import print_sources
+from hearthlm.cli_options import print_sources, stream_text
 from hearthlm.config import HearthConfig
 from hearthlm.llm import ChatHearth
-from hearthlm.retrieval import Answer, DocsQA, DocumentIndex, HybridRetriever
+from hearthlm.retrieval import Answer, DocumentIndex, build_docs_qa
 
 EXAMPLE_DOCS = Path(__file__).resolve().parent.parent / "examples" / "docs"
 QUESTIONS = (
@@ -33,6 +33,7 @@ def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) 
             "exclude": [*config.retrieval.exclude, "questions.jsonl"],
         }
     )
+    config = config.model_copy(update={"retrieval": retrieval})
     index = DocumentIndex(retrieval)
     report = index.index_path(docs)
     console.print(
@@ -41,22 +42,12 @@ def run_demo(config: HearthConfig, console: Console, docs: Path = EXAMPLE_DOCS) 
         soft_wrap=True,
     )
     chat = ChatHearth.from_config(config).model_copy(update={"max_new_tokens": 96})
-    qa = DocsQA(
-        chat,
-        HybridRetriever.from_index(index),
-        config.retrieval.min_relevance,
-        answer=config.retrieval.answer,
-        on_ungrounded=config.retrieval.on_ungrounded,
-    )
+    qa = build_docs_qa(config, chat, index)
     answers = []
     for question in QUESTIONS:
         console.print(f"\n[bold]Q:[/bold] {question}")
         console.print("[bold]A:[/bold] ", end="")
-        for item in qa.stream(question):
-            if isinstance(item, Answer):
-                console.print()
-                print_sources(console, item)
-                answers.append(item)
-            else:
-                console.print(item, end="", highlight=False)
+        answer = stream_text(qa.stream(question), console)
+        print_sources(console, answer)
+        answers.append(answer)
     return answers

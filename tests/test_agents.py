@@ -56,9 +56,12 @@ def test_steps_stream_and_callbacks_fire(llama_chat):
     events = Events()
     agent = ReActAgent(llama_chat, [calculator_tool()])
     items = list(agent.stream("What is 1234 * 5678?", {"callbacks": [events]}))
-    assert all(isinstance(i, Step) for i in items[:-1]) and isinstance(items[-1], AgentResult)
+    assert all(len(i.steps) == 1 and not i.stopped_reason for i in items[:-1])
+    result = sum(items[1:], items[0])  # the chunks add up to the result
+    assert isinstance(result, AgentResult) and result.stopped_reason == "final_answer"
+    assert all(isinstance(s, Step) for s in result.steps) and result.answer == "7006652"
     assert events.tools == ["calculator"]
-    assert events.model_calls == 2 * len(items[:-1])  # a thought and an action per step
+    assert events.model_calls == 2 * len(result.steps)  # a thought and an action per step
 
 
 def test_token_and_step_limits_end_gracefully(llama_chat):

@@ -195,7 +195,8 @@ def test_docs_qa_and_docs_chat_compose_in_lcel(retriever, tmp_path):
 
     items = asyncio.run(collect())
     assert items[-1].standalone_question == "How much is a tyre repair?"
-    assert "".join(i for i in items if isinstance(i, str)) == "Ten [1]."
+    assert "".join(i.text for i in items) == "Ten [1]."
+    assert sum(items[1:], items[0]).standalone_question == "How much is a tyre repair?"
     assert len(chat.messages) == 4
 
 

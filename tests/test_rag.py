@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_core.callbacks import BaseCallbackHandler
 from retrieval_helpers import write_corpus
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import NO_ANSWER, DocsChat, DocsQA, DocumentIndex, HybridRetriever
-from hearthlm.retrieval.rag import Source, resolve_citations
+from hearthlm.retrieval.rag import CitedText, Source, resolve_citations
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +66,12 @@ def test_citation_maps_to_the_right_file_and_page(docs_index, llama_chat):
 def test_answers_stream_and_match_invoke(docs_index, llama_chat):
     qa = DocsQA(llama_chat, HybridRetriever.from_index(docs_index, k=2), answer="constrained")
     items = list(qa.stream("How long does a flat tyre repair take?"))
-    final = items[-1]
-    streamed = "".join(i for i in items[:-1] if isinstance(i, str))
+    final = sum(items[1:], items[0])  # the chunks add up to the answer
     assert len(items) > 3  # token by token
     assert final.text == qa.invoke("How long does a flat tyre repair take?").text
-    assert streamed.startswith("[")  # the raw constrained form: "[n] sentence."
+    # streamed already in the answer's form: the opening "[n]" of "[n] sentence." moves last
+    assert not items[0].text.startswith("[") and final.text.endswith("].")
+    assert all(not i.sources for i in items[:-1]) and items[-1].sources
     assert final.citations and final.citations[0].path.endswith("page.html")
     assert final.mode == "constrained" and final.grounded is not None  # written, so checked
 
@@ -96,6 +99,21 @@ def test_citations_to_no_source_are_removed_and_reported():
     assert answer.text == "Alpha holds [1]. Beta too [2]. Gamma."
     assert [c.path for c in answer.citations] == ["/docs/a.md", "/docs/b.pdf"]
     assert answer.removed_citations == [7, 9]
+
+
+PIECES = ["[", "]", "1", "2", "9", ", ", " ", "  ", "\t", "\n", ".", "!", "Foo", "bar", "[1]"]
+PIECES += ["[2] ", "[9]", "[1, 9]", " x"]
+
+
+@settings(max_examples=3000, suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14))
+def test_streamed_citations_are_the_answer_as_it_will_read(parts):
+    """However a reply is cut into deltas, what streams is a prefix of the checked answer:
+    streamed chunks then add up to what invoke returns."""
+    sources = [Source(n, f"/docs/{n}.md", None, "", "text", f"id{n}", 0.5) for n in (1, 2)]
+    writer = CitedText(sources)
+    streamed = "".join(writer.push(p) for p in parts)
+    assert resolve_citations("q", "".join(parts), sources).text.startswith(streamed)
 
 
 def test_free_citations_mode_uses_the_models_own_brackets(docs_index, llama_chat):

@@ -79,7 +79,11 @@ class Step:
 
 @dataclass
 class AgentResult:
-    """The answer (None if the run stopped first), why the run ended, and the full trace."""
+    """The answer (None if the run stopped first), why the run ended, and the full trace.
+
+    Streamed, a run is a chunk per step (``steps`` holds it, the reason is empty) and a last
+    chunk with the answer, the reason and the totals; ``+`` joins chunks into the result.
+    """
 
     question: str
     answer: str | None
@@ -91,6 +95,18 @@ class AgentResult:
     @property
     def valid_action_rate(self) -> float:
         return sum(s.valid for s in self.steps) / len(self.steps) if self.steps else 1.0
+
+    def __add__(self, other: AgentResult) -> AgentResult:
+        if not isinstance(other, AgentResult):
+            return NotImplemented
+        return AgentResult(
+            question=other.question or self.question,
+            answer=other.answer if other.answer is not None else self.answer,
+            stopped_reason=other.stopped_reason or self.stopped_reason,
+            steps=self.steps + other.steps,
+            seconds=self.seconds + other.seconds,
+            tokens=self.tokens + other.tokens,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -172,10 +188,11 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         """The system message every step is generated under (fine-tuning traces reuse it)."""
         return self._system
 
-    def stream(  # type: ignore[override]
+    def stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Step | AgentResult]:
-        """Each :class:`Step` as it completes, then the :class:`AgentResult`."""
+    ) -> Iterator[AgentResult]:
+        """:class:`AgentResult` chunks that add up to the result: one per step as it
+        completes, then the answer, the reason the run ended and its totals."""
         question = question_text(input)
         start = time.perf_counter()
         steps: list[Step] = []
@@ -214,10 +231,10 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
                 observation = self._run_tool(name, args, valid, config)
             seconds = time.perf_counter() - step_start
             steps.append(Step(thought, name, args, observation, seconds, step_tokens, valid))
-            yield steps[-1]
+            yield AgentResult(question, None, "", [steps[-1]])
             if reason in ("final_answer", "repeated_action"):
                 break
-        yield AgentResult(question, answer, reason, steps, time.perf_counter() - start, tokens)
+        yield AgentResult(question, answer, reason, [], time.perf_counter() - start, tokens)
 
     def _act(
         self, question: str, steps: list[Step], prefix: str, config: RunnableConfig | None

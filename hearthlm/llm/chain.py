@@ -11,9 +11,10 @@ A chat model that reads no constraint (``ChatOpenAI``, ``ChatOllama``, ...) gets
 reply by :func:`structured_reply`'s fallbacks, in this order: native tool calling, JSON mode, then
 a plain reply parsed into the schema and, if it cannot be read, asked once more with the error.
 
-Chains. :class:`Chain` is the Runnable base of the chains: ``stream`` yields progress (text
-deltas, agent steps) and ends with the output, ``invoke`` returns that output, and in an LCEL
-sequence (``chain | next_step``) or through ``astream_events`` only the output flows on.
+Chains. :class:`Chain` is the Runnable base of the chains. As LangChain's stream contract asks,
+``stream`` yields chunks of the output type that add up (``+``) to the output: an answer's text
+as it is written, an agent's steps as they are taken, then the rest. ``invoke`` returns their
+sum, and in an LCEL sequence (``chain | next_step``) the next step reads that sum.
 """
 
 from __future__ import annotations
@@ -175,26 +176,25 @@ def _with_note(messages: Sequence[BaseMessage], note: str) -> list[BaseMessage]:
 
 
 class Chain(Runnable[Input, Output]):
-    """A Runnable whose ``stream`` yields progress items and ends with its output.
+    """A Runnable whose ``stream`` yields chunks of its output that add up to it.
 
-    Subclasses implement :meth:`stream` (progress, then exactly one output as the last item).
-    ``invoke``, ``batch``, ``ainvoke``, ``abatch`` and ``astream`` follow
-    from it; in an LCEL sequence only the output flows on to the next step.
+    Subclasses implement :meth:`stream`. ``invoke`` (the sum of the chunks), ``batch``,
+    ``ainvoke``, ``abatch`` and ``astream`` follow from it.
     """
 
     def stream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
-        """Progress items, then the output as the last item."""
+    ) -> Iterator[Output]:
+        """Chunks of the output, as they are made; their sum is the output."""
         raise NotImplementedError
 
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
-        final: Any = None
-        for item in self.stream(input, config, **kwargs):
-            final = item
-        if not isinstance(final, self.OutputType):
-            raise RuntimeError(f"{type(self).__name__}.stream ended without its output")
-        return final
+        total: Any = None
+        for chunk in self.stream(input, config, **kwargs):
+            total = chunk if total is None else total + chunk
+        if not isinstance(total, self.OutputType):
+            raise RuntimeError(f"{type(self).__name__}.stream yielded no {self.OutputType}")
+        return total
 
     async def ainvoke(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
@@ -203,10 +203,10 @@ class Chain(Runnable[Input, Output]):
 
     async def astream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Any]:
-        """The items of :meth:`stream`, each as it is made, without blocking the event loop."""
+    ) -> AsyncIterator[Output]:
+        """The chunks of :meth:`stream`, each as it is made, without blocking the event loop."""
         items = self.stream(input, config, **kwargs)
-        done = object()
+        done: Any = object()
         while True:
             item = await run_in_executor(config, next, items, done)
             if item is done:

@@ -3,6 +3,7 @@ answer with citations."""
 
 from hearthlm.retrieval.chat import DocsChat
 from hearthlm.retrieval.embeddings import HearthEmbeddings
+from hearthlm.retrieval.factory import build_docs_chat, build_docs_qa
 from hearthlm.retrieval.index import DocumentIndex, IndexReport
 from hearthlm.retrieval.rag import NO_ANSWER, Answer, DocsQA, Source
 from hearthlm.retrieval.retriever import Hit, HybridRetriever
@@ -18,4 +19,6 @@ __all__ = [
     "HybridRetriever",
     "IndexReport",
     "Source",
+    "build_docs_chat",
+    "build_docs_qa",
 ]

@@ -3,7 +3,7 @@ the history, and each session's history persists in SQLite, resumable by session
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,25 @@ REWRITE = (
 HISTORY_TURNS = 6  # earlier messages shown to the rewriter
 
 
+def history_url(history: Path | str) -> str:
+    """The SQLAlchemy URL of a chat-history store: a path is an SQLite file (its folder is
+    made), a string with ``://`` any database SQLAlchemy reaches."""
+    if isinstance(history, str) and "://" in history:
+        return history
+    path = Path(history)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
 class DocsChat(Chain[str | QuestionInput, Answer]):
     """A chat session over documents, on the chat model of its :class:`DocsQA` (any chat model).
 
     A Runnable: ``invoke`` (the same as ``ask``), ``batch``, ``astream`` and LCEL (``|``); its
-    ``stream`` yields text deltas, then the :class:`Answer`. Each turn joins the session's history.
+    ``stream`` yields :class:`Answer` chunks that add up to the answer. Each turn joins the
+    session's history.
+
+    ``history`` is where sessions are kept: an SQLite file, an SQLAlchemy URL, or an
+    SQLAlchemy engine shared by many sessions.
 
     Example:
         >>> chat = DocsChat(qa, Path("history.sqlite"))  # doctest: +SKIP
@@ -34,13 +48,11 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
         >>> DocsChat(qa, Path("history.sqlite"), session_id=chat.session_id)  # resumes it
     """
 
-    def __init__(self, qa: DocsQA, history_path: Path, session_id: str | None = None) -> None:
-        history_path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, qa: DocsQA, history: Path | str | Any, session_id: str | None = None):
         self.qa = qa
-        self.session_id = session_id or uuid.uuid4().hex[:12]
-        self.history = SQLChatMessageHistory(
-            session_id=self.session_id, connection=f"sqlite:///{history_path}"
-        )
+        self.session_id = session_id or secrets.token_urlsafe(12)
+        connection = history_url(history) if isinstance(history, Path | str) else history
+        self.history = SQLChatMessageHistory(session_id=self.session_id, connection=connection)
 
     @property
     def messages(self) -> list[BaseMessage]:
@@ -62,18 +74,19 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
         rewritten = str(self.qa.chat.invoke(prompt, config, stop=["\n"], **options).content)
         return rewritten.strip() or question
 
-    def stream(  # type: ignore[override]
+    def stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[str | Answer]:
-        """Text deltas of the answer, then the :class:`Answer`; the turn is saved at the end."""
+    ) -> Iterator[Answer]:
+        """:class:`Answer` chunks that add up to the answer; the turn is saved at the end."""
         question = question_text(input)
         standalone = self.standalone(question, config)
-        for item in self.qa.stream(standalone, config):
-            if isinstance(item, Answer):
-                item.question = question
-                item.standalone_question = standalone
-                self.history.add_messages([HumanMessage(question), AIMessage(item.text)])
-            yield item
+        text = ""
+        for chunk in self.qa.stream(standalone, config):
+            chunk.question = question
+            text += chunk.text
+            yield chunk
+        self.history.add_messages([HumanMessage(question), AIMessage(text)])
+        yield Answer(question, "", standalone_question=standalone, mode=self.qa.mode)
 
     def ask(self, question: str) -> Answer:
         """Answer ``question`` in this session (``invoke`` under its older name)."""

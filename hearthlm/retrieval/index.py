@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,13 @@ class DocumentIndex:
 
     # -- indexing ----------------------------------------------------------------------------
 
-    def index_path(self, root: Path, progress: bool = True) -> IndexReport:
+    def index_path(
+        self,
+        root: Path,
+        progress: bool = True,
+        observe: Observer | None = None,
+        follow_links: bool = True,
+    ) -> IndexReport:
         """Bring the index up to date with the files under ``root``.
 
         A file that cannot be loaded is skipped with its reason in the report, whatever it
@@ -130,6 +137,10 @@ class DocumentIndex:
         Args:
             root: A file or a folder, walked recursively.
             progress: Show progress (a bar on a terminal, a line now and then in a log).
+            observe: Called with ``(stage, done, total)`` as files are read (stage "files")
+                and chunks embedded ("chunks"), for a caller that shows progress itself.
+            follow_links: Index files that symbolic links under ``root`` point to; off, a
+                link is skipped (a server's upload folder must not read outside itself).
 
         Raises:
             RetrievalError: ``root`` does not exist, or the store failed.
@@ -141,7 +152,7 @@ class DocumentIndex:
         report = IndexReport()
         try:
             with captured_warnings() as caught:
-                self._index(root, report, progress)
+                self._index(root, report, _Progress(progress, observe), follow_links)
         except HearthError:
             raise
         except Exception as exc:  # Chroma, SQLite, the disk or the embedder: not one file
@@ -155,7 +166,9 @@ class DocumentIndex:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _index(self, root: Path, report: IndexReport, progress: bool) -> None:
+    def _index(
+        self, root: Path, report: IndexReport, progress: _Progress, follow_links: bool
+    ) -> None:
         cfg = self.config
         splitter = TokenSplitter(
             self.embeddings.tokenizer,
@@ -175,6 +188,10 @@ class DocumentIndex:
         self.store.set_state("dirty", "1")
         known = self.store.files()
         files = list(walk(root, cfg.include, cfg.exclude))
+        if not follow_links:
+            for link in [p for p in files if _links_out(p, root)]:
+                report.skipped.append((str(link), "a symbolic link; links are not followed"))
+                files.remove(link)
         report.files_seen = len(files)
         present = {str(p) for p in files}
         # Files that were indexed from under this root and are gone now.
@@ -185,7 +202,7 @@ class DocumentIndex:
                 report.files_removed += 1
                 changed = True
         pending: list[tuple[str, str, list[Chunk]]] = []
-        with progress_bar(progress, len(files), "files") as advance:
+        with progress.stage(len(files), "files") as advance:
             for path in files:
                 changed |= self._load(path, known, splitter, options, pending, report)
                 advance()
@@ -238,7 +255,7 @@ class DocumentIndex:
         pending: list[tuple[str, str, list[Chunk]]],
         known: dict[str, tuple[str, list[str]]],
         report: IndexReport,
-        progress: bool,
+        progress: _Progress,
     ) -> None:
         """Embed and store new chunks wave by wave; finish each file once all its chunks are in."""
         stored = self.store.chunk_ids()
@@ -253,7 +270,7 @@ class DocumentIndex:
         waiting = list(pending)
         done: set[str] = set(stored) | in_chroma
         wave_size = self.config.write_batch
-        with progress_bar(progress, len(todo), "chunks") as advance:
+        with progress.stage(len(todo), "chunks") as advance:
             for i in range(0, len(todo), wave_size):
                 wave = _dedupe(todo[i : i + wave_size])
                 vectors = self.embeddings.encode([c.text for c in wave])
@@ -328,6 +345,43 @@ class DocumentIndex:
 
     def close(self) -> None:
         self.store.close()
+
+
+Observer = Callable[[str, int, int], None]
+
+
+class _Progress:
+    """Progress shown on the terminal (or log), and told to an observer."""
+
+    def __init__(self, show: bool, observe: Observer | None) -> None:
+        self.show = show
+        self.observe = observe
+
+    @contextmanager
+    def stage(self, total: int, label: str) -> Iterator[Callable[..., None]]:
+        done = 0
+        if self.observe:
+            self.observe(label, 0, total)
+        with progress_bar(self.show, total, label) as advance:
+
+            def step(n: int = 1) -> None:
+                nonlocal done
+                done += n
+                advance(n)
+                if self.observe:
+                    self.observe(label, done, total)
+
+            yield step
+
+
+def _links_out(path: Path, root: Path) -> bool:
+    """Whether ``path`` is reached through a symbolic link under ``root``."""
+    current = path
+    while current != root and current != current.parent:
+        if current.is_symlink():
+            return True
+        current = current.parent
+    return False
 
 
 def _batches(ids: list[str]) -> Iterator[list[str]]:

@@ -78,6 +78,30 @@ class Answer:
         """False for the "I don't know" answer."""
         return self.text != NO_ANSWER
 
+    def __add__(self, other: Answer) -> Answer:
+        """Two chunks of one streamed answer as one: texts and lists are joined, and a field
+        the later chunk sets wins. :meth:`DocsQA.stream`'s chunks add up to the answer
+        ``invoke`` returns, as LangChain's stream contract asks."""
+        if not isinstance(other, Answer):
+            return NotImplemented
+
+        def later(a: Any, b: Any) -> Any:
+            return b if b is not None else a
+
+        return Answer(
+            question=other.question or self.question,
+            text=self.text + other.text,
+            sources=self.sources + other.sources,
+            citations=self.citations + other.citations,
+            removed_citations=self.removed_citations + other.removed_citations,
+            standalone_question=later(self.standalone_question, other.standalone_question),
+            mode=other.mode,
+            quotes=self.quotes + other.quotes,
+            grounded=later(self.grounded, other.grounded),
+            unsupported=self.unsupported + other.unsupported,
+            replaced=later(self.replaced, other.replaced),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "question": self.question,
@@ -123,8 +147,9 @@ class DocsQA(Chain[str | QAInput, Answer]):
     """Question answering over a document index, with cited sources.
 
     A Runnable over any chat model: ``invoke``, ``batch``, ``astream`` and LCEL (``|``). Its
-    ``stream`` yields text deltas, then the :class:`Answer`; in an LCEL sequence the
-    :class:`Answer` alone flows on.
+    ``stream`` yields :class:`Answer` chunks that add up to the answer: the text as it is
+    made (already in its final form, citations checked), then one chunk with the sources,
+    quotes and checks.
 
     Args:
         chat: the chat model. Quote answers and the ``constrained`` grammar read best on
@@ -205,15 +230,15 @@ class DocsQA(Chain[str | QAInput, Answer]):
         config: RunnableConfig | None = None,
         history: Sequence[BaseMessage] = (),
         **kwargs: Any,
-    ) -> Iterator[str | Answer]:
-        """Text deltas as the answer is made, then the finished :class:`Answer`. ``history``
-        (or the input's ``history``) is earlier turns of the same conversation."""
+    ) -> Iterator[Answer]:
+        """:class:`Answer` chunks that add up to the answer: text deltas as it is made, then
+        the rest of the answer. ``history`` (or the input's ``history``) is earlier turns of
+        the same conversation."""
         question = question_text(input)
         if isinstance(input, dict):
             history = input.get("history", history)
         mode = self.mode
         if not question.strip():
-            yield NO_ANSWER
             yield Answer(question, NO_ANSWER, mode=mode)
             return
         hits = self.retriever.search(question, k=self.max_sources)
@@ -223,7 +248,6 @@ class DocsQA(Chain[str | QAInput, Answer]):
         near = [h for h in hits if (h.similarity or 0.0) >= self.min_relevance]
         relevant = hits if mode == "quote" else near
         if not relevant:
-            yield NO_ANSWER
             yield Answer(question, NO_ANSWER, mode=mode)
             return
         sources, messages = self._pack(question, relevant, history)
@@ -236,7 +260,6 @@ class DocsQA(Chain[str | QAInput, Answer]):
             answer = self.quote(question, sources)
             if not answer.known and not near:
                 answer.sources = []  # nothing retrieved was even near the question
-            yield answer.text
             yield answer
             return
         yield from self._write(question, sources, messages, mode, config)
@@ -261,15 +284,18 @@ class DocsQA(Chain[str | QAInput, Answer]):
         messages: list[BaseMessage],
         mode: str,
         config: RunnableConfig | None = None,
-    ) -> Iterator[str | Answer]:
-        """A written answer: deltas as the model writes, then the checked :class:`Answer`."""
+    ) -> Iterator[Answer]:
+        """A written answer: its text as the model writes it (in its final form: see
+        :class:`CitedText`), then the rest of the checked :class:`Answer`."""
         replace = self.on_ungrounded == "quote"
-        parts = []
+        writer = CitedText(sources)
+        shown = ""
         for text in self._written(sources, messages, mode, config):
-            parts.append(text)
-            if text and not replace:  # a reply that may be replaced is shown once checked
-                yield text
-        answer = resolve_citations(question, "".join(parts), sources)
+            delta = writer.push(text)
+            if delta and not replace:  # a reply that may be replaced is shown once checked
+                shown += delta
+                yield Answer(question, delta, mode=mode)
+        answer = resolve_citations(question, writer.raw, sources)
         answer.mode = mode
         cited = answer.citations or sources
         answer.unsupported = unsupported(answer.text, [s.snippet for s in cited])
@@ -280,8 +306,7 @@ class DocsQA(Chain[str | QAInput, Answer]):
             quoted.unsupported, quoted.mode = answer.unsupported, mode
             quoted.removed_citations = answer.removed_citations
             answer = quoted
-        if replace:
-            yield answer.text
+        answer.text = answer.text[len(shown) :]  # the part not streamed yet
         yield answer
 
     def _written(
@@ -343,19 +368,79 @@ def resolve_citations(question: str, text: str, sources: list[Source]) -> Answer
     by_number = {s.number: s for s in sources}
     used: dict[int, Source] = {}
     removed: list[int] = []
+    cleaned = _cited_text(text, by_number, used, removed)
+    citations = [used[n] for n in sorted(used)]
+    return Answer(question, cleaned, sources, citations, removed, mode="free")
 
+
+# A reply's opening citation, "[2] " (the constrained form), moves to its end.
+_LEAD = re.compile(r"^\[(\d+)\]\s+(.*?)([.!?]?)$", re.DOTALL)
+# What may still become an opening citation: "[", "[2", "[2]", "[2] ".
+_LEAD_START = re.compile(r"^\s*\[\d*(\]\s*)?$")
+
+
+def _cited_text(
+    text: str,
+    by_number: dict[int, Source],
+    used: dict[int, Source] | None = None,
+    removed: list[int] | None = None,
+) -> str:
+    """``text`` with its citations checked: an opening citation moved to the end, numbers of
+    no source dropped, spaces before punctuation and around the text removed."""
+    lead = _LEAD.match(text.strip())
+    if lead:  # constrained form "[n] sentence." reads better as "sentence [n]."
+        text = f"{lead.group(2)} [{lead.group(1)}]{lead.group(3)}"
+    return _clean(text, by_number, used, removed)
+
+
+def _clean(
+    text: str,
+    by_number: dict[int, Source],
+    used: dict[int, Source] | None = None,
+    removed: list[int] | None = None,
+) -> str:
     def keep(match: re.Match[str]) -> str:
         numbers = [int(n) for n in re.split(r"\s*,\s*", match.group(1))]
         valid = [n for n in numbers if n in by_number]
-        removed.extend(n for n in numbers if n not in by_number)
-        for n in valid:
-            used.setdefault(n, by_number[n])
+        if removed is not None:
+            removed.extend(n for n in numbers if n not in by_number)
+        if used is not None:
+            for n in valid:
+                used.setdefault(n, by_number[n])
         return f"[{', '.join(map(str, valid))}]" if valid else ""
 
-    lead = re.match(r"^\[(\d+)\]\s+(.*?)([.!?]?)$", text.strip(), re.DOTALL)
-    if lead:  # constrained form "[n] sentence." reads better as "sentence [n]."
-        text = f"{lead.group(2)} [{lead.group(1)}]{lead.group(3)}"
     cleaned = CITATION.sub(keep, text)
-    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned).strip()
-    citations = [used[n] for n in sorted(used)]
-    return Answer(question, cleaned, sources, citations, removed, mode="free")
+    return re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned).strip()
+
+
+class CitedText:
+    """A written reply's text, checked as it streams: ``push`` takes the model's deltas and
+    returns the text that is settled, in the form :func:`resolve_citations` gives the whole
+    reply. Text that may still change is held back: an open ``[``, trailing spaces, and an
+    opening citation with the reply's last punctuation (the citation moves before it).
+    Whatever was pushed, what it returned is a prefix of ``resolve_citations(raw).text``."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self._by_number = {s.number: s for s in sources}
+        self.raw = ""
+        self._sent = ""
+
+    def push(self, delta: str) -> str:
+        self.raw += delta
+        if _LEAD_START.match(self.raw):
+            return ""  # it may open with a citation
+        lead = _LEAD.match(self.raw.strip())
+        body = lead.group(2) + lead.group(3) if lead else self.raw
+        opened = body.rfind("[")
+        if opened > body.rfind("]"):
+            body = body[:opened]
+        body = body.rstrip()
+        if lead and body.endswith((".", "!", "?")):
+            body = body[:-1]  # the reply's last mark, maybe: the citation goes before it
+        return self._send(_clean(body, self._by_number))
+
+    def _send(self, text: str) -> str:
+        if not text.startswith(self._sent):
+            return ""  # settles later
+        delta, self._sent = text[len(self._sent) :], text
+        return delta

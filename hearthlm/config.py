@@ -96,6 +96,26 @@ class LLMConfig(StrictModel):
         description="When a chat does not fit the context: raise, or drop the oldest turns "
         "(always reported in the response metadata).",
     )
+    parallel: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Requests the llama.cpp backend decodes together, one batch a step, each in "
+        "a sequence of context_size tokens (continuous batching; `hearth serve` sets "
+        "serve.parallel). The transformers backend serves them one at a time.",
+    )
+    prefill_chunk: int = Field(
+        128,
+        ge=16,
+        le=512,
+        description="With parallel > 1: most prompt tokens evaluated in one step while other "
+        "requests are decoding, so a long prompt does not freeze their streams.",
+    )
+    flash_attention: bool = Field(
+        False,
+        description="llama.cpp's flash attention: faster on CPU, and a greedy reply may then "
+        "differ where two tokens are nearly tied.",
+    )
 
 
 class SamplingConfig(StrictModel):
@@ -221,6 +241,64 @@ class AgentsConfig(StrictModel):
     max_tokens: int = Field(8000, ge=1, description="Generated-token limit per run.")
 
 
+class APIKey(StrictModel):
+    """One client key of `hearth serve` and the collections it may read and write."""
+
+    key: str = Field(min_length=8, description="The secret a client sends as its Bearer token.")
+    name: str | None = Field(
+        None, description="Who holds it (shown in logs; owns its chat sessions); None: 'key-N'."
+    )
+    collections: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Collections this key may read and write; '*' is every collection.",
+    )
+
+
+class ServeConfig(StrictModel):
+    """`hearth serve`: the HTTP server, its limits and who may use it."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free one).")
+    api_keys: list[APIKey] = Field(
+        default_factory=list,
+        description="Client keys ([[serve.api_keys]] tables). None configured: no key is asked "
+        "for, which is allowed only on a loopback address unless insecure is set.",
+    )
+    insecure: bool = Field(
+        False, description="Allow binding a non-loopback address without any API key."
+    )
+    parallel: int = Field(
+        8, ge=1, le=64, description="Requests decoded together in one batch (llm.parallel)."
+    )
+    max_queue: int = Field(
+        32, ge=0, description="Requests that may wait beyond the running ones; past it, 429."
+    )
+    retry_after: int = Field(2, ge=1, description="Seconds a 429 tells the client to wait.")
+    max_body_mb: float = Field(4.0, gt=0, description="Largest JSON request body.")
+    max_upload_mb: float = Field(50.0, gt=0, description="Largest uploaded file.")
+    max_upload_files: int = Field(20, ge=1, description="Most files in one upload request.")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir() / "serve",
+        description="Where uploaded files are kept, one folder per collection.",
+    )
+    sessions: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the chat-session store; None: an SQLite file in data_dir.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS is off."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Models served beside the base one ([serve.adapters] name = path): a PEFT "
+        "adapter folder (served by the transformers backend), a GGUF LoRA, or a merged GGUF.",
+    )
+    model_name: str | None = Field(
+        None, description="The base model's id in /v1/models; None: its file name."
+    )
+    ui: bool = Field(True, description="Serve the web chat at /.")
+
+
 class HearthConfig(StrictModel):
     """The whole configuration, one section per part of hearthlm."""
 
@@ -228,6 +306,7 @@ class HearthConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def load_config(

@@ -1,0 +1,555 @@
+"""Collections over HTTP: upload files, index them as ``hearth index`` does, ask with citations,
+and chat over them in sessions kept in SQL.
+
+A collection's files live in its own folder under ``serve.data_dir``. Uploaded names are
+checked (no folders, no ``..``, no hidden or control characters, a type the loaders read) and
+written through a temporary file that replaces the target, so no name and no planted symbolic
+link can write outside the folder; the indexer does not follow links either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from langchain_core.messages import AIMessage, HumanMessage
+
+from hearthlm.config import HearthConfig
+from hearthlm.errors import HearthError
+from hearthlm.files import write_atomic
+from hearthlm.llm import ChatHearth
+from hearthlm.retrieval import (
+    Answer,
+    DocsChat,
+    DocsQA,
+    DocumentIndex,
+    HearthEmbeddings,
+    build_docs_qa,
+)
+from hearthlm.retrieval.loaders import SUPPORTED, LoaderOptions, LoadError, load_file
+from hearthlm.serve.errors import APIError, from_library
+from hearthlm.serve.formats import chat_chunk, to_messages
+from hearthlm.serve.schemas import AskRequest
+from hearthlm.serve.state import Caller, ServerState, caller, state_of
+from hearthlm.serve.streaming import DONE, Work, add_up, collect, event_stream, opened, sse
+
+router = APIRouter()
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,61}[A-Za-z0-9]$")  # Chroma accepts these
+TEXT_TYPES = frozenset(SUPPORTED) - {".pdf"}
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+
+
+@dataclass
+class IndexState:
+    """What a collection's indexer is doing and did last."""
+
+    running: bool = False
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    again: bool = False  # files changed while it ran: run once more
+    last: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "stage": self.stage,
+            "done": self.done,
+            "total": self.total,
+            "error": self.error,
+        }
+
+
+class Collections:
+    """The server's collections: their folders, indexes, chatbots and indexer threads."""
+
+    def __init__(self, config: HearthConfig, chat: ChatHearth) -> None:
+        self.config = config
+        self.root = config.serve.data_dir / "collections"
+        self.root.mkdir(parents=True, exist_ok=True)
+        retrieval = config.retrieval
+        self.embeddings = HearthEmbeddings(
+            retrieval.embedder,
+            batch_size=retrieval.embed_batch_size,
+            device=retrieval.device,
+            precision=retrieval.embed_precision,
+        )
+        self.chat = chat
+        self._indexes: dict[str, DocumentIndex] = {}
+        self._qa: dict[str, DocsQA] = {}
+        self._states: dict[str, IndexState] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- names and folders --------------------------------------------------------------------
+
+    def names(self, who: Caller) -> list[str]:
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.match(p.name))
+        return [n for n in found if who.may_use(n)]
+
+    def folder(self, name: str, who: Caller, create: bool = False) -> Path:
+        """The folder of collection ``name``, which ``who`` may use.
+
+        Raises:
+            APIError: 400 for a bad name; 404 when it does not exist (or belongs to a key
+                ``who`` is not: another key's collections are not even named).
+        """
+        if not NAME.match(name):
+            raise APIError(
+                400,
+                f"collection name {name!r}: use 3 to 63 letters, digits, '-' or '_', starting "
+                "and ending with a letter or digit.",
+                param="name",
+            )
+        folder = self.root / name
+        if not who.may_use(name) or (not create and not folder.is_dir()):
+            raise APIError(404, f"no collection {name!r}.", code="collection_not_found")
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def index(self, name: str) -> DocumentIndex:
+        with self._lock:
+            if name not in self._indexes:
+                retrieval = self.config.retrieval.model_copy(update={"collection": name})
+                self._indexes[name] = DocumentIndex(retrieval, self.embeddings)
+            return self._indexes[name]
+
+    def qa(self, name: str, chat: ChatHearth) -> DocsQA:
+        """The collection's chatbot on ``chat`` (kept for the base model)."""
+        if chat is not self.chat:
+            return build_docs_qa(self.config, chat, self.index(name))
+        if name not in self._qa:
+            self._qa[name] = build_docs_qa(self.config, chat, self.index(name))
+        return self._qa[name]
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    async def save(self, folder: Path, upload: UploadFile) -> dict[str, Any]:
+        """Write one uploaded file into ``folder``; returns its entry.
+
+        Raises:
+            APIError: 400 (bad name, empty, binary), 413 (too large), 415 (a type the loaders
+                do not read).
+        """
+        name = safe_name(upload.filename or "")
+        limit = int(self.config.serve.max_upload_mb * 2**20)
+        temporary = folder / f".upload-{secrets.token_hex(8)}"
+        size = 0
+        head = b""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        handle = os.fdopen(os.open(temporary, flags, 0o600), "wb")
+        try:
+            with handle:
+                while block := await upload.read(1 << 20):
+                    size += len(block)
+                    if size > limit:
+                        raise APIError(
+                            413,
+                            f"{name} is over the {self.config.serve.max_upload_mb:g} MB upload "
+                            "limit (serve.max_upload_mb).",
+                            code="file_too_large",
+                        )
+                    if len(head) < 8192:
+                        head += block[: 8192 - len(head)]
+                    handle.write(block)
+            _check_content(name, head, size)
+            os.replace(temporary, folder / name)  # replaces a planted link, never its target
+        finally:
+            temporary.unlink(missing_ok=True)
+        return {"file": name, "bytes": size}
+
+    # -- indexing -----------------------------------------------------------------------------
+
+    def start_indexing(self, name: str, folder: Path) -> None:
+        """Index the folder in the background; if a run is going, run once more after it."""
+        with self._lock:
+            state = self._states.setdefault(name, IndexState())
+            if state.running:
+                state.again = True
+                return
+            state.running, state.again, state.error = True, False, None
+        thread = threading.Thread(
+            target=self._index_loop, args=(name, folder, state), name=f"index-{name}", daemon=True
+        )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _index_loop(self, name: str, folder: Path, state: IndexState) -> None:
+        while True:
+            try:
+                self.reindex(name, folder, state)
+            except HearthError as exc:
+                state.error = str(exc)
+            with self._lock:
+                if not state.again:
+                    state.running = False
+                    return
+                state.again = False
+
+    def reindex(self, name: str, folder: Path, state: IndexState | None = None) -> None:
+        """Bring the index up to date with the folder, now (``hearth index`` on it)."""
+        state = state or self._states.setdefault(name, IndexState())
+
+        def observe(stage: str, done: int, total: int) -> None:
+            state.stage, state.done, state.total = stage, done, total
+
+        report = self.index(name).index_path(
+            folder, progress=False, observe=observe, follow_links=False
+        )
+        last = report.as_dict()
+        last["skipped"] = [
+            {"file": _relative(s["path"], folder), "reason": s["reason"]} for s in last["skipped"]
+        ]
+        last["warnings"] = [
+            {"file": _relative(w["path"], folder), "message": w["message"]}
+            for w in last["warnings"]
+        ]
+        last["finished"] = time.time()
+        state.last = last
+        write_atomic(folder.parent / f".{name}.last-run.json", json.dumps(last))
+
+    def state(self, name: str, folder: Path) -> dict[str, Any]:
+        index = self.index(name)
+        known = index.store.files()
+        state = self._states.get(name) or IndexState()
+        last = state.last or _saved_run(folder.parent / f".{name}.last-run.json")
+        skipped = {s["file"]: s["reason"] for s in last.get("skipped", [])}
+        files = []
+        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            indexed = known.get(str(path))
+            files.append(
+                {
+                    "file": path.name,
+                    "bytes": path.lstat().st_size,
+                    "indexed": indexed is not None,
+                    "chunks": len(indexed[1]) if indexed else 0,
+                    "skipped": skipped.get(path.name),
+                }
+            )
+        return {
+            "name": name,
+            "files": files,
+            "chunks": index.count,
+            "indexing": state.as_dict(),
+            "skipped": [{"file": f, "reason": r} for f, r in skipped.items()],
+            "last_run": {k: v for k, v in last.items() if k not in ("skipped", "warnings")},
+        }
+
+    def close(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=60)
+        for index in self._indexes.values():
+            index.close()
+
+
+def safe_name(given: str) -> str:
+    """An uploaded file's name, if it is a plain name of a type the loaders read.
+
+    Raises:
+        APIError: 400 for a path, ``..``, a hidden or empty name or control characters; 415
+            for a type the loaders do not read.
+    """
+    name = given.strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or ".." in name:
+        raise APIError(
+            400, f"file name {given!r}: send a plain file name, without folders or '..'.",
+            code="invalid_file_name",
+        )  # fmt: skip
+    if name.startswith(".") or _UNSAFE.search(name) or len(name) > 200:
+        raise APIError(
+            400,
+            f"file name {given!r}: no leading dot, no control or reserved characters "
+            '(\\ / : * ? " < > |), at most 200 characters.',
+            code="invalid_file_name",
+        )
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED:
+        raise APIError(
+            415,
+            f"{name}: type {suffix or '(none)'} is not indexed; send one of "
+            f"{', '.join(SUPPORTED)}.",
+            code="unsupported_file_type",
+        )
+    return name
+
+
+def _check_content(name: str, head: bytes, size: int) -> None:
+    if size == 0:
+        raise APIError(400, f"{name} is empty.", code="empty_file")
+    suffix = Path(name).suffix.lower()
+    if suffix in TEXT_TYPES and b"\x00" in head:
+        raise APIError(400, f"{name} holds binary data, not {suffix} text.", code="binary_file")
+    if suffix == ".pdf" and not head.startswith(b"%PDF"):
+        raise APIError(400, f"{name} is not a PDF (no %PDF header).", code="not_a_pdf")
+
+
+def _relative(path: str, folder: Path) -> str:
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return Path(path).name
+
+
+def _saved_run(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+# -- answers and citations ----------------------------------------------------------------------
+
+
+def citations(answer: Answer, folder: Path) -> list[dict[str, Any]]:
+    """Where an answer came from, for a client to show: each quote with its file, page and
+    characters (or, for a written answer, each cited source's chunk)."""
+    if answer.quotes:
+        return [
+            {
+                "source": q.source,
+                "file": _relative(q.path, folder),
+                "page": q.page,
+                "heading": q.heading,
+                "start": q.start,
+                "end": q.end,
+                "text": q.text,
+            }
+            for q in answer.quotes
+        ]
+    return [
+        {
+            "source": s.number,
+            "file": _relative(s.path, folder),
+            "page": s.page,
+            "heading": s.heading,
+            "start": s.start,
+            "end": s.start + len(s.snippet),
+            "text": s.snippet,
+        }
+        for s in answer.citations
+    ]
+
+
+def answer_body(answer: Answer, folder: Path) -> dict[str, Any]:
+    """The ``Answer`` as JSON, its paths relative to the collection's folder."""
+    body = answer.as_dict()
+    for quote in body["quotes"]:
+        quote["path"] = _relative(quote["path"], folder)
+    for source in body["sources"]:
+        source["path"] = _relative(source["path"], folder)
+    body["citations"] = citations(answer, folder)
+    return body
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@router.get("/v1/collections", tags=["Documents"])
+def list_collections(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The collections this key may use."""
+    return {
+        "object": "list",
+        "data": [{"name": n} for n in state_of(request).collections.names(who)],
+    }
+
+
+@router.post("/v1/collections/{name}/files", tags=["Documents"], status_code=202)
+async def upload_files(
+    name: str, files: list[UploadFile], request: Request, who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Upload files (multipart, field ``files``); the collection is made on first upload and
+    indexed incrementally in the background: GET the collection for progress."""
+    collections = state_of(request).collections
+    limit = state_of(request).config.serve.max_upload_files
+    if not files:
+        raise APIError(400, "send at least one file in the 'files' field.", param="files")
+    if len(files) > limit:
+        raise APIError(
+            413, f"at most {limit} files per upload (serve.max_upload_files).", param="files"
+        )
+    for upload in files:  # every name is checked before any file is written
+        safe_name(upload.filename or "")
+    folder = collections.folder(name, who, create=True)
+    saved = [await collections.save(folder, upload) for upload in files]
+    collections.start_indexing(name, folder)
+    return {"collection": name, "files": saved, "indexing": True}
+
+
+@router.get("/v1/collections/{name}", tags=["Documents"])
+def collection_state(name: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The collection's files (indexed, chunks, or why skipped), chunk count and the indexer's
+    progress."""
+    collections = state_of(request).collections
+    return collections.state(name, collections.folder(name, who))
+
+
+@router.get("/v1/collections/{name}/files", tags=["Documents"])
+def list_files(name: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    """The collection's files."""
+    collections = state_of(request).collections
+    return {
+        "object": "list",
+        "data": collections.state(name, collections.folder(name, who))["files"],
+    }
+
+
+@router.delete("/v1/collections/{name}/files/{file}", tags=["Documents"])
+async def delete_file(
+    name: str, file: str, request: Request, who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """Delete a file: it leaves the folder, and its chunks leave the index and BM25."""
+    state = state_of(request)
+    folder = state.collections.folder(name, who)
+    path = folder / safe_name(file)
+    if not path.is_file() or path.is_symlink():
+        raise APIError(404, f"no file {file!r} in {name!r}.", code="file_not_found")
+    path.unlink()
+    work = Work(state, lambda: [state.collections.reindex(name, folder)], None)
+    await work.result()
+    return {"collection": name, "deleted": path.name}
+
+
+@router.get("/v1/collections/{name}/files/{file}/passage", tags=["Documents"])
+def passage(
+    name: str,
+    file: str,
+    start: int,
+    end: int,
+    request: Request,
+    page: int | None = None,
+    who: Caller = Depends(caller),
+) -> dict[str, Any]:
+    """The text around characters ``start:end`` of a file's extracted text (the offsets a
+    citation gives), with where those characters fall in it, to show a quote in place."""
+    state = state_of(request)
+    folder = state.collections.folder(name, who)
+    path = folder / safe_name(file)
+    if not path.is_file() or path.is_symlink():
+        raise APIError(404, f"no file {file!r} in {name!r}.", code="file_not_found")
+    retrieval = state.config.retrieval
+    options = LoaderOptions(retrieval.json_text_fields, retrieval.json_id_field)
+    try:
+        sections = load_file(path, options)
+    except LoadError as exc:
+        raise APIError(400, f"{file} cannot be read: {exc}") from None
+    for section in sections:
+        inside = section.offset <= start < section.offset + max(len(section.text), 1)
+        if inside and (page is None or section.page in (None, page)):
+            local = start - section.offset
+            lo = max(0, local - 600)
+            hi = min(len(section.text), end - section.offset + 600)
+            return {
+                "file": path.name,
+                "page": section.page,
+                "heading": section.heading,
+                "text": section.text[lo:hi],
+                "highlight": [local - lo, min(end - section.offset, len(section.text)) - lo],
+                "start": start,
+                "end": end,
+            }
+    raise APIError(404, f"{file} has no characters {start}-{end}.", code="passage_not_found")
+
+
+@router.post("/v1/collections/{name}/ask", tags=["Documents"], response_model=None)
+async def ask(
+    name: str, body: AskRequest, request: Request, who: Caller = Depends(caller)
+) -> Response:
+    """The cited answer to a question over the collection: text, quotes with file, page and
+    character offsets, citations and the grounding check. With ``stream: true``, SSE
+    ``delta`` events as the text is made, then one ``answer`` event."""
+    state = state_of(request)
+    folder = state.collections.folder(name, who)
+    qa = state.collections.qa(name, state.models.get(body.model))
+    work = Work(state, lambda: qa.stream(body.question), request)
+    if not body.stream:
+        return JSONResponse(answer_body(add_up(await collect(work)), folder))
+    return event_stream(_answer_events(await opened(work), folder))
+
+
+async def _answer_events(chunks: AsyncIterator[Answer], folder: Path) -> AsyncIterator[str]:
+    total: Answer | None = None
+    try:
+        async for chunk in chunks:
+            total = chunk if total is None else total + chunk
+            if chunk.text:
+                yield sse({"text": chunk.text}, event="delta")
+    except HearthError as exc:
+        yield sse(from_library(exc).body(), event="error")
+    if total is not None:
+        yield sse(answer_body(total, folder), event="answer")
+    yield DONE
+
+
+async def docs_chat_completion(
+    state: ServerState, chat: ChatHearth, body: Any, request: Request, who: Caller
+) -> Response:
+    """``/v1/chat/completions`` with ``collection``: the last user message is asked of the
+    collection in a chat session (``session_id``, else a new one seeded with the request's
+    earlier turns); the reply carries ``citations`` and ``session_id``."""
+    name = body.collection
+    folder = state.collections.folder(name, who)
+    messages = to_messages(body.messages)
+    if not isinstance(messages[-1], HumanMessage) or not messages[-1].text.strip():
+        raise APIError(400, "a docs chat needs a user message last.", param="messages")
+    question = messages[-1].text
+    session = body.session_id or secrets.token_urlsafe(16)
+    stored = f"{who.name}:{session}"  # a key never reads another key's sessions
+    docs_chat = DocsChat(state.collections.qa(name, chat), state.sessions, session_id=stored)
+    if body.session_id is not None and not docs_chat.messages:
+        raise APIError(404, f"no session {body.session_id!r}.", code="session_not_found")
+    if body.session_id is None:
+        earlier = [m for m in messages[:-1] if isinstance(m, HumanMessage | AIMessage)]
+        docs_chat.history.add_messages([type(m)(m.text) for m in earlier])
+    model_id = body.model or state.models.base_id
+    reply_id = f"chatcmpl-{secrets.token_hex(12)}"
+    work = Work(state, lambda: docs_chat.stream(question), request)
+    if not body.stream:
+        answer = add_up(await collect(work))
+        reply = {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "citations": citations(answer, folder),
+            "session_id": session,
+        }
+        return JSONResponse(reply)
+    chunks = await opened(work)
+
+    async def events() -> AsyncIterator[str]:
+        yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
+        total: Answer | None = None
+        try:
+            async for chunk in chunks:
+                total = chunk if total is None else total + chunk
+                if chunk.text:
+                    yield sse(chat_chunk(reply_id, model_id, {"content": chunk.text}))
+        except HearthError as exc:
+            yield sse(from_library(exc).body())
+            yield DONE
+            return
+        cited = citations(total, folder) if total else []
+        yield sse(chat_chunk(reply_id, model_id, {}, "stop", citations=cited, session_id=session))
+        yield DONE
+
+    return event_stream(events())

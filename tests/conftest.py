@@ -16,7 +16,7 @@ from hearthlm.llm import ChatHearth
 # Tests that use one of these fixtures load the real chat model (and most also generate with
 # it or train it), so they carry the `slow` mark: `make test-fast` (-m "not slow") skips them.
 # Other heavy tests (a `hearth` process, training, over ~5 s) carry the mark themselves.
-MODEL_FIXTURES = frozenset({"llama_chat", "hf_chat", "any_chat", "hf_cache"})
+MODEL_FIXTURES = frozenset({"llama_chat", "hf_chat", "any_chat", "hf_cache", "server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -106,3 +106,77 @@ def retrieval_config(request: pytest.FixtureRequest, tmp_path):
     server = request.getfixturevalue("chroma_server") if request.param == "server" else None
     name = f"test-{uuid.uuid4().hex[:8]}"  # the server outlives each test
     return RetrievalConfig(path=tmp_path / "index", server=server, collection=name)
+
+
+ALPHA, BETA = "alpha-key-0123456789", "beta-key-0123456789"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    """A running `hearth serve` app on a loopback port, in this process."""
+
+    def __init__(self, app, port: int, data: object) -> None:
+        import threading
+
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self.app = app
+        self.data = data
+
+    def __enter__(self) -> Served:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+    @property
+    def state(self):
+        return self.app.state.hearth
+
+
+def serve_config(root, **serve):
+    from hearthlm.config import load_config
+
+    return load_config(
+        environ={},
+        overrides={
+            "retrieval": {"path": str(root / "index"), "history_path": str(root / "h.sqlite")},
+            "serve": {"data_dir": str(root / "data"), **serve},
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The real server (batched llama.cpp, 8 sequences) with two keys, each with its own
+    collections: the clients' tests run against it over real HTTP."""
+    from hearthlm.serve import create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    keys = [
+        {"key": ALPHA, "name": "alpha", "collections": ["alpha", "shared"]},
+        {"key": BETA, "name": "beta", "collections": ["beta"]},
+    ]
+    config = serve_config(root, api_keys=keys, parallel=8, max_upload_mb=1.0)
+    with Served(create_app(config), free_port(), root) as served:
+        yield served

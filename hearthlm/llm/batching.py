@@ -386,6 +386,7 @@ class BatchedEngine:
     def close(self) -> None:
         """Stop the scheduler; requests in flight end with an error."""
         self.scheduler.close()
+        self._prototypes = GrammarCache()  # their samplers are freed with them
 
 
 def _take(sequence: _Sequence) -> Any:

@@ -224,7 +224,7 @@ class Sampler:
             self._chain = None
 
     def __del__(self) -> None:  # a grammar prototype evicted from its cache
-        with contextlib.suppress(AttributeError, TypeError):  # interpreter teardown
+        with contextlib.suppress(AttributeError, TypeError, ImportError):  # at teardown
             self.close()
 
 

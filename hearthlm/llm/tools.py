@@ -51,12 +51,13 @@ def select_tools(
     """The tools a reply may call, and whether a call is optional (text allowed instead)."""
     if tool_choice == "none" or not tools:
         return [], True
-    if tool_choice in TOOL_CHOICE_AUTO:
+    named = isinstance(tool_choice, dict)  # {"type": "function", "function": {"name": ...}}
+    if not named and tool_choice in TOOL_CHOICE_AUTO:
         return tools, True
-    if tool_choice in TOOL_CHOICE_REQUIRED:
+    if not named and tool_choice in TOOL_CHOICE_REQUIRED:
         return tools, False
     name = tool_choice
-    if isinstance(tool_choice, dict):  # {"type": "function", "function": {"name": ...}}
+    if named:
         name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
     chosen = [t for t in tools if t["function"]["name"] == name]
     if not chosen:

@@ -143,6 +143,7 @@ class Models:
         self.config = config
         serve = config.serve
         llm = config.llm.model_copy(update={"parallel": serve.parallel})
+        self._given = base  # a model the caller loaded stays theirs to close
         self.base = base or ChatHearth(**llm.model_dump(), **config.sampling.model_dump())
         self.base.load()
         self.base_id = serve.model_name or _model_id(self.base)
@@ -201,8 +202,9 @@ class Models:
         return [(i, self._loaded.get(i)) for i in self.ids]
 
     def close(self) -> None:
+        """Stop the engines this server loaded."""
         for chat in self._loaded.values():
-            if chat._engine is not None:
+            if chat is not self._given and chat._engine is not None:
                 chat._engine.close()
 
 

@@ -136,7 +136,7 @@ async function refresh() {
     }
     const count = document.createElement("span");
     count.className = "muted";
-    count.textContent = f.indexed ? `${f.chunks} chunks` : f.skipped ? "" : "waiting";
+    count.textContent = f.indexed ? `${f.chunks} chunk${f.chunks === 1 ? "" : "s"}` : f.skipped ? "" : "waiting";
     const remove = document.createElement("button");
     remove.textContent = "✕";
     remove.title = `Delete ${f.file}`;
@@ -271,8 +271,10 @@ async function runAgent(question, reply) {
 function setMode(mode) {
   state.mode = mode;
   for (const b of document.querySelectorAll("#modes button")) b.classList.toggle("active", b.dataset.mode === mode);
+  $("side").hidden = mode === "chat";
   $("collection-panel").hidden = mode === "chat";
   $("tools-panel").hidden = mode !== "agent";
+  $("source").hidden = true;
   $("question").placeholder = { docs: "Ask about your documents…", chat: "Message the model…", agent: "Give the agent a task…" }[mode];
   $("messages").replaceChildren();
   state.history = [];

@@ -1,0 +1,448 @@
+"""`hearth serve` through real clients over real HTTP: the official `openai` client, LangChain's
+ChatOpenAI and OpenAIEmbeddings, and httpx for the routes OpenAI has no client for."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import ALPHA
+
+from hearthlm.llm import ChatHearth
+
+pytestmark = pytest.mark.slow
+MODEL = "SmolLM2-135M-Instruct"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=ALPHA, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(server) -> httpx.Client:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ALPHA}"}, timeout=120
+    ) as c:
+        yield c
+
+
+def ask(client: openai.OpenAI, text: str, **options):
+    messages = [{"role": "user", "content": text}]
+    return client.chat.completions.create(model=MODEL, messages=messages, **options)
+
+
+def engine_stats(http: httpx.Client) -> dict:
+    return http.get("/v1/server").json()["engine"]
+
+
+def test_chat_replies_equal_the_in_process_model_and_stream_the_same(client, llama_chat):
+    question = "What is the capital of France?"
+    reply = ask(client, question, max_tokens=24, temperature=0)
+    expected = llama_chat.invoke(question, max_new_tokens=24).content
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 24 and reply.usage.prompt_tokens > 0
+    stream = ask(
+        client, question, max_tokens=24, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected and len(chunks) > 5  # token by token
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    system = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "Answer with one word."},
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another one."},
+        ],
+        max_tokens=8,
+        stop=["\n"],
+    )
+    assert system.choices[0].message.content and "\n" not in system.choices[0].message.content
+
+
+def test_tool_calls_are_chosen_as_bind_tools_chooses_them(client, llama_chat):
+    reply = ask(client, "What's the weather in Paris?", tools=[WEATHER], tool_choice="required")
+    call = reply.choices[0].message.tool_calls[0]
+    assert (
+        reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+    )
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "city": "Paris"
+    }
+    local = llama_chat.bind_tools([WEATHER], tool_choice="required").invoke(
+        "What's the weather in Paris?"
+    )
+    assert local.tool_calls[0]["args"] == json.loads(call.function.arguments)
+    streamed = list(
+        ask(
+            client,
+            "What's the weather in Paris?",
+            tools=[WEATHER],
+            tool_choice="required",
+            stream=True,
+        )
+    )
+    deltas = [
+        c.choices[0].delta.tool_calls
+        for c in streamed
+        if c.choices and c.choices[0].delta.tool_calls
+    ]
+    assert deltas and deltas[0][0].function.name == "get_weather"
+    assert json.loads(deltas[0][0].function.arguments) == {"city": "Paris"}
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    # the assistant's call and the tool's result go back as messages
+    follow = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": "What's the weather in Paris?"},
+            {"role": "assistant", "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 C"},
+        ],
+        tools=[WEATHER],
+        tool_choice="none",
+        max_tokens=24,
+    )
+    assert follow.choices[0].message.content and not follow.choices[0].message.tool_calls
+
+
+def test_structured_output_follows_its_schema_and_impossible_ones_are_refused(client):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    reply = ask(
+        client, "Paris is the capital of France. Give the city and country.", response_format=fmt
+    )
+    assert json.loads(reply.choices[0].message.content) == {"city": "Paris", "country": "France"}
+    plain = ask(
+        client, "Give a JSON object with a 'name' key.", response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(plain.choices[0].message.content), dict)
+    impossible = [
+        {"type": "integer", "minimum": 5, "maximum": 1},
+        {"type": "object", "properties": {}, "required": ["x"], "additionalProperties": False},
+        {"enum": []},
+        {"type": "objekt"},
+        {"not": {}},
+    ]
+    for bad in impossible:
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(
+                client,
+                "hi",
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": bad},
+                },
+            )
+        assert caught.value.body["code"] == "invalid_schema"
+    choice = ask(
+        client, "Is Paris in France?", extra_body={"structured_outputs": {"choice": ["yes", "no"]}}
+    )
+    assert choice.choices[0].message.content in ("yes", "no")
+    code = ask(
+        client, "Make up an order id.", extra_body={"structured_outputs": {"regex": r"[A-Z]-\d{4}"}}
+    )
+    assert len(code.choices[0].message.content) == 6 and code.choices[0].message.content[1] == "-"
+    with pytest.raises(openai.BadRequestError) as caught:  # vLLM's removed field, never ignored
+        ask(client, "Is it?", extra_body={"guided_choice": ["yes", "no"]})
+    assert caught.value.body["code"] == "unsupported_parameter"
+
+
+def test_embeddings_and_models(client, http, embeddings):
+    models = {m.id: m for m in client.models.list().data}
+    assert models[MODEL].max_model_len == 8192
+    assert models["all-MiniLM-L6-v2"].max_model_len == embeddings.max_tokens
+    floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a kettle", "a teapot"])
+    assert len(floats.data) == 2 and floats.data[0].embedding == pytest.approx(
+        embeddings.embed_query("a kettle"), abs=1e-5
+    )
+    packed = http.post(
+        "/v1/embeddings", json={"input": "a kettle", "encoding_format": "base64"}
+    ).json()["data"][0]["embedding"]
+    raw = base64.b64decode(packed)
+    assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(
+        floats.data[0].embedding, abs=1e-6
+    )
+
+
+def test_completions_score_text_as_the_in_process_model_does(client, http, llama_chat):
+    reply = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=0, echo=True, logprobs=2
+    )
+    choice = reply.choices[0]
+    assert choice.text == "The capital of France is" and choice.logprobs.token_logprobs[0] is None
+    _, local = llama_chat.token_logprobs("The capital of France is", top=2)
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx([lp for lp, _ in local], abs=1e-3)
+    assert all(len(t) == 2 for t in choice.logprobs.top_logprobs[1:])
+    # a continuation's log-likelihood: what hearthlm's choosing paths ask of a remote model
+    context = http.post("/tokenize", json={"prompt": "The capital of France is"}).json()
+    full = client.completions.create(
+        model=MODEL, prompt="The capital of France is Paris", max_tokens=0, echo=True, logprobs=0
+    )
+    remote = sum(full.choices[0].logprobs.token_logprobs[context["count"] :])
+    expected = llama_chat.loglikelihood("The capital of France is", " Paris")
+    assert remote == pytest.approx(expected, abs=1e-3)
+    text = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=6)
+    assert text.choices[0].text and text.usage.completion_tokens <= 6
+    tokens = http.post(
+        "/tokenize", json={"prompt": "Hello world", "return_token_strs": True}
+    ).json()
+    assert tokens["max_model_len"] == 8192 and "".join(tokens["token_strs"]) == "Hello world"
+    back = http.post("/detokenize", json={"tokens": tokens["tokens"]}).json()
+    assert back == {"prompt": "Hello world"}
+    chat = http.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert chat["count"] == len(llama_chat.engine.tokenize(llama_chat.prompt([_human("Hi")])))
+
+
+def _human(text: str):
+    from langchain_core.messages import HumanMessage
+
+    return HumanMessage(text)
+
+
+def test_langchain_clients_run_through_the_server(server):
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    from hearthlm.agents.middleware import call_tools_then_answer
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"It is sunny in {city}."
+
+    llm = ChatOpenAI(model=MODEL, base_url=f"{server.url}/v1", api_key=ALPHA, max_tokens=48)
+    call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Rome?")
+    assert call.tool_calls[0]["name"] == "get_weather" and call.tool_calls[0]["args"] == {
+        "city": "Rome"
+    }
+    # the middleware that makes create_agent work on the small model in process works remotely
+    agent = create_agent(llm, [get_weather], middleware=[call_tools_then_answer])
+    result = agent.invoke(
+        {"messages": [("user", "What's the weather in Rome?")]}, {"recursion_limit": 8}
+    )
+    messages = result["messages"]
+    assert messages[1].tool_calls[0]["args"] == {"city": "Rome"}
+    assert messages[2].type == "tool" and messages[2].content == "It is sunny in Rome."
+    assert messages[-1].type == "ai" and messages[-1].content and not messages[-1].tool_calls
+    vectors = OpenAIEmbeddings(
+        model="all-MiniLM-L6-v2",
+        base_url=f"{server.url}/v1",
+        api_key=ALPHA,
+        check_embedding_ctx_length=False,
+    ).embed_documents(["a kettle", "a teapot"])
+    assert len(vectors) == 2 and len(vectors[0]) == 384
+
+
+def test_eight_clients_at_once_get_the_replies_each_gets_alone(client, http, server):
+    """Three greedy requests from each of 8 clients at once: each reply is the reply to the
+    same request alone, token for token, or first differs where two tokens nearly tie."""
+    prompts = [
+        "Write a short poem about the sea.",
+        "List three fruits.",
+        "What is a kettle for?",
+        "Describe a cat in one sentence.",
+        "Say something about Mondays.",
+        "Name two planets.",
+        "Why is the sky blue?",
+        "Give me a tip for sleeping well.",
+    ]
+    alone = {p: ask(client, p, max_tokens=32).choices[0].message.content for p in prompts}
+    got: dict[tuple[int, int], str] = {}
+    errors: list[Exception] = []
+
+    def run(i: int) -> None:
+        try:
+            for round_ in range(3):
+                got[i, round_] = ask(client, prompts[i], max_tokens=32).choices[0].message.content
+        except Exception as exc:  # collected, then failed below
+            errors.append(exc)
+
+    before = engine_stats(http)["steps"]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(got) == 24
+    steps = engine_stats(http)["steps"] - before
+    assert steps < 24 * 32 / 2  # decoded together: far fewer steps than tokens
+    for (i, _), text in got.items():
+        if text != alone[prompts[i]]:
+            assert _near_tie(http, prompts[i], alone[prompts[i]], text), (prompts[i], text)
+
+
+def _near_tie(http: httpx.Client, prompt: str, expected: str, got: str) -> bool:
+    """Whether the first token where ``got`` leaves ``expected`` is one of two tokens whose
+    log-probabilities there are within 0.05 of each other."""
+    messages = [{"role": "user", "content": prompt}]
+    ids = http.post("/tokenize", json={"messages": messages}).json()["tokens"]
+    a = http.post("/tokenize", json={"prompt": expected}).json()["tokens"]
+    b = http.post("/tokenize", json={"prompt": got}).json()["tokens"]
+    k = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    scored = http.post(
+        "/v1/completions",
+        json={"prompt": ids + a[: k + 1], "max_tokens": 0, "echo": True, "logprobs": 2},
+    ).json()["choices"][0]["logprobs"]["top_logprobs"][-1]
+    top = sorted(scored.values(), reverse=True)
+    return len(top) == 2 and top[0] - top[1] <= 0.05
+
+
+def test_a_client_that_disconnects_stops_its_generation(server, http):
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with (
+        httpx.Client(timeout=60) as one,
+        one.stream(
+            "POST",
+            f"{server.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {ALPHA}"},
+        ) as response,
+    ):
+        for n, _ in enumerate(response.iter_lines()):
+            if n > 10:
+                break
+    at_close = engine_stats(http)["generated_tokens"]
+    time.sleep(1.5)
+    settled = engine_stats(http)
+    assert settled["generated_tokens"] - at_close <= 5
+    assert settled["running"] == 0
+
+
+def test_a_full_server_answers_429_and_never_hangs(server, llama_chat, tmp_path):
+    from conftest import Served, free_port, serve_config
+
+    from hearthlm.serve import create_app
+
+    config = serve_config(tmp_path, parallel=1, max_queue=0, retry_after=3)
+    chat = ChatHearth.from_backend(server.state.models.base.engine)
+    with Served(create_app(config, chat=chat), free_port(), tmp_path) as small:
+        story = [{"role": "user", "content": "Tell me a long story."}]
+        body = {"messages": story, "max_tokens": 200, "stream": True}
+        with httpx.Client(base_url=small.url, timeout=60) as c:
+            with c.stream("POST", "/v1/chat/completions", json=body) as first:
+                next(first.iter_lines())
+                busy = c.post("/v1/chat/completions", json=body)
+                assert busy.status_code == 429 and busy.headers["retry-after"] == "3"
+                assert busy.json()["error"]["type"] == "rate_limit_error"
+            time.sleep(0.5)
+            again = c.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4})
+            assert again.status_code == 200
+
+
+def test_bad_input_is_answered_in_openai_shape_and_the_server_keeps_serving(server, client):
+    url = f"{server.url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {ALPHA}"}
+    cases = [
+        (b"{not json", 400),
+        (json.dumps({"model": MODEL, "messages": "hello"}).encode(), 400),
+        (json.dumps({"model": MODEL, "messages": []}).encode(), 400),
+        (
+            json.dumps({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "x"}],
+                    "temperature": "hot",
+                }
+            ).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}
+            ).encode(),
+            400,
+        ),
+        (
+            json.dumps(
+                {"model": MODEL, "messages": [{"role": "user", "content": "x" * 5_000_000}]}
+            ).encode(),
+            413,
+        ),
+    ]
+    for raw, status in cases:
+        response = httpx.post(
+            url, content=raw, headers={**auth, "Content-Type": "application/json"}
+        )
+        assert response.status_code == status, raw[:80]
+        error = response.json()["error"]
+        assert (
+            set(error) == {"message", "type", "param", "code"}
+            and "Traceback" not in error["message"]
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "word " * 40_000)  # 200,000 characters
+    assert caught.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        ask(
+            client,
+            "hi",
+            tools=[{"type": "function", "function": {"name": "x", "parameters": {"type": 12}}}],
+        )
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "hi", tools=[{"type": "function", "function": {"name": "bad name!"}}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="wrong-key-123", max_retries=0
+        ).models.list()
+    missing = httpx.get(f"{server.url}/v1/models")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert ask(client, "Say hello.", max_tokens=4).choices[0].message.content  # still serving
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+
+def test_cors_is_off_and_metrics_count_tokens(server, http):
+    preflight = httpx.options(
+        f"{server.url}/v1/models",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    metrics = http.get("/metrics").text
+    assert "hearth_generated_tokens_total" in metrics and "hearth_sequences_running" in metrics
+    assert http.get("/docs").status_code == 200
+    paths = http.get("/openapi.json").json()["paths"]
+    routes = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize"]
+    routes += ["/v1/collections/{name}/files", "/v1/collections/{name}/ask", "/v1/agent/runs"]
+    assert set(routes) <= set(paths)
+    assert httpx.get(f"{server.url}/metrics").status_code == 401

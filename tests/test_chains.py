@@ -216,3 +216,28 @@ def test_chains_on_the_real_model_in_lcel(llama_chat, retriever):
     items = asyncio.run(collect())
     assert isinstance(items[-1], Answer) and items[-1].mode == "quote"
     assert "waggle dance" in items[-1].text
+
+
+def test_streamed_chunks_add_up_through_astream_events_and_lcel(retriever):
+    """The stream contract: every chunk is an Answer, their sum is what invoke returns, and
+    astream_events and an LCEL sequence see the same answer."""
+    question = "How long does a flat tyre repair take?"
+    reply = "[1] It takes about 30 minutes, and [9] costs little."  # [9] names no source
+    chunks = list(DocsQA(fake(reply), retriever, answer="free").stream(question))
+    assert all(isinstance(c, Answer) for c in chunks) and len(chunks) > 3
+    total = sum(chunks[1:], chunks[0])
+    expected = DocsQA(fake(reply), retriever, answer="free").invoke(question)
+    assert total.text == expected.text == "It takes about 30 minutes, and costs little [1]."
+    assert total.removed_citations == expected.removed_citations == [9]
+    assert [s.number for s in total.sources] == [s.number for s in expected.sources]
+
+    async def events() -> list[dict[str, Any]]:
+        qa = DocsQA(fake(reply), retriever, answer="free")
+        return [e async for e in qa.astream_events(question, version="v2")]
+
+    seen = asyncio.run(events())
+    streamed = [e["data"]["chunk"] for e in seen if e["event"] == "on_chain_stream"]
+    ended = [e for e in seen if e["event"] == "on_chain_end"][-1]["data"]["output"]
+    assert "".join(c.text for c in streamed) == ended.text == expected.text
+    words = DocsQA(fake(reply), retriever, answer="free") | RunnableLambda(lambda a: a.text)
+    assert words.invoke(question) == expected.text

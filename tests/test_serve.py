@@ -446,3 +446,48 @@ def test_cors_is_off_and_metrics_count_tokens(server, http):
     routes += ["/v1/collections/{name}/files", "/v1/collections/{name}/ask", "/v1/agent/runs"]
     assert set(routes) <= set(paths)
     assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def test_adapters_are_listed_and_picked_by_model(server, hf_chat, hf_cache, tmp_path):
+    """[serve.adapters]: a PEFT folder (served on transformers) and a merged GGUF, each listed
+    with its context length and chosen by the request's `model`."""
+    import shutil as files
+
+    import torch
+    from conftest import Served, free_port, serve_config
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hearthlm.llm import packaged_model_path
+    from hearthlm.serve import create_app
+
+    (folder,) = (p.parent for p in hf_cache.glob("models/*/model.safetensors"))
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                        task_type=TaskType.CAUSAL_LM)  # fmt: skip
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)  # large enough to change greedy output
+    model.save_pretrained(tmp_path / "lora")
+    merged = tmp_path / "merged.gguf"
+    files.copy(packaged_model_path(), merged)
+    adapters = {"tuned": str(tmp_path / "lora"), "merged": str(merged)}
+    settings = serve_config(tmp_path, adapters=adapters)
+    settings = settings.model_copy(
+        update={"llm": settings.llm.model_copy(update={"cache_dir": hf_cache})}
+    )
+    chat = ChatHearth.from_backend(server.state.models.base.engine)
+    with Served(create_app(settings, chat=chat), free_port(), tmp_path) as own:
+        remote = openai.OpenAI(base_url=f"{own.url}/v1", api_key="none", max_retries=0)
+        cards = {m.id: m for m in remote.models.list().data}
+        assert cards["tuned"].parent == MODEL and cards["merged"].parent == MODEL
+        assert cards["tuned"].max_model_len == 8192
+        tuned = ask(remote, "Name three primary colors.", model="tuned", max_tokens=24)
+        local = ChatHearth(backend="transformers", adapter=tmp_path / "lora", cache_dir=hf_cache)
+        expected = local.invoke("Name three primary colors.", max_new_tokens=24).content
+        assert tuned.choices[0].message.content == expected
+        base = ask(remote, "Name three primary colors.", max_tokens=24).choices[0].message.content
+        assert expected != base
+        copy = ask(remote, "Name three primary colors.", model="merged", max_tokens=24)
+        assert copy.choices[0].message.content == base

@@ -155,7 +155,7 @@ class ChainOfThought(Chain[str | QuestionInput, CoTResult]):
         self.seed = seed
         self.max_new_tokens = max_new_tokens
 
-    def stream(
+    def _stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[CoTResult]:
         """The :class:`CoTResult` once every sample is in."""
@@ -228,7 +228,7 @@ class ProgramAided(Chain[str | QuestionInput, ProgramResult]):
         self.examples = list(examples)
         self.max_new_tokens = max_new_tokens
 
-    def stream(
+    def _stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[ProgramResult]:
         """The :class:`ProgramResult`."""

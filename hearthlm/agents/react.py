@@ -188,7 +188,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         """The system message every step is generated under (fine-tuning traces reuse it)."""
         return self._system
 
-    def stream(
+    def _stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[AgentResult]:
         """:class:`AgentResult` chunks that add up to the result: one per step as it

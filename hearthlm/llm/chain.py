@@ -14,21 +14,26 @@ a plain reply parsed into the schema and, if it cannot be read, asked once more 
 Chains. :class:`Chain` is the Runnable base of the chains. As LangChain's stream contract asks,
 ``stream`` yields chunks of the output type that add up (``+``) to the output: an answer's text
 as it is written, an agent's steps as they are taken, then the rest. ``invoke`` returns their
-sum, and in an LCEL sequence (``chain | next_step``) the next step reads that sum.
+sum, ``astream_events`` reports each chunk, and in an LCEL sequence (``chain | next_step``) the
+next step reads the chunks as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForChainRun,
+    CallbackManagerForChainRun,
+)
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import PydanticOutputParser
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables.config import patch_config, run_in_executor
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
@@ -178,20 +183,30 @@ def _with_note(messages: Sequence[BaseMessage], note: str) -> list[BaseMessage]:
 class Chain(Runnable[Input, Output]):
     """A Runnable whose ``stream`` yields chunks of its output that add up to it.
 
-    Subclasses implement :meth:`stream`. ``invoke`` (the sum of the chunks), ``batch``,
-    ``ainvoke``, ``abatch`` and ``astream`` follow from it.
+    Subclasses implement :meth:`_stream`. ``stream``, ``astream``, ``transform`` and
+    ``atransform`` run it as one traced run (``astream_events`` sees its start, each chunk,
+    and its end with the summed output), ``invoke`` returns the sum, and ``batch``,
+    ``ainvoke`` and ``abatch`` follow.
     """
+
+    def _stream(self, input: Input, config: RunnableConfig, **kwargs: Any) -> Iterator[Output]:
+        """Chunks of the output, as they are made; ``config`` carries this run's callbacks."""
+        raise NotImplementedError
 
     def stream(
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Output]:
         """Chunks of the output, as they are made; their sum is the output."""
-        raise NotImplementedError
+        yield from self._transform_stream_with_config(iter([input]), self._run, config, **kwargs)
+
+    def transform(
+        self, input: Iterator[Input], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Output]:
+        """In a sequence: the whole input, then the output's chunks."""
+        yield from self._transform_stream_with_config(input, self._run, config, **kwargs)
 
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
-        total: Any = None
-        for chunk in self.stream(input, config, **kwargs):
-            total = chunk if total is None else total + chunk
+        total = _added(self.stream(input, config, **kwargs))
         if not isinstance(total, self.OutputType):
             raise RuntimeError(f"{type(self).__name__}.stream yielded no {self.OutputType}")
         return total
@@ -205,28 +220,63 @@ class Chain(Runnable[Input, Output]):
         self, input: Input, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Output]:
         """The chunks of :meth:`stream`, each as it is made, without blocking the event loop."""
-        items = self.stream(input, config, **kwargs)
+        async for chunk in self.atransform(_one(input), config, **kwargs):
+            yield chunk
+
+    async def atransform(
+        self, input: AsyncIterator[Input], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Output]:
+        async for chunk in self._atransform_stream_with_config(input, self._arun, config, **kwargs):
+            yield chunk
+
+    def _run(
+        self,
+        inputs: Iterator[Input],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> Iterator[Output]:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        yield from self._stream(_added(inputs), child, **kwargs)
+
+    async def _arun(
+        self,
+        inputs: AsyncIterator[Input],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> AsyncIterator[Output]:
+        whole: Any = None
+        async for chunk in inputs:
+            whole = _add(whole, chunk)
+        child = patch_config(config, callbacks=run_manager.get_child())
+        items = self._stream(whole, child, **kwargs)
         done: Any = object()
         while True:
-            item = await run_in_executor(config, next, items, done)
+            item = await run_in_executor(child, next, items, done)
             if item is done:
                 return
             yield item
             await asyncio.sleep(0)
 
-    def transform(
-        self, input: Iterator[Input], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> Iterator[Output]:
-        """In a sequence: the whole input, then the output alone."""
-        final: Any = None
-        for chunk in input:
-            final = chunk if final is None else final + chunk
-        yield self.invoke(final, config, **kwargs)
 
-    async def atransform(
-        self, input: AsyncIterator[Input], config: RunnableConfig | None = None, **kwargs: Any
-    ) -> AsyncIterator[Output]:
-        final: Any = None
-        async for chunk in input:
-            final = chunk if final is None else final + chunk
-        yield await self.ainvoke(final, config, **kwargs)
+def _add(total: Any, chunk: Any) -> Any:
+    """``total + chunk``, as LangChain adds stream chunks; a chunk that cannot be added to the
+    one before replaces it."""
+    if total is None:
+        return chunk
+    try:
+        return total + chunk
+    except TypeError:
+        return chunk
+
+
+def _added(chunks: Iterable[Any]) -> Any:
+    total: Any = None
+    for chunk in chunks:
+        total = _add(total, chunk)
+    return total
+
+
+async def _one(item: Any) -> AsyncIterator[Any]:
+    yield item

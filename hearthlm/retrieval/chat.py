@@ -74,7 +74,7 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
         rewritten = str(self.qa.chat.invoke(prompt, config, stop=["\n"], **options).content)
         return rewritten.strip() or question
 
-    def stream(
+    def _stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Answer]:
         """:class:`Answer` chunks that add up to the answer; the turn is saved at the end."""

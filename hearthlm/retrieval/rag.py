@@ -224,7 +224,7 @@ class DocsQA(Chain[str | QAInput, Answer]):
             return "free"
         return "quote" if getattr(unwrap(self.chat), "model", None) is None else "constrained"
 
-    def stream(  # type: ignore[override]
+    def _stream(
         self,
         input: str | QAInput,
         config: RunnableConfig | None = None,
@@ -386,7 +386,8 @@ def _cited_text(
     removed: list[int] | None = None,
 ) -> str:
     """``text`` with its citations checked: an opening citation moved to the end, numbers of
-    no source dropped, spaces before punctuation and around the text removed."""
+    no source dropped, runs of spaces made one, spaces before punctuation and around the text
+    removed."""
     lead = _LEAD.match(text.strip())
     if lead:  # constrained form "[n] sentence." reads better as "sentence [n]."
         text = f"{lead.group(2)} [{lead.group(1)}]{lead.group(3)}"
@@ -410,6 +411,7 @@ def _clean(
         return f"[{', '.join(map(str, valid))}]" if valid else ""
 
     cleaned = CITATION.sub(keep, text)
+    cleaned = re.sub(r"[ \t]{2,}", " ", cleaned)  # where a dropped citation left two spaces
     return re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned).strip()
 
 

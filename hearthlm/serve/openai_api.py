@@ -277,7 +277,8 @@ async def completions(
         if body.echo or body.logprobs:
             raise APIError(400, "echo and logprobs are served without stream.", param="stream")
         stream = Work(state, lambda: _completion_deltas(chat, prompt, body, options), request)
-        return event_stream(_completion_events(reply_id, model_id, await opened(stream)))
+        deltas = await opened(stream, merge=None)
+        return event_stream(_completion_events(reply_id, model_id, deltas))
     work = Work(state, lambda: [_completion(chat, prompt, body, options, max_tokens)], request)
     choice, usage = (await collect(work))[0]
     return JSONResponse(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import operator
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -82,15 +83,24 @@ class Work:
                 self.cancel.set()
                 return
 
-    async def items(self) -> AsyncIterator[Any]:
-        """The items as they come; raises what the work raised."""
+    async def items(self, merge: Callable[[Any, Any], Any] | None = None) -> AsyncIterator[Any]:
+        """The items as they come; raises what the work raised. With ``merge`` (``+`` for
+        chunks that add up), the items that are already waiting come as one: a client that
+        reads slower than the model writes gets fewer, larger events, not a growing backlog."""
+        held: list[tuple[str, Any]] = []
         try:
             while True:
-                kind, item = await self._queue.get()
+                kind, item = held.pop() if held else await self._queue.get()
                 if kind == _DONE:
                     return
                 if kind == _ERROR:
                     raise item
+                while merge is not None and not held and not self._queue.empty():
+                    next_kind, next_item = self._queue.get_nowait()
+                    if next_kind == _ITEM:
+                        item = merge(item, next_item)
+                    else:
+                        held.append((next_kind, next_item))
                 yield item
         finally:
             self.cancel.set()
@@ -110,10 +120,13 @@ async def collect(work: Work) -> list[Any]:
         raise from_library(exc) from None
 
 
-async def opened(work: Work) -> AsyncIterator[Any]:
+async def opened(
+    work: Work, merge: Callable[[Any, Any], Any] | None = operator.add
+) -> AsyncIterator[Any]:
     """The items of ``work`` as a stream that has begun: an error before its first item is
-    raised here, as its HTTP error, before any byte of the response is sent."""
-    items = work.items()
+    raised here, as its HTTP error, before any byte of the response is sent. Items waiting
+    together are merged with ``merge`` (see :meth:`Work.items`)."""
+    items = work.items(merge)
     done = object()
     try:
         first = await anext(items, done)

@@ -1,0 +1,295 @@
+"""Many clients, one model: `hearth serve` against llama-cpp-python's and llama.cpp's servers.
+
+The same GGUF and the same prompts go to three servers started in this run, by 1, 4 and 8
+concurrent streaming clients, 128 new greedy tokens each:
+
+- ``hearth serve`` (continuous batching, ``serve.parallel`` 8), with its defaults and with
+  ``llm.flash_attention`` on;
+- ``python -m llama_cpp.server`` (llama-cpp-python's own OpenAI server: one request at a time,
+  and by default a new request interrupts the stream in progress);
+- llama.cpp's ``llama-server --parallel 8`` (continuous batching), built once from the
+  llama.cpp that the llama-cpp-python sdist vendors and cached outside the repository.
+
+Reported per server and client count: aggregate output tokens/s, per-stream tokens/s, time to
+first token p50 and p95, errors and interrupted streams (ended without a finish reason).
+
+    python benchmarks/bench_serve.py [--quick] [--save]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import emit, parser
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain in detail how a steam engine works.",
+    "Describe a walk through a busy market.",
+    "Write a long letter to a friend about your holiday.",
+    "Tell the story of a ship lost at sea.",
+    "Describe the seasons of the year in detail.",
+    "Write a long story about a dragon who loves books.",
+    "Explain how bread is made, step by step.",
+]
+LLAMA_CPP_VERSION = "0.3.36"
+CACHE = Path(os.environ.get("HEARTH_BENCH_CACHE", Path.home() / ".cache" / "hearthlm" / "bench"))
+
+
+def llama_server_binary(build: bool) -> Path | None:
+    """llama.cpp's ``llama-server``, built once from the llama.cpp that the llama-cpp-python
+    sdist vendors (so both servers run the same llama.cpp), cached under ``CACHE``."""
+    binary = CACHE / f"llama-server-{LLAMA_CPP_VERSION}" / "llama-server"
+    if binary.is_file() or not build:
+        return binary if binary.is_file() else None
+    work = Path(tempfile.mkdtemp(prefix="llama-server-"))
+    note = f"building llama-server from the llama-cpp-python {LLAMA_CPP_VERSION} sdist in {work}"
+    print(note + " (once: a few minutes)", file=sys.stderr)
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    subprocess.run([*pip, f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(work)], check=True)
+    sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        archive.extractall(work, filter="data")
+    source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    flags = ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON"]
+    subprocess.run(["cmake", "-S", str(source), "-B", str(work / "build"), *flags], check=True)
+    jobs = str(os.cpu_count() or 2)
+    subprocess.run(
+        ["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", jobs],
+        check=True,
+    )
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(next((work / "build" / "bin").glob("llama-server")), binary)
+    shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A server process on a free loopback port, up once ``health`` answers 200."""
+
+    def __init__(self, name: str, command: list[str], port: int, health: str, log: Path):
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("w")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False"}
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(self.url + health, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {log}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+async def one_stream(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int
+) -> dict[str, Any]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first = last = None
+    pieces = 0
+    usage = None
+    finish = None
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                return {"error": f"HTTP {response.status_code}"}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    if choice.get("delta", {}).get("content"):
+                        now = time.perf_counter()
+                        first = first or now
+                        last = now
+                        pieces += 1
+                    finish = choice.get("finish_reason") or finish
+    except httpx.HTTPError as exc:
+        return {"error": type(exc).__name__}
+    produced = (usage or {}).get("completion_tokens") or pieces
+    return {
+        "ttft": (first or time.perf_counter()) - start,
+        "tokens": produced,
+        "seconds": (last or start) - start,
+        "stream_seconds": (last - first) if first and last and last > first else None,
+        "interrupted": finish is None,
+    }
+
+
+async def round_of(url: str, clients: int, tokens: int, rounds: int) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    wall = 0.0
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
+        await one_stream(client, url, model, PROMPTS[0], 8)  # warm: model pages, caches
+        for r in range(rounds):
+            prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
+            start = time.perf_counter()
+            streams = (one_stream(client, url, model, p, tokens) for p in prompts)
+            results += await asyncio.gather(*streams)
+            wall += time.perf_counter() - start
+    ok = [r for r in results if "error" not in r]
+    ttfts = sorted(r["ttft"] for r in ok)
+    per_stream = [r["tokens"] / r["stream_seconds"] for r in ok if r["stream_seconds"]]
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "aggregate_tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "per_stream_tokens_per_s": round(statistics.median(per_stream), 1) if per_stream else 0.0,
+        "ttft_p50_s": round(_quantile(ttfts, 0.5), 3),
+        "ttft_p95_s": round(_quantile(ttfts, 0.95), 3),
+        "mean_tokens": round(statistics.mean(r["tokens"] for r in ok), 1) if ok else 0,
+        "errors": len(results) - len(ok),
+        "interrupted": sum(r["interrupted"] for r in ok),
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
+    return values[index]
+
+
+def servers(
+    gguf: Path, work: Path, threads: int, binary: Path | None
+) -> list[tuple[str, list[str], str]]:
+    """(name, command, health path) of each server to measure."""
+    bin_dir = Path(sys.executable).parent
+
+    def hearth(flash: bool) -> list[str]:
+        toml = work / f"hearth{'-flash' if flash else ''}.toml"
+        toml.write_text(
+            f"[llm]\nthreads = {threads}\nflash_attention = {str(flash).lower()}\n"
+            f'[retrieval]\npath = "{work / "index"}"\n'
+            f'[serve]\nparallel = 8\ndata_dir = "{work / "data"}"\n',
+            encoding="utf-8",
+        )
+        return [str(bin_dir / "hearth"), "serve", "-c", str(toml), "--port", "{port}"]
+
+    cores = [str(threads)] * 2
+    python_server = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
+    python_server += ["--port", "{port}", "--n_ctx", "8192"]
+    python_server += ["--n_threads", cores[0], "--n_threads_batch", cores[1]]
+    found = [
+        ("hearth serve", hearth(flash=False), "/health"),
+        ("hearth serve, flash attention", hearth(flash=True), "/health"),
+        ("llama_cpp.server", python_server, "/v1/models"),
+    ]
+    if binary is not None:
+        native = [str(binary), "-m", str(gguf), "--port", "{port}", "--parallel", "8"]
+        native += ["-c", str(8 * 8192), "-t", cores[0], "-tb", cores[1], "--no-webui"]
+        found.append(("llama-server", native, "/health"))
+    return found
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0], threads=True).parse_args()
+    from hearthlm.llm.sources import packaged_model_path
+
+    gguf = packaged_model_path()
+    threads = args.threads or os.cpu_count() or 1
+    tokens = 32 if args.quick else 128
+    counts = (1, 4) if args.quick else (1, 4, 8)
+    rounds = 1 if args.quick else 2
+    binary = llama_server_binary(build=not args.quick)
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    figures: dict[str, Any] = {"tokens": tokens, "rounds": rounds, "threads": threads}
+    for name, command, health in servers(gguf, work, threads, binary):
+        port = free_port()
+        log = work / f"{name.replace(' ', '_')}.log"
+        server = Server(name, [c.replace("{port}", str(port)) for c in command], port, health, log)
+        try:
+            figures[name] = {
+                str(n): asyncio.run(round_of(server.url, n, tokens, rounds)) for n in counts
+            }
+        finally:
+            server.stop()
+        print(json.dumps({name: figures[name]}), file=sys.stderr)
+    if binary is None:
+        figures["llama-server"] = "not built (run without --quick to build it once)"
+    figures["ratios"] = ratios(figures, counts)
+    emit("bench_serve", figures, args.save)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def ratios(figures: dict[str, Any], counts: tuple[int, ...]) -> dict[str, Any]:
+    out = {"default": _ratios(figures, "hearth serve", counts)}
+    out["flash_attention"] = _ratios(figures, "hearth serve, flash attention", counts)
+    return out
+
+
+def _ratios(figures: dict[str, Any], name: str, counts: tuple[int, ...]) -> dict[str, Any]:
+    hearth, baseline = figures[name], figures["llama_cpp.server"]
+    most = str(counts[-1])
+    out = {
+        "single_vs_llama_cpp_server": _ratio(hearth["1"], baseline["1"]),
+        f"aggregate_{most}_vs_own_single": round(
+            hearth[most]["aggregate_tokens_per_s"] / hearth["1"]["aggregate_tokens_per_s"], 2
+        ),
+        f"aggregate_{most}_vs_llama_cpp_server": _ratio(hearth[most], baseline[most]),
+        f"ttft_p95_{most}_vs_llama_cpp_server": round(
+            hearth[most]["ttft_p95_s"] / baseline[most]["ttft_p95_s"], 2
+        ),
+    }
+    if isinstance(figures.get("llama-server"), dict):
+        out[f"aggregate_{most}_vs_llama_server"] = _ratio(
+            hearth[most], figures["llama-server"][most]
+        )
+        out["single_vs_llama_server"] = _ratio(hearth["1"], figures["llama-server"]["1"])
+    return out
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+    return round(a["aggregate_tokens_per_s"] / b["aggregate_tokens_per_s"], 2)
+
+
+if __name__ == "__main__":
+    main()

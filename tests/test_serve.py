@@ -45,9 +45,9 @@ def http(server) -> httpx.Client:
         yield c
 
 
-def ask(client: openai.OpenAI, text: str, **options):
+def ask(client: openai.OpenAI, text: str, model: str = MODEL, **options):
     messages = [{"role": "user", "content": text}]
-    return client.chat.completions.create(model=MODEL, messages=messages, **options)
+    return client.chat.completions.create(model=model, messages=messages, **options)
 
 
 def engine_stats(http: httpx.Client) -> dict:

@@ -85,6 +85,7 @@ class Collections:
             device=retrieval.device,
             precision=retrieval.embed_precision,
         )
+        self.embeddings.model  # noqa: B018  (load it now: the first request should not wait)
         self.chat = chat
         self._indexes: dict[str, DocumentIndex] = {}
         self._qa: dict[str, DocsQA] = {}

@@ -182,21 +182,21 @@ class Models:
     def _load_adapter(self, path: str) -> ChatHearth:
         """A PEFT folder runs on the transformers backend over the base model; a GGUF file is
         a llama.cpp LoRA of the base model, or a merged model of its own."""
-        llm = self.config.llm
-        sampling = self.config.sampling.model_dump()
         target = Path(path).expanduser()
+        options = {**self.config.llm.model_dump(), **self.config.sampling.model_dump()}
         if target.is_dir():
-            options = {**llm.model_dump(), "backend": "transformers", "parallel": 1}
-            return ChatHearth(**options, adapter=target, **sampling).load()
-        if target.suffix != ".gguf" or not target.is_file():
+            options.update(backend="transformers", parallel=1, adapter=target)
+        elif target.suffix == ".gguf" and target.is_file():
+            options["parallel"] = self.config.serve.parallel
+            if _is_lora(target):
+                options["adapter"] = target
+            else:
+                options.update(model=str(target), adapter=None)
+        else:
             raise ModelLoadError(
                 f"serve.adapters: {target} is neither a PEFT adapter folder nor a GGUF file."
             )
-        parallel = {"parallel": self.config.serve.parallel}
-        if _is_lora(target):
-            return ChatHearth(**{**llm.model_dump(), **parallel}, adapter=target, **sampling).load()
-        options = {**llm.model_dump(), **parallel, "model": str(target), "adapter": None}
-        return ChatHearth(**options, **sampling).load()
+        return ChatHearth(**options).load()
 
     def loaded(self) -> list[tuple[str, ChatHearth | None]]:
         return [(i, self._loaded.get(i)) for i in self.ids]

@@ -13,11 +13,26 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 install: $(STAMP)
 
+# llama.cpp compiles for this CPU (-march=native), but not with AMX: its AMX kernels crash on the
+# packaged model's Q4_1 weights (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36,
+# on any prompt of a few hundred tokens). Where the CPU has AMX, the build names each vector
+# extension the CPU has instead, and skips the wheel cache, which may hold a native build.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+GGML_FEATURES := AVX:avx AVX2:avx2 FMA:fma F16C:f16c BMI2:bmi2 AVX_VNNI:avx_vnni \
+	AVX512:avx512f AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16
+ifneq ($(filter amx_int8 amx_tile,$(CPU_FLAGS)),)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(foreach f,$(GGML_FEATURES),\
+	-DGGML_$(word 1,$(subst :, ,$(f)))=$(if $(filter $(word 2,$(subst :, ,$(f))),$(CPU_FLAGS)),ON,OFF))
+LLAMA_CACHE := --no-cache-dir
+endif
+LLAMA_CPP := $(shell sed -n 's/.*"\(llama-cpp-python[^"]*\)".*/\1/p' pyproject.toml | head -1)
+
 # The CPU build of torch goes in first, so that no dependency pulls the multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(LLAMA_CACHE) '$(LLAMA_CPP)'
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 

@@ -4,6 +4,7 @@ ChatOpenAI and OpenAIEmbeddings, and httpx for the routes OpenAI has no client f
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import struct
 import threading
@@ -491,3 +492,36 @@ def test_adapters_are_listed_and_picked_by_model(server, hf_chat, hf_cache, tmp_
         assert expected != base
         copy = ask(remote, "Name three primary colors.", model="merged", max_tokens=24)
         assert copy.choices[0].message.content == base
+
+
+def test_a_long_prompt_does_not_freeze_the_streams_running(server):
+    """Prompt processing is chunked: while a 3,000-token prompt is read, a stream already
+    running keeps getting tokens, its longest pause a fraction of that prompt's reading time."""
+    auth = {"Authorization": f"Bearer {ALPHA}"}
+    story = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}],
+             "max_tokens": 300, "stream": True}  # fmt: skip
+    arrivals: list[float] = []
+    started = threading.Event()
+
+    def read_story() -> None:
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=story, headers=auth,
+                          timeout=120) as response:  # fmt: skip
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    arrivals.append(time.perf_counter())
+                    if len(arrivals) == 10:
+                        started.set()
+
+    reader = threading.Thread(target=read_story)
+    reader.start()
+    started.wait(60)
+    long_prompt = " ".join(f"Fact {i}: the kettle is blue." for i in range(400))  # ~3,000 tokens
+    sent = time.perf_counter()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": long_prompt}], "max_tokens": 1}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=auth, timeout=120)
+    reading = time.perf_counter() - sent
+    reader.join()
+    assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] > 2500
+    during = [b - a for a, b in itertools.pairwise(arrivals) if sent <= a <= sent + reading]
+    assert during, "the story streamed nothing while the long prompt was read"
+    assert max(during) < reading / 3

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -67,7 +67,9 @@ class LLMConfig(StrictModel):
     """Which local model to run, and how."""
 
     backend: str = Field(
-        "llamacpp", description="Inference backend: 'llamacpp' (fast chat) or 'transformers'."
+        "llamacpp",
+        description="Inference backend: 'llamacpp' (fast chat), 'transformers', or 'openai' "
+        "(a remote OpenAI-compatible server: vLLM, llama-server, Ollama, hearth serve).",
     )
     model: str | None = Field(
         None,
@@ -115,6 +117,38 @@ class LLMConfig(StrictModel):
         False,
         description="llama.cpp's flash attention: faster on CPU, and a greedy reply may then "
         "differ where two tokens are nearly tied.",
+    )
+    base_url: str | None = Field(
+        None,
+        description="The 'openai' backend: the server's address, e.g. http://gpu-box:8000/v1 "
+        "(vLLM, llama-server, hearth serve) or http://localhost:11434 (Ollama).",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="The 'openai' backend: the server's key; None reads HEARTH_LLM__API_KEY, "
+        "then OPENAI_API_KEY.",
+    )
+    server: Literal["vllm", "llamacpp", "ollama", "hearth", "generic"] = Field(
+        "generic",
+        description="The 'openai' backend: what serves the model, which says how grammars, JSON "
+        "schemas and scoring requests are sent (see the README's capability table).",
+    )
+    timeout: float = Field(
+        60.0, gt=0, description="The 'openai' backend: seconds to wait for the server."
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="The 'openai' backend: retries, with backoff, of a request that could not "
+        "connect or got 408, 429 or 5xx before its reply began.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="The 'openai' backend: a GGUF or Hugging Face folder with the served model's "
+        "tokenizer and chat template (prompts are built here, so that grammars and scoring "
+        "keep working); None is the packaged SmolLM2's. Checked against the server's own "
+        "tokenizer where it has one.",
     )
 
 

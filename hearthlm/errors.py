@@ -29,6 +29,10 @@ class GenerationError(HearthError, RuntimeError):
     """Generation failed inside a backend."""
 
 
+class BackendError(HearthError, ConnectionError):
+    """A model server could not be reached, failed, or answered in a shape it should not."""
+
+
 class RetrievalError(HearthError, ValueError):
     """Indexing or retrieval failed."""
 
@@ -46,6 +50,7 @@ class EvalError(HearthError, ValueError):
 
 
 __all__ = [
+    "BackendError",
     "ConfigError",
     "ContextWindowError",
     "EvalError",

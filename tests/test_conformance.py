@@ -75,6 +75,29 @@ class TestChatHearthIntegration(_ChatHearthSuite, ChatModelIntegrationTests):
         return model
 
 
+class TestChatHearthOpenAIUnit(_ChatHearthSuite, ChatModelUnitTests):
+    """The openai backend's construction; no server is reached until the model loads."""
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "server": "hearth"}
+
+
+@pytest.mark.slow
+class TestChatHearthOpenAIIntegration(_ChatHearthSuite, ChatModelIntegrationTests):
+    """The suite's calls through the openai backend to a real `hearth serve` on loopback
+    (the packaged model, batched): the remote path behaves as the local one."""
+
+    @pytest.fixture
+    def model(self, request: Any, server: Any) -> BaseChatModel:
+        from conftest import ALPHA
+
+        extra = getattr(request, "param", None) or {}
+        remote = {"backend": "openai", "base_url": f"{server.url}/v1", "server": "hearth",
+                  "api_key": ALPHA}  # fmt: skip
+        return ChatHearth(**{**self.standard_chat_model_params, **remote, **extra})
+
+
 class TestEmbeddingsUnit(EmbeddingsUnitTests):
     @property
     def embeddings_class(self) -> type[HearthEmbeddings]:

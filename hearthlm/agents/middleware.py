@@ -40,7 +40,7 @@ def call_tools_then_answer(request: Any, handler: Callable[[Any], Any]) -> Any:
         return handler(request.override(tool_choice="any"))
     settings = dict(request.model_settings)
     spans = text_spans(results)
-    if getattr(request.model, "tool_arguments", None) == "copy" and spans:
+    if getattr(request.model, "argument_mode", None) == "copy" and spans:
         settings["constraint"] = Constraint(grammar=choice_gbnf(spans))
     return handler(request.override(tool_choice="none", model_settings=settings))
 

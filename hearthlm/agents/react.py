@@ -169,7 +169,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         self._first_specs = specs[:-1] if require_tool and len(specs) > 1 else specs
         # As in ChatHearth: copied arguments are spans of the question (tool arguments) and of
         # the observations (the final answer), so the answer cannot loop or drift.
-        self.tool_arguments = tool_arguments or getattr(unwrap(chat), "tool_arguments", "write")
+        self.tool_arguments = tool_arguments or getattr(unwrap(chat), "argument_mode", "write")
         listed = "\n".join(
             json.dumps(
                 {
@@ -268,7 +268,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         if self.tool_arguments != "copy":
             return Constraint(json_schema=call_schema(specs))
         model = unwrap(self.chat)
-        if not steps and hasattr(model, "loglikelihoods") and hasattr(model, "prompt"):
+        if not steps and getattr(model, "can_score", False) and hasattr(model, "prompt"):
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
             score = best_scorer(model)

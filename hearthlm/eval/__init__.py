@@ -15,7 +15,7 @@ from typing import Any
 
 from hearthlm.config import HearthConfig
 from hearthlm.eval.compare import compare_runs
-from hearthlm.eval.loglik import LoglikScorer, Request, Score
+from hearthlm.eval.loglik import LoglikScorer, RemoteScorer, Request, Score
 from hearthlm.eval.runner import RunResult, file_hash, run_tasks
 from hearthlm.eval.tasks import Engines, Task, TaskSpec, load_task, make_task, mmlu_tasks
 from hearthlm.llm import ChatHearth
@@ -34,24 +34,33 @@ def evaluate(
 ) -> RunResult:
     """Run ``tasks`` on the configured model (and adapter) into the run folder ``out``.
 
-    Log-likelihood tasks run on the transformers backend (batched); generation and chains use the
-    configured backend with the configured (greedy by default) sampling.
+    Log-likelihood tasks run on the transformers backend (batched), or through the server on
+    the ``openai`` backend where it can score; generation and chains use the configured backend
+    with the configured (greedy by default) sampling.
     """
     config = config or HearthConfig()
-    source = resolve_model(config.llm.model)
+    remote = config.llm.backend == "openai"
+    chat = ChatHearth.from_config(config)
     engines = Engines(
         config,
-        scorer=lambda: LoglikScorer.load(config.llm, batch_size),
-        chat=lambda: ChatHearth.from_config(config),
+        scorer=lambda: RemoteScorer(chat) if remote else LoglikScorer.load(config.llm, batch_size),
+        chat=lambda: chat,
     )
-    provenance: dict[str, Any] = {
-        "model": {
+    model: dict[str, Any]
+    if remote:
+        model = {"name": chat.engine.model_name, "server": config.llm.server,
+                 "base_url": config.llm.base_url, "adapter": None}  # fmt: skip
+    else:
+        source = resolve_model(config.llm.model)
+        model = {
             "name": source.name,
             "path": str(source.path),
             "sha256": file_hash(source.path),
             "adapter": str(config.llm.adapter) if config.llm.adapter else None,
             "adapter_sha256": file_hash(config.llm.adapter),
-        },
+        }
+    provenance: dict[str, Any] = {
+        "model": model,
         "settings": {
             "llm": config.llm.model_dump(mode="json", exclude={"cache_dir", "threads"}),
             "sampling": config.sampling.model_dump(mode="json"),

@@ -38,7 +38,7 @@ class Score:
 
     logprob: float  # sum over the continuation's tokens
     tokens: int
-    greedy: bool  # every continuation token was the argmax
+    greedy: bool | None  # every continuation token was the argmax; None: a server's, not known
 
     @property
     def cross_entropy(self) -> float:
@@ -46,7 +46,93 @@ class Score:
         return -self.logprob / max(self.tokens, 1)
 
 
-class LoglikScorer:
+class _Scorer:
+    """What the scorers share: lm-evaluation-harness's context/continuation split and
+    perplexity over windows. A scorer sets ``max_length`` and ``_eot`` and defines
+    ``_tokenize``, ``_decode`` and ``score``."""
+
+    max_length: int
+    _eot: int
+
+    def _tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def score(
+        self, requests: Sequence[Request], progress: Callable[[int], None] | None = None
+    ) -> list[Score]:
+        raise NotImplementedError
+
+    def _checked(self, requests: Sequence[Request]) -> list[tuple[list[int], list[int]]]:
+        encoded = [self.encode(r) for r in requests]
+        for index, (context, continuation) in enumerate(encoded):
+            if not continuation:
+                raise EvalError(f"request {index} has an empty continuation: {requests[index]}")
+            if len(context) + len(continuation) > self.max_length:
+                raise ContextWindowError(
+                    f"request {index} is {len(context) + len(continuation)} tokens, more than the "
+                    f"model's {self.max_length}; use fewer shots or a shorter template."
+                )
+        return encoded
+
+    def encode(self, request: Request) -> tuple[list[int], list[int]]:
+        """Context and continuation token ids, split the way lm-evaluation-harness splits them:
+        trailing spaces of the context move to the continuation, the pair is tokenized whole, and
+        the continuation is what follows the context's own tokens."""
+        tokenize = self._tokenize
+        context, continuation = request.context, request.continuation
+        spaces = len(context) - len(context.rstrip(" "))
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        if not context:
+            ids = tokenize(continuation)
+            return [self._eot], ids
+        whole = tokenize(context + continuation)
+        context_ids = tokenize(context)
+        return whole[: len(context_ids)], whole[len(context_ids) :]
+
+    def perplexity(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[Score]:
+        """Per-text scores of the whole text, in windows of the model's context when longer."""
+        requests, owners = [], []
+        for index, text in enumerate(texts):
+            for window in self._windows(text):
+                requests.append(window)
+                owners.append(index)
+        scores = self.score(requests, progress)
+        totals: dict[int, list[Score]] = {}
+        for owner, score in zip(owners, scores, strict=True):
+            totals.setdefault(owner, []).append(score)
+        return [
+            Score(
+                logprob=sum(s.logprob for s in parts),
+                tokens=sum(s.tokens for s in parts),
+                greedy=None
+                if any(s.greedy is None for s in parts)
+                else all(bool(s.greedy) for s in parts),
+            )
+            for parts in (totals[i] for i in range(len(texts)))
+        ]
+
+    def _windows(self, text: str) -> Iterator[Request]:
+        """Disjoint windows; each later window is conditioned on the text before it (up to the
+        context size), so every token is scored exactly once."""
+        ids = self._tokenize(text)
+        if len(ids) <= self.max_length - 1:
+            yield Request("", text)
+            return
+        decode = self._decode
+        step = self.max_length // 2
+        for start in range(0, len(ids), step):
+            context = ids[max(0, start - (self.max_length - step)) : start]
+            yield Request(decode(context), decode(ids[start : start + step]))
+
+
+class LoglikScorer(_Scorer):
     """Batched continuation log-likelihoods for a model source plus an optional adapter.
 
     Example:
@@ -76,22 +162,11 @@ class LoglikScorer:
         backend = TransformersBackend.load(config.model_copy(update={"backend": "transformers"}))
         return cls(backend, batch_size)
 
-    def encode(self, request: Request) -> tuple[list[int], list[int]]:
-        """Context and continuation token ids, split the way lm-evaluation-harness splits them:
-        trailing spaces of the context move to the continuation, the pair is tokenized whole, and
-        the continuation is what follows the context's own tokens."""
-        tokenize = self.backend.tokenize
-        context, continuation = request.context, request.continuation
-        spaces = len(context) - len(context.rstrip(" "))
-        if spaces:
-            continuation = context[-spaces:] + continuation
-            context = context[:-spaces]
-        if not context:
-            ids = tokenize(continuation)
-            return [self._eot], ids
-        whole = tokenize(context + continuation)
-        context_ids = tokenize(context)
-        return whole[: len(context_ids)], whole[len(context_ids) :]
+    def _tokenize(self, text: str) -> list[int]:
+        return self.backend.tokenize(text)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
 
     def score(
         self,
@@ -99,15 +174,7 @@ class LoglikScorer:
         progress: Callable[[int], None] | None = None,
     ) -> list[Score]:
         """One :class:`Score` per request, in order. ``progress(n)`` is told after each batch."""
-        encoded = [self.encode(r) for r in requests]
-        for index, (context, continuation) in enumerate(encoded):
-            if not continuation:
-                raise EvalError(f"request {index} has an empty continuation: {requests[index]}")
-            if len(context) + len(continuation) > self.max_length:
-                raise ContextWindowError(
-                    f"request {index} is {len(context) + len(continuation)} tokens, more than the "
-                    f"model's {self.max_length}; use fewer shots or a shorter template."
-                )
+        encoded = self._checked(requests)
         # One forward per distinct (context, continuation): requests with the same context and a
         # one-token continuation (the answer letters of a question) share a single row.
         rows: list[list[int]] = []  # context + continuation minus its last token
@@ -217,40 +284,50 @@ class LoglikScorer:
             raise EvalError("the model has no end-of-text token to condition an empty context on")
         return int(token)
 
-    def perplexity(
-        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
-    ) -> list[Score]:
-        """Per-text scores of the whole text, in windows of the model's context when longer."""
-        requests, owners = [], []
-        for index, text in enumerate(texts):
-            for window in self._windows(text):
-                requests.append(window)
-                owners.append(index)
-        scores = self.score(requests, progress)
-        totals: dict[int, list[Score]] = {}
-        for owner, score in zip(owners, scores, strict=True):
-            totals.setdefault(owner, []).append(score)
-        return [
-            Score(
-                logprob=sum(s.logprob for s in parts),
-                tokens=sum(s.tokens for s in parts),
-                greedy=all(s.greedy for s in parts),
-            )
-            for parts in (totals[i] for i in range(len(texts)))
-        ]
 
-    def _windows(self, text: str) -> Iterator[Request]:
-        """Disjoint windows; each later window is conditioned on the text before it (up to the
-        context size), so every token is scored exactly once."""
-        ids = self.backend.tokenize(text)
-        if len(ids) <= self.max_length - 1:
-            yield Request("", text)
-            return
-        decode = self.backend.decode
-        step = self.max_length // 2
-        for start in range(0, len(ids), step):
-            context = ids[max(0, start - (self.max_length - step)) : start]
-            yield Request(decode(context), decode(ids[start : start + step]))
+class RemoteScorer(_Scorer):
+    """Continuation log-likelihoods through a server that scores (the ``openai`` backend):
+    the requests that share a context go in one call, which evaluates it once.
+
+    Raises:
+        EvalError: the server cannot score; the message says why and which servers can.
+    """
+
+    def __init__(self, chat: Any) -> None:
+        engine = chat.engine
+        if not chat.can_score:
+            raise EvalError(
+                f"the {engine.kind} server at {engine.url} cannot score text "
+                f"({engine.scoring_reason}), and multiple-choice and perplexity tasks score. "
+                "Run them through vLLM or hearth serve, or in process; generation tasks run on "
+                "any server."
+            )
+        self.engine = engine
+        self.max_length = engine.context_size
+        self._eot = engine.tokenizer.eos_id
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.engine.tokenize(text))
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.engine.decode(ids))
+
+    def score(
+        self, requests: Sequence[Request], progress: Callable[[int], None] | None = None
+    ) -> list[Score]:
+        encoded = self._checked(requests)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (context_ids, _) in enumerate(encoded):
+            groups.setdefault(tuple(context_ids), []).append(index)
+        results: list[Score | None] = [None] * len(requests)
+        for shared, members in groups.items():
+            continuations = [encoded[i][1] for i in members]
+            scores = self.engine.loglikelihoods(list(shared), continuations)
+            for index, value in zip(members, scores, strict=True):
+                results[index] = Score(float(value), len(encoded[index][1]), None)
+            if progress:
+                progress(len(members))
+        return [r for r in results if r is not None]
 
 
 def _groups(rows: list[list[int]], contexts: list[int]) -> Iterator[tuple[int, list[int]]]:

@@ -80,6 +80,15 @@ class Constraint:
         return json.dumps([self.json_schema, self.allow_text, self.grammar], sort_keys=True)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a reply from a backend that streams text (a remote server), and how many
+    tokens it holds."""
+
+    text: str
+    tokens: int = 1
+
+
 class GrammarCache:
     """Compiled grammars by constraint key, the ``size`` most recently used kept: with copied
     arguments each request has its own grammar, so an unbounded cache would grow forever."""
@@ -114,6 +123,10 @@ class Backend(ABC):
     bos_token: str = ""
     eos_token: str = ""
     stop_token_ids: frozenset[int] = frozenset()
+    # A backend that streams text rather than token ids implements generate_text instead.
+    streams_text: ClassVar[bool] = False
+    # Whether loglikelihoods works: every local backend scores; a server may not.
+    can_score: bool = True
 
     def __init__(self) -> None:
         self.generated_tokens = 0  # replies' tokens, counted by the chat model
@@ -141,6 +154,22 @@ class Backend(ABC):
     ) -> Iterator[int]:
         """Yield generated token ids until an end-of-generation token (not yielded) or until the
         caller stops iterating. Callers hold ``lock`` while iterating."""
+
+    def generate_text(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None,
+        stop: list[str] | None,
+        max_tokens: int,
+    ) -> Iterator[Piece]:
+        """Yield the reply as text pieces, on a backend with ``streams_text``: at most
+        ``max_tokens`` tokens, ending before any of ``stop`` where the server can tell."""
+        raise NotImplementedError(f"the {self.name} backend generates token ids")
+
+    def enforces(self, constraint: Constraint | None) -> bool:
+        """Whether generation is held to ``constraint``; local backends hold every one."""
+        return True
 
     def loglikelihood(self, context: list[int], continuation: list[int]) -> float:
         """Sum of the log-probabilities of ``continuation`` following ``context``. Callers hold

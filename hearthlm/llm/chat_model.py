@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -30,7 +30,7 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError
 
 from hearthlm.config import (
     HearthConfig,
@@ -49,6 +49,7 @@ from hearthlm.llm.backend import (
     TEXT_REPLY,
     Backend,
     Constraint,
+    Piece,
     backend_class,
     cancelled,
     load_backend,
@@ -154,6 +155,12 @@ class ChatHearth(BaseChatModel):
     parallel: int = 1
     prefill_chunk: int = 128
     flash_attention: bool = False
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    server: Literal["vllm", "llamacpp", "ollama", "hearth", "generic"] = "generic"
+    timeout: float = 60.0
+    retries: int = 2
+    tokenizer: str | None = None
 
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
@@ -172,23 +179,26 @@ class ChatHearth(BaseChatModel):
         description="End a free-text reply once it repeats one phrase three times in a row "
         "(finish_reason 'repetition'), instead of letting it loop to its length cap.",
     )
-    tool_decision: Literal["choose", "write"] = Field(
-        "choose",
+    tool_decision: Literal["auto", "choose", "write"] = Field(
+        "auto",
         description="With several tools bound, or tool_choice 'auto', how a reply to a user "
         "message picks its tool. 'choose': the tool under whose description the message is "
         "most likely (with 'auto', an 'answer directly' option competes), scored by the model "
         "(hearthlm.llm.calls); right for 0.93 of requests on the 135M model, where writing the "
         "name gets 0.45. 'write': the reply opens freely with text or a call and writes the "
-        "name under the grammar (better for larger models).",
+        "name under the grammar (better for larger models). 'auto': 'choose' where the backend "
+        "can score text (every local one; a server that returns prompt log-probabilities), "
+        "else 'write'.",
     )
-    tool_arguments: Literal["copy", "write"] = Field(
-        "copy",
+    tool_arguments: Literal["auto", "copy", "write"] = Field(
+        "auto",
         description="How tool-call arguments and structured-output fields are decoded. 'copy': "
         "each free string is a word span, and each number a number, of the user's messages and "
         "tool results (a field no span fits stays free). In a call of one chosen tool the model "
         "scores each field's candidates (and its enum values) and the most likely is fixed; "
         "right by construction for ids, names, cities and dates on a small model. 'write': the "
-        "model writes them freely under the schema (better for larger models).",
+        "model writes them freely under the schema (better for larger models). 'auto': 'copy' "
+        "where the backend can score text, else 'write'.",
     )
 
     _engine: Backend | None = PrivateAttr(default=None)
@@ -261,6 +271,27 @@ class ChatHearth(BaseChatModel):
     def context_window(self) -> int:
         """How many tokens prompt and reply may hold together."""
         return self.engine.context_size
+
+    @property
+    def can_score(self) -> bool:
+        """Whether :meth:`loglikelihoods` works on this backend (every local one does; a
+        server must return the log-probabilities of a prompt's tokens)."""
+        return bool(self.engine.can_score)
+
+    @property
+    def decision_mode(self) -> Literal["choose", "write"]:
+        """How a tool is picked: ``tool_decision`` with ``"auto"`` resolved by capability."""
+        if self.tool_decision == "auto":
+            return "choose" if self.can_score else "write"
+        return self.tool_decision
+
+    @property
+    def argument_mode(self) -> Literal["copy", "write"]:
+        """How arguments are decoded: ``tool_arguments`` with ``"auto"`` resolved by
+        capability."""
+        if self.tool_arguments == "auto":
+            return "copy" if self.can_score else "write"
+        return self.tool_arguments
 
     def get_num_tokens(self, text: str) -> int:
         """Tokens in ``text``, counted with the model's own tokenizer."""
@@ -441,7 +472,6 @@ class ChatHearth(BaseChatModel):
             and not constraint.allow_text
         ):
             budget = min(structured_budget, room)
-        detokenizer = IncrementalDetokenizer(engine.decode)
         scanner = StopScanner(stop)
         # Free text stops once it loops; JSON is left to its grammar, which bounds every string.
         free_text = constraint is None or constraint.allow_text or constraint.grammar == TEXT_ONLY
@@ -453,12 +483,14 @@ class ChatHearth(BaseChatModel):
             yield prepared.fixed
             return
         with engine.lock:
-            tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
+            # An optional tool call may grow to the structured budget once it opens with "{".
+            cap = structured_budget if constraint and constraint.allow_text else budget
+            pieces = _pieces(engine, prepared, sampling, stop, min(cap, room))
             try:
-                for token in tokens:
-                    outcome.output_tokens += 1
-                    engine.generated_tokens += 1
-                    text = scanner.push(detokenizer.push(token))
+                for piece in pieces:
+                    outcome.output_tokens += piece.tokens
+                    engine.generated_tokens += piece.tokens
+                    text = scanner.push(piece.text)
                     if text:
                         outcome.text.append(text)
                         if not outcome.opening:
@@ -478,9 +510,7 @@ class ChatHearth(BaseChatModel):
                         outcome.finish_reason = "length"
                         break
             finally:
-                close = getattr(tokens, "close", None)
-                if close:
-                    close()
+                pieces.close()
         if cancelled():  # a batched backend may have ended the sequence itself
             outcome.finish_reason = "cancelled"
         tail = scanner.flush()
@@ -502,7 +532,7 @@ class ChatHearth(BaseChatModel):
         explicit = _explicit_constraint(kwargs)
         fitted, ids, dropped = self._fit(messages, tools, response_format, tools_optional)
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
-        choosing = self.tool_decision == "choose" and request is not None and explicit is None
+        choosing = self.decision_mode == "choose" and request is not None and explicit is None
         if choosing and tools and (tools_optional or len(tools) > 1):
             chosen = choose_tool(best_scorer(self), tools, str(request), optional=tools_optional)
             tools, tools_optional, text_only = (
@@ -584,7 +614,7 @@ class ChatHearth(BaseChatModel):
     def _copy_source(self, messages: list[BaseMessage]) -> list[str] | None:
         """The texts that arguments are copied from (the user's messages and tool results), or
         None when arguments are written."""
-        if self.tool_arguments != "copy":
+        if self.argument_mode != "copy":
             return None
         kept = (m for m in messages if isinstance(m, HumanMessage | ToolMessage))
         return [m.text if isinstance(m.text, str) else str(m.content) for m in kept]
@@ -644,6 +674,12 @@ class ChatHearth(BaseChatModel):
         }
         if prepared.dropped_messages:
             meta["dropped_messages"] = prepared.dropped_messages
+        if prepared.tools_active:
+            meta["tool_decision"] = self.decision_mode
+            meta["tool_arguments"] = self.argument_mode
+        if prepared.constraint is not None and prepared.fixed is None:
+            enforced = self.engine.enforces(prepared.constraint)
+            meta["constraint"] = "enforced" if enforced else "not enforced"
         return meta
 
     # -- tools and structured output ---------------------------------------------------------
@@ -732,6 +768,31 @@ def json_mode_schema(request: str) -> dict[str, Any]:
         "required": keys,
         "additionalProperties": False,
     }
+
+
+def _pieces(
+    engine: Backend,
+    prepared: _Prepared,
+    sampling: SamplingConfig,
+    stop: list[str] | None,
+    max_tokens: int,
+) -> Generator[Piece, None, None]:
+    """The reply as text pieces: a remote backend streams them, a local one yields token ids,
+    detokenized here one token a piece."""
+    if engine.streams_text:
+        yield from engine.generate_text(
+            prepared.prompt_ids, sampling, prepared.constraint, stop, max_tokens
+        )
+        return
+    detokenizer = IncrementalDetokenizer(engine.decode)
+    tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
+    try:
+        for token in tokens:
+            yield Piece(detokenizer.push(token))
+    finally:
+        close = getattr(tokens, "close", None)
+        if close:
+            close()
 
 
 def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:

@@ -251,6 +251,13 @@ class LlamaCppBackend(Backend):
             self.batched.close()
 
 
+def free_at_exit(llm: Any) -> Any:
+    """Have a ``llama_cpp.Llama`` loaded elsewhere (a tokenizer) freed at exit with the
+    models, not left to the interpreter's shutdown; returns it."""
+    _LOADED.add(llm)
+    return llm
+
+
 @atexit.register
 def _release() -> None:
     """Free the loaded models while the interpreter is still whole, then close the two

@@ -260,8 +260,9 @@ def _flat(candidate: Candidate) -> str:
 
 
 def _scores(chat: Any) -> bool:
-    # Only hearthlm's own chat model scores text; another chat model keeps the ranking's pick.
-    return isinstance(chat, ChatHearth)
+    # Only hearthlm's own chat model scores text, and only on a backend that can (a server may
+    # not); another chat model keeps the ranking's pick.
+    return isinstance(chat, ChatHearth) and chat.can_score
 
 
 def _dense(question: str, texts: list[str], embeddings: Embeddings | None) -> np.ndarray:

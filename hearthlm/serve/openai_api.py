@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from langchain_core.messages import (
     AIMessageChunk,
 )
 
-from hearthlm.errors import HearthError
+from hearthlm.errors import ContextWindowError, HearthError
 from hearthlm.llm import ChatHearth
 from hearthlm.serve import documents
 from hearthlm.serve.constraints import request_options
@@ -38,6 +39,7 @@ from hearthlm.serve.schemas import (
     DetokenizeRequest,
     EmbeddingRequest,
     Sampling,
+    ScoreRequest,
     TokenizeRequest,
 )
 from hearthlm.serve.state import Caller, caller, now, state_of
@@ -396,6 +398,48 @@ async def _completion_events(
 
 
 # -- embeddings and tokens ----------------------------------------------------------------------
+
+
+@router.post("/v1/loglikelihoods", tags=["Scoring"])
+async def loglikelihoods(
+    body: ScoreRequest, request: Request, who: Caller = Depends(caller)
+) -> dict[str, Any]:
+    """The log-probability of each continuation right after one shared context (raw text or
+    token ids, no chat template), the context evaluated once: how hearthlm's chains choose a
+    tool, its arguments or a quote, served to a remote ``ChatHearth(backend="openai",
+    server="hearth")``. With ``best_only``, continuations that cannot score highest come back
+    as ``null`` (the best one is exact)."""
+    state = state_of(request)
+    chat = state.models.get(body.model)
+    engine = chat.engine
+
+    def ids(text: str | list[int]) -> list[int]:
+        return engine.tokenize(text) if isinstance(text, str) else list(text)
+
+    context = ids(body.context)
+    continuations = [ids(c) for c in body.continuations]
+    if not context or not all(continuations):
+        raise APIError(400, "context and every continuation need a token.", param="context")
+    longest = len(context) + max(len(c) for c in continuations)
+    if longest > chat.context_window:
+        raise from_library(
+            ContextWindowError(
+                f"context and continuation hold {longest} tokens but the context window is "
+                f"{chat.context_window}."
+            )
+        )
+
+    def score() -> list[list[float]]:
+        with engine.lock:
+            return [engine.loglikelihoods(context, continuations, body.best_only)]
+
+    scores = (await collect(Work(state, score, request)))[0]
+    return {
+        "object": "loglikelihoods",
+        "model": body.model or state.models.base_id,
+        "loglikelihoods": [s if math.isfinite(s) else None for s in scores],
+        "usage": {"prompt_tokens": len(context) + sum(len(c) for c in continuations)},
+    }
 
 
 @router.post("/v1/embeddings", tags=["OpenAI"])

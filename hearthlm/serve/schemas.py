@@ -213,6 +213,15 @@ class CompletionRequest(Sampling):
     suffix: str | None = None
 
 
+class ScoreRequest(_Body):
+    """``POST /v1/loglikelihoods``: continuations scored after one shared context."""
+
+    model: str | None = None
+    context: str | list[int]
+    continuations: list[str] | list[list[int]] = Field(min_length=1, max_length=1024)
+    best_only: bool = False
+
+
 class EmbeddingRequest(_Body):
     """``POST /v1/embeddings``."""
 

@@ -33,6 +33,20 @@ def parser(description: str, threads: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def chat_options() -> dict[str, Any]:
+    """The ``[llm]`` settings that differ from the defaults in this run's configuration (a
+    ``hearth.toml``, ``HEARTH_LLM__*`` variables): with ``HEARTH_LLM__BACKEND=openai`` and its
+    server's address, a benchmark runs on a remote engine unchanged."""
+    from hearthlm.config import LLMConfig, load_config
+
+    llm = load_config().llm
+    return {
+        name: getattr(llm, name)
+        for name, field in LLMConfig.model_fields.items()
+        if getattr(llm, name) != field.default
+    }
+
+
 def machine() -> dict[str, Any]:
     import torch
 

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import chat_options, emit, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "docs"
@@ -143,7 +143,7 @@ def main() -> None:
     from hearthlm.llm import ChatHearth
     from hearthlm.retrieval import DocsQA, HybridRetriever
 
-    chat = ChatHearth(threads=args.threads, max_new_tokens=96)
+    chat = ChatHearth(**{**chat_options(), "threads": args.threads, "max_new_tokens": 96})
     modes = args.modes.split(",")
     figures: dict[str, Any] = {"model": "SmolLM2-135M-Instruct Q4_1 (packaged)", "k": 4}
     records: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -65,7 +66,9 @@ def llama_server_binary(build: bool) -> Path | None:
         archive.extractall(work, filter="data")
     source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     flags = ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
-    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON"]
+    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    # the Makefile's CPU flags where it sets them (no AMX: it crashes on Q4_1), else native
+    flags += shlex.split(os.environ.get("CMAKE_ARGS") or "-DGGML_NATIVE=ON")
     subprocess.run(["cmake", "-S", str(source), "-B", str(work / "build"), *flags], check=True)
     jobs = str(os.cpu_count() or 2)
     subprocess.run(

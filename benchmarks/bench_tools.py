@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import chat_options, emit, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "tool_requests.jsonl"
@@ -198,7 +198,11 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
     from hearthlm.agents.react import ReActAgent
     from hearthlm.llm import ChatHearth
 
-    options: dict[str, Any] = {"threads": args.threads, "max_new_tokens": args.max_new_tokens}
+    options: dict[str, Any] = {
+        **chat_options(),
+        "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens,
+    }
     if variant != "baseline":
         options["tool_arguments"] = variant
     chat = ChatHearth(**options).load()

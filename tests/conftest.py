@@ -115,7 +115,8 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory):
     log = (data / "server.log").open("w")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_model_path()),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
-               "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
+               "--interrupt_requests", "False", "--verbose", "False",
+               "--n_threads", str(os.cpu_count() or 1)]  # fmt: skip
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120

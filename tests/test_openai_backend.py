@@ -401,3 +401,35 @@ def test_eval_multiple_choice_scores_through_hearth_serve_as_in_process(
     assert predicted["remote"] == predicted["local"]
     accuracy = {n: r["scores"]["tasks"]["quiz"]["accuracy"] for n, r in results.items()}
     assert accuracy["remote"] == accuracy["local"]
+
+
+def test_eval_generates_through_llama_cpp_server_and_refuses_to_score(
+    llama_cpp_server, tmp_path: Path
+):
+    """Generation tasks run on any server, with the in-process backend's replies; scoring
+    tasks on a server that cannot score are refused with the reason, never scored wrong."""
+    from test_eval import quiz_task
+
+    from hearthlm.config import HearthConfig, LLMConfig
+    from hearthlm.errors import EvalError
+    from hearthlm.eval import evaluate
+    from hearthlm.eval.tasks import TaskSpec, make_task
+
+    data = tmp_path / "capitals.jsonl"
+    rows = [{"question": "What is the capital of France?", "answer": "Paris"},
+            {"question": "What is the capital of Italy?", "answer": "Rome"}]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    spec = TaskSpec(name="capitals", kind="generate", data=data, metrics=["exact_match"],
+                    max_new_tokens=16)  # fmt: skip
+    remote = HearthConfig(llm=LLMConfig(backend="openai", base_url=llama_cpp_server,
+                                        server="llamacpp"))  # fmt: skip
+    predictions = {}
+    for name, config in (("remote", remote), ("local", HearthConfig())):
+        run = evaluate([make_task(spec)], tmp_path / name, config, progress=False)
+        result = json.loads(run.results_path.read_text())
+        predictions[name] = [p["prediction"] for p in result["predictions"]]
+    assert predictions["remote"] == predictions["local"]
+    assert all(predictions["remote"])
+    (tmp_path / "quiz").mkdir()
+    with pytest.raises(EvalError, match="cannot score text"):
+        evaluate([quiz_task(tmp_path / "quiz")], tmp_path / "mcq", remote, progress=False)

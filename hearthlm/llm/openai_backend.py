@@ -154,7 +154,7 @@ class OpenAIBackend(Backend):
 
     Example:
         >>> chat = ChatHearth(backend="openai", base_url="http://gpu-box:8000/v1",
-        ...                   server="vllm", model="Qwen/Qwen3-8B", tokenizer="Qwen/Qwen3-8B")
+        ...                   server="vllm", model="Qwen/Qwen3-8B", tokenizer="/models/Qwen3-8B")
         ... # doctest: +SKIP
     """
 
@@ -182,7 +182,8 @@ class OpenAIBackend(Backend):
         self.tokenizer = _Tokenizer(config.tokenizer)
         self.chat_template = self.tokenizer.chat_template
         self.bos_token, self.eos_token = self.tokenizer.bos, self.tokenizer.eos
-        self.stop_token_ids = frozenset({self.tokenizer.eos_id})
+        eos = self.tokenizer.eos_id
+        self.stop_token_ids = frozenset() if eos is None else frozenset({eos})
         self.token_prompts = self.kind in ("vllm", "hearth")  # llamacpp: probed at load
         self.tokenizer_checked = False
         self.scoring_reason = ""

@@ -176,6 +176,23 @@ def test_docs_qa_on_a_model_without_grammars(retriever):
     assert answer.text.endswith("[1].") and answer.citations[0].number == 1
 
 
+def test_a_follow_up_that_stands_alone_is_not_rewritten(retriever, tmp_path):
+    """Only follow-ups that point back into the chat are rewritten; a rewrite that answers
+    instead of asking is not used."""
+    chat = DocsChat(
+        DocsQA(
+            fake("Tyres [1].", "Bees [1].", "A repair is quick.", "Ten [1]."),
+            retriever,
+            answer="free",
+        ),
+        tmp_path / "history.sqlite",
+    )
+    chat.invoke("How long does a flat tyre repair take?")
+    standalone = chat.invoke("How do bees find flowers?").standalone_question
+    assert standalone == "How do bees find flowers?"  # no model call: the next reply is unused
+    assert chat.invoke("And what does it cost?").standalone_question == "And what does it cost?"
+
+
 def test_docs_qa_and_docs_chat_compose_in_lcel(retriever, tmp_path):
     qa = DocsQA(fake("Tyres [1].", "Bees [1]."), retriever, answer="free")
     texts = (qa | RunnableLambda(lambda a: a.text)).batch(

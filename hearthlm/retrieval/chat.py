@@ -1,8 +1,10 @@
-"""Conversational chat over documents: follow-ups are rewritten into standalone questions using
-the history, and each session's history persists in SQLite, resumable by session id."""
+"""Conversational chat over documents: follow-ups that point back into the conversation are
+rewritten into standalone questions using the history, and each session's history persists in
+SQLite, resumable by session id."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,32 @@ REWRITE = (
     "Reply with the rewritten question only."
 )
 HISTORY_TURNS = 6  # earlier messages shown to the rewriter
+# A follow-up needs the conversation when it points back into it: a pronoun or demonstrative,
+# an opening connective ("And the price?"), or too few words to stand alone. Any other question
+# is already standalone, and is kept as asked: a small model asked to rewrite it as often
+# answers it instead ("Error E4: The error E4 is a type of error that occurs when ...").
+_REFERS_BACK = re.compile(
+    r"\b(it|its|they|them|their|theirs|this|that|these|those|he|him|his|she|her|hers|there|"
+    r"then|one|ones|such|same|other|else|former|latter)\b",
+    re.IGNORECASE,
+)
+_CONNECTIVE = re.compile(r"^\s*(and|but|so|also|or|what about|how about)\b", re.IGNORECASE)
+_STANDALONE_WORDS = 4
+
+
+def refers_back(question: str) -> bool:
+    """Whether a follow-up ``question`` needs the conversation to be understood.
+
+    Example:
+        >>> refers_back("And how long does it take?"), refers_back("What does error E4 mean?")
+        (True, False)
+    """
+    words = question.split()
+    return (
+        len(words) < _STANDALONE_WORDS
+        or bool(_REFERS_BACK.search(question))
+        or bool(_CONNECTIVE.match(question))
+    )
 
 
 def history_url(history: Path | str) -> str:
@@ -59,9 +87,11 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
         return list(self.history.messages)
 
     def standalone(self, question: str, config: RunnableConfig | None = None) -> str:
-        """``question`` rewritten with the history; unchanged on the first turn."""
+        """``question`` rewritten with the history where it points back into it; unchanged on
+        the first turn, when it already stands alone, or when the rewrite is not a question
+        while the follow-up was."""
         past = self.messages[-HISTORY_TURNS:]
-        if not past:
+        if not past or not refers_back(question):
             return question
         transcript = "\n".join(
             f"{'User' if isinstance(m, HumanMessage) else 'Assistant'}: {m.content}" for m in past
@@ -72,7 +102,10 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
         ]
         options = call_options(self.qa.chat, max_new_tokens=48)
         rewritten = str(self.qa.chat.invoke(prompt, config, stop=["\n"], **options).content)
-        return rewritten.strip() or question
+        rewritten = rewritten.strip()
+        if not rewritten or (question.rstrip().endswith("?") and not rewritten.endswith("?")):
+            return question
+        return rewritten
 
     def _stream(
         self, input: str | QuestionInput, config: RunnableConfig | None = None, **kwargs: Any

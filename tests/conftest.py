@@ -60,42 +60,53 @@ def embeddings():
     return emb
 
 
+def _process(command: list[str], health: str, data, seconds: float = 120):
+    """Run ``command`` (a server) with its output in ``data``/server.log, wait until ``health``
+    answers, yield, then stop it."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with (data / "server.log").open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                urllib.request.urlopen(health, timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"{command[0]} did not start; see {data}") from None
+                time.sleep(0.2)
+        yield
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `chroma run` server on a free loopback port, for the scale-out code path."""
     import shutil
-    import socket
-    import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     data = tmp_path_factory.mktemp("chroma-server")
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen(
-        [chroma, "run", "--path", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chroma server did not start; see {data}") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    command = [
+        chroma,
+        "run",
+        "--path",
+        str(data / "db"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    for _ in _process(command, f"{url}/api/v2/heartbeat", data, seconds=60):
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -103,35 +114,19 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory):
     """llama-cpp-python's own OpenAI server (``python -m llama_cpp.server``) on a free loopback
     port with the packaged GGUF: a real remote engine for the openai backend. It runs with
     ``--interrupt_requests False``, or a second request would cut off the stream in progress."""
-    import subprocess
     import sys
-    import time
-    import urllib.request
 
     from hearthlm.llm.sources import packaged_model_path
 
     port = free_port()
     data = tmp_path_factory.mktemp("llama-cpp-server")
-    log = (data / "server.log").open("w")
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_model_path()),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
                "--interrupt_requests", "False", "--verbose", "False",
                "--n_threads", str(os.cpu_count() or 1)]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start; see {data}") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    for _ in _process(command, f"{url}/models", data):
+        yield url
 
 
 @pytest.fixture(params=["embedded", "server"])

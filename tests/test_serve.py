@@ -525,3 +525,20 @@ def test_a_long_prompt_does_not_freeze_the_streams_running(server):
     during = [b - a for a, b in itertools.pairwise(arrivals) if sent <= a <= sent + reading]
     assert during, "the story streamed nothing while the long prompt was read"
     assert max(during) < reading / 3
+
+
+def test_loglikelihoods_scores_continuations_and_refuses_what_cannot_be_scored(server):
+    auth = {"Authorization": f"Bearer {ALPHA}"}
+    url = f"{server.url}/v1/loglikelihoods"
+    body = {"context": "The capital of France is", "continuations": [" Paris", " Lyon"]}
+    scores = httpx.post(url, json=body, headers=auth).json()["loglikelihoods"]
+    assert scores[0] > scores[1]  # Paris is likelier
+    best = httpx.post(url, json={**body, "best_only": True}, headers=auth).json()
+    assert best["loglikelihoods"][0] == pytest.approx(scores[0], abs=1e-3)
+    assert best["loglikelihoods"][1] is None or best["loglikelihoods"][1] < scores[0]
+    empty = httpx.post(url, json={**body, "continuations": [""]}, headers=auth)
+    assert empty.status_code == 400
+    long = httpx.post(url, json={**body, "context": "word " * 9000}, headers=auth)
+    assert long.status_code == 400
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+    assert httpx.post(url, json=body).status_code == 401  # no key

@@ -47,8 +47,8 @@ class LlamaCppBackend(Backend):
         self.model_name = source.name
         meta = llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
-        self.bos_token = _token_text(llm, llm.token_bos())
-        self.eos_token = _token_text(llm, llm.token_eos())
+        self.bos_token = token_text(llm, llm.token_bos())
+        self.eos_token = token_text(llm, llm.token_eos())
         # llama.cpp pads its context to a multiple of 256; the Python side holds the size asked for.
         self.context_size = min(int(llm.n_ctx()), len(llm.input_ids))
         if batched is not None:
@@ -295,7 +295,8 @@ def _stop_ids(llm: Any) -> frozenset[int]:
     return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
-def _token_text(llm: Any, token: int) -> str:
+def token_text(llm: Any, token: int) -> str:
+    """The text of one token, special tokens included ("" for none: a negative id)."""
     if token < 0:
         return ""
     return bytes(llm.detokenize([token], special=True)).decode("utf-8", errors="replace")

@@ -64,19 +64,29 @@ def constraint_fields(kind: ServerKind, constraint: Constraint | None) -> dict[s
     """
     if constraint is None:
         return {}
-    schema_only = constraint.json_schema is not None and not constraint.allow_text
+    if not carries(kind, constraint):
+        return None
+    schema_only = _schema_only(constraint)
     if kind == "vllm":
         if schema_only:
             return {"structured_outputs": {"json": constraint.json_schema}}
         return {"structured_outputs": {"grammar": constraint_gbnf(constraint)}}
     if kind in GRAMMAR_KINDS:
         return {"grammar": constraint_gbnf(constraint)}
-    if not schema_only:
-        return None
     if kind == "ollama":
         return {"format": constraint.json_schema}
     spec = {"name": "reply", "schema": constraint.json_schema, "strict": True}
     return {"response_format": {"type": "json_schema", "json_schema": spec}}
+
+
+def carries(kind: ServerKind, constraint: Constraint | None) -> bool:
+    """Whether a ``kind`` server can hold generation to ``constraint``: every kind takes a JSON
+    schema, only vLLM, llama.cpp's servers and hearth serve a grammar."""
+    return constraint is None or kind in GRAMMAR_KINDS or _schema_only(constraint)
+
+
+def _schema_only(constraint: Constraint) -> bool:
+    return constraint.json_schema is not None and not constraint.allow_text
 
 
 def sampling_fields(kind: ServerKind, sampling: SamplingConfig) -> dict[str, Any]:
@@ -104,7 +114,7 @@ class _Tokenizer:
         if source.is_gguf:
             from llama_cpp import Llama
 
-            from hearthlm.llm.llamacpp_backend import free_at_exit
+            from hearthlm.llm.llamacpp_backend import free_at_exit, token_text
 
             try:
                 vocab = free_at_exit(
@@ -118,8 +128,8 @@ class _Tokenizer:
             self.chat_template = meta.get("tokenizer.chat_template") or CHATML_TEMPLATE
             arch = meta.get("general.architecture", "llama")
             self.trained_context = int(meta.get(f"{arch}.context_length", 2048))
-            self.bos = _piece(vocab, vocab.token_bos())
-            self.eos = _piece(vocab, vocab.token_eos())
+            self.bos = token_text(vocab, vocab.token_bos())
+            self.eos = token_text(vocab, vocab.token_eos())
             self.eos_id = vocab.token_eos()
             self.encode: Callable[[str], list[int]] = lambda text: list(
                 vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -141,12 +151,6 @@ class _Tokenizer:
         self.encode = lambda text: list(hf.encode(text, add_special_tokens=False))
         self.decode = lambda ids: str(hf.decode(ids, skip_special_tokens=True))
         self.render = lambda ids: str(hf.decode(ids, skip_special_tokens=False))
-
-
-def _piece(vocab: Any, token: int) -> str:
-    if token < 0:
-        return ""
-    return bytes(vocab.detokenize([token], special=True)).decode("utf-8", errors="replace")
 
 
 class OpenAIBackend(Backend):
@@ -227,7 +231,7 @@ class OpenAIBackend(Backend):
     # -- generation --------------------------------------------------------------------------
 
     def enforces(self, constraint: Constraint | None) -> bool:
-        return constraint_fields(self.kind, constraint) is not None
+        return carries(self.kind, constraint)
 
     def generate(
         self,
@@ -280,14 +284,20 @@ class OpenAIBackend(Backend):
                         finish = choice.finish_reason or finish
         finally:
             stream.close()
-        if finish is None:
+        yield from self._ended(count, finish is not None, usage)
+
+    def _ended(self, count: int, finished: bool, reported: int | None) -> Iterator[Piece]:
+        """The end of a stream of ``count`` pieces: a cut-off one (no finish reason, or no
+        ``done``) raises; where the server reported more tokens than pieces (a piece may hold
+        several), a piece of no text carries the difference."""
+        if not finished:
             raise BackendError(
                 f"the reply from {self.url} was cut off after {count} pieces, without a "
                 "finish reason. The server may have stopped it for another request "
                 "(llama_cpp.server does unless started with --interrupt_requests false)."
             )
-        if usage is not None and usage > count:
-            yield Piece("", usage - count)
+        if reported is not None and reported > count:
+            yield Piece("", reported - count)
 
     def _ollama_stream(
         self,
@@ -328,10 +338,8 @@ class OpenAIBackend(Backend):
                         break
         finally:
             reply.close()
-        if done is None:
-            raise BackendError(f"the reply from {self.url} was cut off after {count} pieces.")
-        if int(done.get("eval_count") or 0) > count:
-            yield Piece("", int(done["eval_count"]) - count)
+        reported = int(done.get("eval_count") or 0) if done is not None else None
+        yield from self._ended(count, done is not None, reported)
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -397,11 +405,10 @@ class OpenAIBackend(Backend):
             "continuations": [list(c) for c in continuations],
             "best_only": best_only,
         }
-        url = f"{self.url}/loglikelihoods"
-        reply = self._retrying(lambda: self._posted(url, body))
+        reply = self._retrying(lambda: self._fetch("POST", "/v1/loglikelihoods", body))
         scores = reply.get("loglikelihoods") if isinstance(reply, dict) else None
         if not isinstance(scores, list) or len(scores) != len(continuations):
-            raise BackendError(f"{url} answered without one score per continuation")
+            raise BackendError(f"{self.url}/loglikelihoods answered without one score each")
         return [-math.inf if s is None else float(s) for s in scores]
 
     def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:
@@ -483,10 +490,10 @@ class OpenAIBackend(Backend):
     def _find_model(self, wanted: str | None) -> tuple[str, int | None]:
         """The served model's id and, where the server reports it, its context length."""
         if self.kind == "ollama":
-            tags = self._retrying(lambda: self._get_json("/api/tags"))
+            tags = self._retrying(lambda: self._fetch("GET", "/api/tags"))
             cards = [{"id": m.get("name") or m.get("model")} for m in tags.get("models", [])]
         else:
-            cards = self._retrying(lambda: self._get_json("/v1/models")).get("data", [])
+            cards = self._retrying(lambda: self._fetch("GET", "/v1/models")).get("data", [])
         ids = [str(c.get("id")) for c in cards]
         if wanted is None and not ids:
             raise BackendError(f"{self.url} serves no model.")
@@ -557,15 +564,11 @@ class OpenAIBackend(Backend):
             raise self._translate(exc) from exc
         return True
 
-    def _get_json(self, path: str) -> Any:
-        reply = self._http.get(f"{self.root}{path}")
+    def _fetch(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON reply of ``method path`` under the server's root; an error status raises
+        (for :meth:`_retrying` to retry or :meth:`_errors` to name)."""
+        reply = self._http.request(method, f"{self.root}{path}", json=body)
         reply.raise_for_status()
-        return _json(reply.text, self.url)
-
-    def _posted(self, url: str, body: Any) -> Any:
-        reply = self._http.post(url, json=body)
-        if reply.status_code >= 400:
-            raise httpx.HTTPStatusError(reply.text, request=reply.request, response=reply)
         return _json(reply.text, self.url)
 
     def _optional(self, method: str, path: str, body: Any) -> Any:

@@ -13,8 +13,9 @@ from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import NO_ANSWER, DocsQA, DocumentIndex, HybridRetriever
 from hearthlm.retrieval.grounding import claims, unsupported
 from hearthlm.retrieval.loaders import load_file
-from hearthlm.retrieval.reader import Quote
-from hearthlm.retrieval.sentences import split_sentences
+from hearthlm.retrieval.reader import Candidate, Quote, choose
+from hearthlm.retrieval.retriever import Source
+from hearthlm.retrieval.sentences import Span, split_sentences
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "docs"
 
@@ -228,3 +229,18 @@ def test_a_quote_that_names_another_document_brings_its_best_sentence(
     answer = qa.invoke("Which actress played Corliss Archer in the film Kiss and Tell?")
     assert answer.quotes[0].path.endswith("film.md")
     assert [Path(q.path).name for q in answer.quotes] == ["film.md", "actress.md"]
+
+
+def test_a_bound_chat_model_still_chooses_among_close_sentences(llama_chat):
+    # The reader asks the model which of two close sentences answers the question; a
+    # ChatHearth under .bind() (as chains pass it) must be asked too, and pick the same one.
+    source = Source(1, "notes.txt", None, "", "", "c1", None)
+    sentences = ["The kettle holds 1.7 litres of water.", "The kettle is sold in blue and red."]
+    ranked = [
+        Candidate(Span(text, 0, len(text)), source, {}, score)
+        for text, score in zip(sentences, (1.0, 0.99), strict=True)
+    ]
+    question = "Which colours does the kettle come in?"
+    plain = choose(llama_chat, question, ranked, margin=0.1, most=2)
+    bound = choose(llama_chat.bind(stop=["\n"]), question, ranked, margin=0.1, most=2)
+    assert plain == bound == (1, True)

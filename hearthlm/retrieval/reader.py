@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hearthlm.llm.chain import unwrap
 from hearthlm.llm.chat_model import ChatHearth
 from hearthlm.retrieval.retriever import Source
 from hearthlm.retrieval.sentences import Span, split_sentences
@@ -237,10 +238,11 @@ def choose(
         return 0, False
     best = ranked[0].score
     near = [i for i, c in enumerate(ranked[:most]) if c.score >= (1 - margin) * best]
-    if len(near) < 2 or chat is None or not _scores(chat):
+    model = unwrap(chat)  # a .bind()-ed ChatHearth scores like the one under it
+    if len(near) < 2 or model is None or not _scores(model):
         return 0, False
     likelihood = [
-        chat.loglikelihood(  # type: ignore[attr-defined]
+        model.loglikelihood(
             QUESTION_PROMPT.format(passage=_titled(ranked[i].span.title, _flat(ranked[i]))),
             " " + " ".join(question.split()),
         )

@@ -507,6 +507,21 @@ def test_interrupted_ppo_resumes_and_ends_like_an_uninterrupted_run(tmp_path, re
         PPOTrainer(reward_model, other, llm=llm).train(prompts, tmp_path / "resumed", False)
 
 
+def test_ppo_prompts_come_from_a_prompt_file_or_from_preference_pairs(tmp_path):
+    from hearthlm.finetune.ppo import prompts_from_pairs
+
+    plain = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Say hi."}, {"prompt": " Why? "}])
+    assert prompts_from_pairs(plain) == ["Say hi.", "Why?"]
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"chosen": "\n\nHuman: Hello?\n\nAssistant: Hi.", "rejected": "..."}],
+    )
+    assert prompts_from_pairs(pairs) == ["Hello?"]
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"question": "no prompt field"}])
+    with pytest.raises(TrainingError, match=r"empty\.jsonl: no prompts found.*'prompt' field"):
+        prompts_from_pairs(empty)
+
+
 def test_cli_finetune_ppo_trains_against_a_reward_folder(reward_folder, tmp_path, llm, monkeypatch):
     from hearthlm.cli import app
 

@@ -431,12 +431,26 @@ def _plot(history: list[dict[str, Any]], path: Path, target_kl: float) -> None:
 
 
 def prompts_from_pairs(path: Path, limit: int | None = None) -> list[str]:
-    """The first human turn of each preference pair: prompts for PPO."""
+    """Prompts for PPO: each row's ``prompt`` field, or else the first human turn of its
+    ``chosen`` transcript (a preference pair, as in HH-RLHF).
+
+    Raises:
+        TrainingError: the file holds no prompt in either form.
+    """
     prompts = []
     for row in read_rows(path, BadRows(strict=True, error=TrainingError, hint="")):
-        messages = transcript_messages(str(row.values.get("chosen", "")))
-        if messages and messages[0]["role"] == "user" and messages[0]["content"]:
-            prompts.append(messages[0]["content"])
+        prompt = row.values.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            prompts.append(prompt.strip())
+        else:
+            messages = transcript_messages(str(row.values.get("chosen", "")))
+            if messages and messages[0]["role"] == "user" and messages[0]["content"]:
+                prompts.append(messages[0]["content"])
         if limit and len(prompts) == limit:
             break
+    if not prompts:
+        raise TrainingError(
+            f"{path}: no prompts found. Give each row a 'prompt' field, or a 'chosen' transcript "
+            "that opens with a Human turn (a preference pair)."
+        )
     return prompts

@@ -21,7 +21,7 @@ from typing import Any
 from hearthlm.errors import HearthError
 from hearthlm.files import write_atomic
 
-__all__ = ["MARKER", "claim_run", "fingerprint", "read_jsonl"]
+__all__ = ["MARKER", "claim_run", "file_digest", "fingerprint", "read_jsonl"]
 
 MARKER = "run.json"
 
@@ -33,23 +33,60 @@ def fingerprint(settings: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def file_digest(path: Path | str) -> str | None:
+    """The SHA-256 of a file's bytes (None when there is no such file), for a run's identity:
+    a run resumed on an edited data file would mix two datasets."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def claim_run(folder: Path, settings: dict[str, Any], refusal: HearthError) -> str:
     """Make ``folder`` the home of the run that ``settings`` describe; returns its fingerprint.
 
     A new folder is created and marked with ``run.json`` (the fingerprint and the settings). A
     folder marked with the same fingerprint is the same run, to resume. A folder marked with
-    another is refused: ``refusal`` is raised, and nothing in the folder is touched.
+    another is refused: ``refusal`` is raised, with the settings that differ named, and
+    nothing in the folder is touched.
     """
     digest = fingerprint(settings)
     marker = folder / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != digest:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        if record.get("fingerprint") != digest:
+            changed = _changed(record.get("settings"), settings)
+            if changed:
+                raise type(refusal)(f"{refusal} Changed: {', '.join(changed)}.") from None
             raise refusal
         return digest
     folder.mkdir(parents=True, exist_ok=True)
     record = {"fingerprint": digest, "settings": settings}
     write_atomic(marker, json.dumps(record, default=str))
     return digest
+
+
+def _changed(before: Any, after: dict[str, Any]) -> list[str]:
+    """The settings (dotted, two levels deep) whose values differ between a recorded run and
+    this one."""
+    after = json.loads(json.dumps(after, default=str))
+    if not isinstance(before, dict):
+        return []
+    changed = []
+    for key in sorted(before.keys() | after.keys()):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+            changed += [f"{key}.{k}" for k in inner]
+        else:
+            changed.append(key)
+    return changed
 
 
 def read_jsonl(

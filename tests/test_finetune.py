@@ -330,8 +330,13 @@ def test_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(facts, tmp_pat
 
 def test_resume_refuses_a_folder_holding_another_run(facts, tmp_path, llm):
     lora_run(facts, tmp_path / "run", llm, steps=1)
-    with pytest.raises(TrainingError, match="different fine-tuning run"):
+    with pytest.raises(TrainingError, match=r"different fine-tuning run.*Changed: .*max_steps"):
         lora_run(facts, tmp_path / "run", llm, steps=2)
+    # the same path with other rows in it is another run, not one to resume on the new rows
+    with facts.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"prompt": "Capital of Peru?", "completion": "Lima."}) + "\n")
+    with pytest.raises(TrainingError, match="Changed: contents"):
+        lora_run(facts, tmp_path / "run", llm, steps=1)
 
 
 def test_python_finetune_trains_at_the_methods_own_learning_rate(facts, tmp_path, llm):
@@ -503,8 +508,11 @@ def test_interrupted_ppo_resumes_and_ends_like_an_uninterrupted_run(tmp_path, re
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
     other = PPOConfig(**{**config.model_dump(), "max_new_tokens": 7})
-    with pytest.raises(TrainingError, match="other settings"):
+    with pytest.raises(TrainingError, match=r"other settings.*Changed: config\.max_new_tokens"):
         PPOTrainer(reward_model, other, llm=llm).train(prompts, tmp_path / "resumed", False)
+    edited = [prompt + " Answer briefly." for prompt in prompts]  # as many prompts, other words
+    with pytest.raises(TrainingError, match="Changed: prompts"):
+        PPOTrainer(reward_model, config, llm=llm).train(edited, tmp_path / "resumed", False)
 
 
 def test_ppo_prompts_come_from_a_prompt_file_or_from_preference_pairs(tmp_path):

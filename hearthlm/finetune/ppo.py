@@ -38,7 +38,7 @@ from hearthlm.finetune.trainer import (
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows
-from hearthlm.runs import claim_run
+from hearthlm.runs import claim_run, fingerprint
 
 
 class PPOConfig(StrictModel):
@@ -328,13 +328,13 @@ class PPOTrainer:
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
-        fingerprint = {"config": self.config.model_dump(), "prompts": len(prompts)}
+        identity = {"config": self.config.model_dump(), "prompts": fingerprint(prompts)}
         refusal = TrainingError(
             f"{out} holds a PPO run with other settings or prompts; "
             "give a new --out, or delete the folder to start again"
         )
-        claim_run(out, fingerprint, refusal)
-        state = self._resume(out) or {"iteration": 0, **fingerprint}
+        claim_run(out, identity, refusal)
+        state = self._resume(out) or {"iteration": 0, **identity}
         pool = list(prompts)
         random.Random(self.config.seed).shuffle(pool)
         per = self.config.prompts_per_iteration

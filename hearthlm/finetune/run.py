@@ -28,7 +28,7 @@ from hearthlm.finetune.methods import (
 )
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.llm.hf_backend import TransformersBackend
-from hearthlm.runs import claim_run
+from hearthlm.runs import claim_run, file_digest
 
 SUMMARY = "hearth_finetune.json"
 
@@ -89,6 +89,7 @@ def finetune(
         "method": method.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),
         "data": [d.model_dump(mode="json") for d in data],
+        "contents": {str(d.path): file_digest(d.path) for d in data},
         "model": llm.model,
         "max_length": max_length,
         "validation": validation,

@@ -3,7 +3,8 @@ request names, optional fields, and the schema the grammar then writes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jsonschema
@@ -143,3 +144,91 @@ def test_structured_output_chooses_an_enum_the_request_names(llama_chat):
     schema = {"title": "Conversion", **schema}
     found = llama_chat.with_structured_output(schema).invoke("What is 99.5 EUR in GBP?")
     assert found == {"amount": 99.5, "source": "EUR", "target": "GBP"}
+
+
+def book_room(room: str, weekday: str) -> str:
+    """Book a meeting room by its name for a day of the week."""
+    return f"{room} is booked on {weekday}."
+
+
+def exchange_money(amount: float, from_currency: str, to_currency: str) -> str:
+    """Exchange money between two currencies."""
+    return f"{amount} {from_currency} in {to_currency}."
+
+
+def _parameters(tool: object) -> dict:
+    return strict_schema(convert_to_openai_tool(tool)["function"]["parameters"])
+
+
+def _scripted(table: dict[str, dict[str, float]]) -> Callable[[str, Sequence[str]], list[float]]:
+    """A scorer that gives each ``"field": value`` the score in ``table`` (-20 for the rest),
+    whatever came before the field: only the assignment's control flow is under test."""
+
+    def score(context: str, continuations: Sequence[str]) -> list[float]:
+        field = context.rsplit('"', 2)[-2] if context.endswith(":") else ""
+        values = table.get(field, {})
+        return [values.get(str(json.loads(c.strip().rstrip(",}"))), -20.0) for c in continuations]
+
+    return score
+
+
+def test_arguments_are_assigned_jointly_where_filling_in_order_goes_wrong():
+    # "Friday" is the room field's best span by a little and the weekday's by a lot: filled
+    # in order, the room takes it and the weekday gets the room's name.
+    table = {
+        "room": {"Friday": -2.0, "Willow": -2.5},
+        "weekday": {"Friday": -1.0, "Willow": -9.0, "Book": -8.0},
+    }
+    request = "Book the Willow room for Friday."
+    chosen, fixed = choose_arguments(_scripted(table), "{", _parameters(book_room), [request])
+    assert chosen == {"room": "Willow", "weekday": "Friday"}
+    assert fixed["properties"]["room"] == {"const": "Willow"}
+    # each field alone would take "Friday": greedy in-order filling gives the room the day
+    greedy_room = max(table["room"], key=table["room"].__getitem__)
+    assert greedy_room == "Friday"
+
+
+def test_framing_words_and_a_field_named_before_its_span_steer_the_assignment():
+    # The scorer likes the request's framing word "meeting" and the later currency for both
+    # fields; neither decides: "meeting" is a word of the tool's description, not a value,
+    # and "from MXN" names the twin field it goes to.
+    table = {
+        "room": {"meeting": -0.5, "Willow": -3.0, "Friday": -4.0},
+        "weekday": {"Friday": -1.0},
+    }
+    request = "Book the Willow meeting room for Friday."
+    about = f"book_room: {book_room.__doc__}"
+    chosen, _ = choose_arguments(_scripted(table), "{", _parameters(book_room), [request], about)
+    assert chosen == {"room": "Willow", "weekday": "Friday"}
+    table = {
+        "from_currency": {"ZAR": -1.0, "MXN": -3.0},  # together, ZAR into MXN scores higher
+        "to_currency": {"ZAR": -1.5, "MXN": -2.0},
+        "amount": {"40": -0.1},
+    }
+    chosen, _ = choose_arguments(
+        _scripted(table), "{", _parameters(exchange_money), ["From MXN to ZAR, convert 40."]
+    )
+    assert chosen == {"amount": 40, "from_currency": "MXN", "to_currency": "ZAR"}
+
+
+def test_two_string_fields_asked_in_the_reverse_order_both_come_out_right(llama_chat):
+    bound = llama_chat.bind_tools([book_room, order_status, get_weather], tool_choice="any")
+    for request, args in {
+        "On Tuesday I need Aurora, can you book it?": {"room": "Aurora", "weekday": "Tuesday"},
+        "For Monday, book the Cedar room.": {"room": "Cedar", "weekday": "Monday"},
+    }.items():
+        reply = bound.invoke(request)
+        assert reply.tool_calls[0]["name"] == "book_room", request
+        assert reply.tool_calls[0]["args"] == args, request
+
+
+def test_a_conversion_goes_the_way_the_request_says(llama_chat):
+    bound = llama_chat.bind_tools([exchange_money], tool_choice="any")
+    for request, (source, target) in {
+        "Convert 50 CHF into SEK.": ("CHF", "SEK"),
+        "Change 75 AUD to CAD, from AUD to CAD.": ("AUD", "CAD"),
+        "From MXN to ZAR, convert 40.": ("MXN", "ZAR"),
+        "How much is 120 NOK in DKK?": ("NOK", "DKK"),
+    }.items():
+        args = bound.invoke(request).tool_calls[0]["args"]
+        assert (args["from_currency"], args["to_currency"]) == (source, target), request

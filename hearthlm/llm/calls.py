@@ -9,12 +9,17 @@ named). Scoring whole alternatives with the model's log-likelihood does much bet
   choice: ``log p(request | "Function: <name>: <description>\\nA user request that needs this
   function:")``. When a call is optional, a pass "function" (answer directly) competes with the
   tools in the same way.
-- **Each argument** is the candidate (a span or number of the request, as in
-  :mod:`hearthlm.llm.spans`, or a value of the field's enum) whose text, with its closing quote,
-  is most likely right after ``"field":`` in the call. Fields are filled in order, each with the
-  ones before it in the prompt. An enum value that the request names in words wins over the
-  model's prior; a value is not used for two fields; an optional field is included only when
-  the model would go on to it rather than close the call.
+- **The arguments** are chosen together. Each required field's candidates (spans and numbers
+  of the request, as in :mod:`hearthlm.llm.spans`, or its enum's values) are scored on their
+  own right after ``"field":`` as the call's first argument, with the tools list (names, types,
+  descriptions) in the prompt; the assignment with the highest total in which no two fields
+  share words wins (branch and bound over each field's ranked candidates). Filled in order,
+  the first field takes the best span even when it belongs to a later field ("Friday" as the
+  room), and the later field gets what is left. Spans made only of the tool's own framing
+  words ("order", "room", "the") are not values; a span right after a word that names one
+  field and not its twin ("from English", "the new name x.pdf") goes to that field; an enum
+  value the request names in words wins over the model's prior; an optional field is
+  included only when the model would go on to it rather than close the call.
 
 Fields with no finite set of candidates (free text that fits no span, objects, arrays) are left
 to the grammar, which then writes the call with every chosen field fixed.
@@ -22,7 +27,9 @@ to the grammar, which then writes the call with every chosen field fixed.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -38,6 +45,8 @@ Scorer = Callable[[str, Sequence[str]], list[float]]
 CHANNEL = "Function: {name}: {description}\nA user request that needs this function:"
 PASS_DESCRIPTION = "Answer the user directly without any function."
 _FREE = object()  # a field whose value the grammar writes
+# Candidates ranked per field at most in a joint assignment (each one more scoring call).
+MAX_RANKED = 8
 
 
 def best_scorer(model: Any) -> Scorer:
@@ -74,20 +83,26 @@ def choose_call(
     function = tool["function"]
     parameters = strict_schema(function.get("parameters") or {"type": "object"})
     opening = f'{prompt}{{"name": {json.dumps(function["name"])}, "arguments": {{'
-    chosen, fixed = choose_arguments(score, opening, parameters, texts)
+    about = f"{function['name']}: {function.get('description') or ''}"
+    chosen, fixed = choose_arguments(score, opening, parameters, texts, about)
     return chosen, {"type": "function", "function": {**function, "parameters": fixed}}
 
 
 def choose_arguments(
-    score: Scorer, opening: str, parameters: dict[str, Any], texts: Sequence[str]
+    score: Scorer,
+    opening: str,
+    parameters: dict[str, Any],
+    texts: Sequence[str],
+    about: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Values chosen for the top-level fields of ``parameters`` (a strict object schema) and
     the schema that fixes them, for the grammar to write the call.
 
     ``opening`` is the prompt up to the call's arguments object, ending in ``{``; ``texts`` are
-    the texts that values are copied from. Returns ``(chosen, schema)``: ``chosen`` holds the
-    fields chosen here, and ``schema`` accepts exactly those values, drops the optional fields
-    left out, and leaves the rest (free fields) as they were.
+    the texts that values are copied from; ``about`` is the tool's name and description (words
+    that frame a request rather than give a value). Returns ``(chosen, schema)``: ``chosen``
+    holds the fields chosen here, and ``schema`` accepts exactly those values, drops the
+    optional fields left out, and leaves the rest (free fields) as they were.
     """
     properties = parameters.get("properties")
     if parameters.get("type") != "object" or not isinstance(properties, dict):
@@ -104,6 +119,7 @@ def choose_arguments(
         left = [v for v in found[field][1] if v not in named.values()]
         if left:
             named[field] = left[0]
+    joint = _joint(score, opening, properties, found, named, required, about, text)
     chosen: dict[str, Any] = {}
     omitted: set[str] = set()
     prefix = opening
@@ -114,7 +130,7 @@ def choose_arguments(
             if optional and _kind(properties[field]) in ("string", "number"):
                 omitted.add(field)  # nothing in the request fits: a value would be invented
             continue
-        taken = [*chosen.values(), *(v for f, v in named.items() if f != field)]
+        taken = [*chosen.values(), *(v for f, v in {**named, **joint}.items() if f != field)]
         fresh = _unused(options, taken)
         first = prefix.endswith("{")
         kind = _kind(properties[field])
@@ -124,13 +140,12 @@ def choose_arguments(
                 omitted.add(field)
                 continue
         prefix += f"{'' if first else ', '}{json.dumps(field)}:"
-        if field in named:
-            value = named[field]
+        if field in named or field in joint:
+            value = named[field] if field in named else joint[field]
         else:
             options = fresh or options
             after = "" if isinstance(options[0], str) else ("}" if field == fields[-1] else ",")
-            rendered = [" " + json.dumps(o, ensure_ascii=False) + after for o in options]
-            scores = score(prefix, rendered)
+            scores = score(prefix, [_rendered(o, after) for o in options])
             value = options[max(range(len(options)), key=scores.__getitem__)]
         chosen[field] = value
         prefix += " " + json.dumps(value, ensure_ascii=False)
@@ -142,6 +157,152 @@ def choose_arguments(
     }
     schema["required"] = [n for n in fields if n in required or n in chosen]
     return chosen, schema
+
+
+def _joint(
+    score: Scorer,
+    opening: str,
+    properties: dict[str, Any],
+    found: dict[str, tuple[Any, list[Any]]],
+    named: dict[str, Any],
+    required: set[str],
+    about: str,
+    request: str,
+) -> dict[str, Any]:
+    """Values for the required fields that have candidates and no named enum value, chosen
+    together: each field's candidates are scored on their own, right after ``"field":`` as
+    the call's first argument (the tools list in the prompt gives its type and description),
+    and the assignment with the highest total in which no two fields share a value wins
+    (:func:`assign`). Filled in order instead, a field whose best span belongs to a later
+    field takes it ("Friday" as the room), and the later field gets what is left."""
+    fields = [f for f in properties if f in required and f not in named]
+    fields = [f for f in fields if found[f][0] is not _FREE]
+    ranked = {}
+    for field in fields:
+        options = _values(found[field][0], field, properties, about)
+        others = [v for f, v in named.items() if f != field]
+        options = _unused(options, others) or options
+        after = "" if isinstance(options[0], str) else ("}" if len(properties) == 1 else ",")
+        alike = [
+            f for f in fields if f != field and _kind(properties[f]) == _kind(properties[field])
+        ]
+        options = _cued(options, field, alike, request)
+        ranked[field] = _Ranked(score, f"{opening}{json.dumps(field)}:", options, after)
+    chosen = assign(ranked)
+    if len(chosen) < len(ranked):  # no assignment keeps the values apart: each takes its best
+        chosen = {f: r.get(0)[1] for f, r in ranked.items()}  # type: ignore[index]
+    return chosen
+
+
+class _Ranked:
+    """A field's candidates in falling order of score, scored lazily: the best is one call of
+    a best-only scorer, each next one a further call without those already ranked."""
+
+    def __init__(self, score: Scorer, context: str, options: list[Any], after: str) -> None:
+        self._score, self._context, self._after = score, context, after
+        self._left = list(options)
+        self._items: list[tuple[float, Any]] = []
+
+    def get(self, index: int) -> tuple[float, Any] | None:
+        """The ``index``-th best ``(score, value)``, or None past the last (or past
+        :data:`MAX_RANKED`)."""
+        while len(self._items) <= index and self._left and len(self._items) < MAX_RANKED:
+            scores = self._score(self._context, [_rendered(o, self._after) for o in self._left])
+            best = max(range(len(scores)), key=scores.__getitem__)
+            self._items.append((scores[best], self._left.pop(best)))
+        return self._items[index] if index < len(self._items) else None
+
+
+def _cued(options: list[Any], field: str, others: list[str], text: str) -> list[Any]:
+    """The spans among ``options`` that ``text`` puts right after the word that tells
+    ``field`` from its twin among ``others`` (fields of its kind whose names share a word):
+    "from" of from_language and to_language, "new" of new_name and old_name ("from English",
+    "the new name summary.pdf"); else all of them. At the call's first argument the model
+    often prefers the same span for both twins; the request's wording says which is which.
+    "into" and "onto" count as "to"."""
+    twins = [f for f in others if _words(f) & _words(field)]
+    own = _words(field) - {w for f in twins for w in _words(f)}
+    shared = _words(field) - own
+    if not own or not twins:
+        return options
+    cue = "|".join(("(?:in|on)?to" if w == "to" else re.escape(w)) for w in sorted(own))
+    between = "".join(rf"(?:{re.escape(w)}\s+)?" for w in sorted(shared))
+    cued = [
+        o
+        for o in options
+        if isinstance(o, str)
+        and re.search(rf"(?<!\w)(?:{cue})\s+{between}[\"']?{re.escape(o)}(?!\w)", text, re.I)
+    ]
+    return cued or options
+
+
+def assign(ranked: dict[str, _Ranked]) -> dict[str, Any]:
+    """The values of highest total score, one per field of ``ranked``, no two of which clash
+    (the same value, or one holding the other's words), by branch and bound over each field's
+    ranked candidates; {} when no such assignment exists among them."""
+    fields = list(ranked)
+    tops = [item[0] if (item := ranked[f].get(0)) else -math.inf for f in fields]
+    best: dict[str, Any] = {}
+    best_total = -math.inf
+
+    def search(i: int, partial: dict[str, Any], total: float) -> None:
+        nonlocal best, best_total
+        if i == len(fields):
+            if total > best_total:
+                best, best_total = dict(partial), total
+            return
+        rest = sum(tops[i + 1 :])
+        bound = tops[i]  # each candidate scores at most the one before it
+        for k in itertools.count():
+            if total + bound + rest <= best_total or (item := ranked[fields[i]].get(k)) is None:
+                return  # none further down can win: not scored
+            value_score, value = item
+            bound = value_score
+            if not any(_clash(value, other) for other in partial.values()):
+                partial[fields[i]] = value
+                search(i + 1, partial, total + value_score)
+                del partial[fields[i]]
+
+    search(0, {}, 0.0)
+    return best
+
+
+def _clash(a: Any, b: Any) -> bool:
+    """Whether two fields' values would use the same words of the request (120 and "120")."""
+    a, b = (json.dumps(v) if isinstance(v, int | float) else v for v in (a, b))
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and (_holds(a, [b]) or _holds(b, [a]))
+
+
+def _values(options: list[Any], field: str, properties: dict[str, Any], about: str) -> list[Any]:
+    """``options`` without the spans that are only framing words: words of the tool's name and
+    description and of the fields' names and descriptions ("order", "room", "number", "the"),
+    which a request uses to say what it wants, not as a value, unless ``field``'s description
+    quotes them as values. Spans with a digit are values. All of them when every span is
+    framing."""
+    frame = _words(about) | {w for f in properties for w in _words(f)}
+    described = {f: str(_non_null(node).get("description", "")) for f, node in properties.items()}
+    frame |= {w for text in described.values() for w in _words(text)}
+    frame -= {
+        w
+        for quoted in re.findall(r"'([^']+)'|\"([^\"]+)\"", described[field])
+        for w in _words("".join(quoted))
+    }
+    kept = [
+        o
+        for o in options
+        if not isinstance(o, str) or any(c.isdigit() for c in o) or not _words(o) <= frame
+    ]
+    return kept or options
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.split(r"[^\w']+|_", text.lower()) if w}
+
+
+def _rendered(option: Any, after: str) -> str:
+    return " " + json.dumps(option, ensure_ascii=False) + after
 
 
 def mentions(value: str, text: str) -> int | None:

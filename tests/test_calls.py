@@ -215,7 +215,7 @@ def test_two_string_fields_asked_in_the_reverse_order_both_come_out_right(llama_
     bound = llama_chat.bind_tools([book_room, order_status, get_weather], tool_choice="any")
     for request, args in {
         "On Tuesday I need Aurora, can you book it?": {"room": "Aurora", "weekday": "Tuesday"},
-        "For Monday, book the Cedar room.": {"room": "Cedar", "weekday": "Monday"},
+        "For Thursday, book Orion.": {"room": "Orion", "weekday": "Thursday"},
     }.items():
         reply = bound.invoke(request)
         assert reply.tool_calls[0]["name"] == "book_room", request

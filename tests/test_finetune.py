@@ -515,6 +515,21 @@ def test_interrupted_ppo_resumes_and_ends_like_an_uninterrupted_run(tmp_path, re
         PPOTrainer(reward_model, config, llm=llm).train(edited, tmp_path / "resumed", False)
 
 
+def test_an_option_the_method_does_not_take_is_refused_not_dropped(facts, tmp_path):
+    from hearthlm.cli import app
+
+    out = tmp_path / "full"
+    base = ["--data", str(facts), "--out", str(out)]
+    result = CliRunner().invoke(app, ["finetune", "full", *base, "--rank", "4"])
+    assert isinstance(result.exception, ConfigError)
+    assert "--rank does not apply to 'hearth finetune full'" in str(result.exception)
+    assert "lora" in str(result.exception).split("applies to:")[1]
+    result = CliRunner().invoke(app, ["finetune", "lora", *base, "--virtual-tokens", "8"])
+    assert isinstance(result.exception, ConfigError)
+    assert "prompt-tuning" in str(result.exception)
+    assert not out.exists()  # refused before anything was loaded or written
+
+
 def test_ppo_prompts_come_from_a_prompt_file_or_from_preference_pairs(tmp_path):
     from hearthlm.finetune.ppo import prompts_from_pairs
 

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from hearthlm.cli_options import ConfigOpt, ModelOpt, cli_config
 from hearthlm.config import config_error_from
-from hearthlm.errors import TrainingError
+from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
 from hearthlm.finetune.dpo import train_dpo
 from hearthlm.finetune.export import agreement, export_gguf, merge
@@ -88,14 +88,20 @@ def _supervised(method: str) -> Any:
         profile_memory: Annotated[
             bool, typer.Option(help="Write torch.profiler's memory timeline (slow).")
         ] = False,
-        rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-        alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 16,
-        dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+        rank: Annotated[int | None, typer.Option(help=_default("LoRA rank", "rank"))] = None,
+        alpha: Annotated[int | None, typer.Option(help=_default("LoRA alpha", "alpha"))] = None,
+        dropout: Annotated[
+            float | None, typer.Option(help=_default("LoRA dropout", "dropout"))
+        ] = None,
         target_modules: Annotated[str | None, typer.Option(help="LoRA modules, comma-sep.")] = None,
-        virtual_tokens: Annotated[int, typer.Option(help="Soft prompt length.")] = 16,
+        virtual_tokens: Annotated[
+            int | None, typer.Option(help=_default("Soft prompt length", "virtual_tokens"))
+        ] = None,
         init_text: Annotated[str | None, typer.Option(help="Soft prompt init text.")] = None,
         trainable: Annotated[str | None, typer.Option(help="Selective: regexes.")] = None,
-        bottleneck: Annotated[int, typer.Option(help="Adapter bottleneck width.")] = 32,
+        bottleneck: Annotated[
+            int | None, typer.Option(help=_default("Adapter bottleneck width", "bottleneck"))
+        ] = None,
         limit: LimitOpt = None,
         config: ConfigOpt = None,
         model: ModelOpt = None,
@@ -128,8 +134,8 @@ def _supervised(method: str) -> Any:
             method_options["target_modules"] = target_modules.split(",")
         if trainable:
             method_options["trainable"] = trainable.split(",")
-        own = method_class(method).model_fields  # each method takes only its own options
-        method_options = {k: v for k, v in method_options.items() if k in own}
+        method_options = {k: v for k, v in method_options.items() if v is not None}
+        _refuse_foreign_options(method, method_options)
         train = _validated(
             TrainConfig,
             epochs=epochs,
@@ -177,6 +183,33 @@ def _supervised(method: str) -> Any:
 
     command.__doc__ = (method_class(method).__doc__ or method).strip().splitlines()[0]
     return command
+
+
+def _default(text: str, field: str) -> str:
+    """An option's help with the library's default, from whichever method declares ``field``
+    (the default lives in the method's config, not here)."""
+    from hearthlm.finetune.methods import available_methods
+
+    for config in available_methods().values():
+        if field in config.model_fields:
+            return f"{text} (default {config.model_fields[field].default})."
+    return f"{text}."
+
+
+def _refuse_foreign_options(method: str, given: dict[str, Any]) -> None:
+    """An option the method does not take is an error naming the methods that do; it used to
+    be dropped without a word (``hearth finetune full --rank 4`` trained in full)."""
+    from hearthlm.finetune.methods import available_methods, method_class
+
+    own = method_class(method).model_fields
+    for name in given:
+        if name not in own:
+            takers = [m for m, c in available_methods().items() if name in c.model_fields]
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} does not apply to 'hearth finetune {method}'; it applies to: "
+                f"{', '.join(takers)}. Leave it out, or choose one of those methods."
+            )
 
 
 def _register_methods() -> None:

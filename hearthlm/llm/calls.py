@@ -119,7 +119,8 @@ def choose_arguments(
         left = [v for v in found[field][1] if v not in named.values()]
         if left:
             named[field] = left[0]
-    joint = _joint(score, opening, properties, found, named, required, about, text)
+    # the values fixed before the walk: enum values named in words, then the joint assignment
+    fixed = {**_joint(score, opening, properties, found, named, required, about, text), **named}
     chosen: dict[str, Any] = {}
     omitted: set[str] = set()
     prefix = opening
@@ -130,7 +131,7 @@ def choose_arguments(
             if optional and _kind(properties[field]) in ("string", "number"):
                 omitted.add(field)  # nothing in the request fits: a value would be invented
             continue
-        taken = [*chosen.values(), *(v for f, v in {**named, **joint}.items() if f != field)]
+        taken = [*chosen.values(), *(v for f, v in fixed.items() if f != field)]
         fresh = _unused(options, taken)
         first = prefix.endswith("{")
         kind = _kind(properties[field])
@@ -140,8 +141,8 @@ def choose_arguments(
                 omitted.add(field)
                 continue
         prefix += f"{'' if first else ', '}{json.dumps(field)}:"
-        if field in named or field in joint:
-            value = named[field] if field in named else joint[field]
+        if field in fixed:
+            value = fixed[field]
         else:
             options = fresh or options
             after = "" if isinstance(options[0], str) else ("}" if field == fields[-1] else ",")

@@ -3,6 +3,7 @@ export."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -186,14 +187,22 @@ def _supervised(method: str) -> Any:
 
 
 def _default(text: str, field: str) -> str:
-    """An option's help with the library's default, from whichever method declares ``field``
-    (the default lives in the method's config, not here)."""
+    """An option's help with the library's default, from the first method that declares
+    ``field`` (the default lives in the method's config, not here)."""
+    default = _method_defaults().get(field)
+    return f"{text} (default {default})." if default is not None else f"{text}."
+
+
+@functools.cache
+def _method_defaults() -> dict[str, Any]:
+    """Each method option's default, read once for every command's help."""
     from hearthlm.finetune.methods import available_methods
 
+    defaults: dict[str, Any] = {}
     for config in available_methods().values():
-        if field in config.model_fields:
-            return f"{text} (default {config.model_fields[field].default})."
-    return f"{text}."
+        for name, field in config.model_fields.items():
+            defaults.setdefault(name, field.default)
+    return defaults
 
 
 def _refuse_foreign_options(method: str, given: dict[str, Any]) -> None:

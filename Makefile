@@ -9,30 +9,41 @@ export HF_DATASETS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install browser demo test test-fast lint format bench clean
+.PHONY: install browser demo test test-fast lint format bench cmake-args clean
 
 install: $(STAMP)
 
-# llama.cpp compiles for this CPU (-march=native), but not with AMX: its AMX kernels crash on the
-# packaged model's Q4_1 weights (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36,
-# on any prompt of a few hundred tokens). Where the CPU has AMX, the build names each vector
-# extension the CPU has instead, and skips the wheel cache, which may hold a native build.
+# llama.cpp compiles for this CPU (-march=native), with its own thread pool rather than OpenMP:
+# torch ships the same libgomp.so.1, so in one process both share one OpenMP runtime. Once torch
+# has run parallel work on one thread and llama.cpp decodes on another (hearth serve's scheduler),
+# that runtime counts more threads than cores and all but stops spinning at its barriers: every
+# llama.cpp step sleeps and wakes its threads hundreds of times, and the batched engine decoded
+# 2.9x slower once the embedder had run (benchmarks/bench_threads.py).
+# Not with AMX either: its AMX kernels crash on the packaged model's Q4_1 weights (SIGSEGV in
+# ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36, on any prompt of a few hundred tokens).
+# Where the CPU has AMX, the build names each vector extension the CPU has instead. The wheel
+# cache is skipped: it is keyed by version, not by these flags, and may hold an OpenMP build.
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 GGML_FEATURES := AVX:avx AVX2:avx2 FMA:fma F16C:f16c BMI2:bmi2 AVX_VNNI:avx_vnni \
 	AVX512:avx512f AVX512_VBMI:avx512vbmi AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16
 ifneq ($(filter amx_int8 amx_tile,$(CPU_FLAGS)),)
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(foreach f,$(GGML_FEATURES),\
+NO_AMX := -DGGML_NATIVE=OFF $(foreach f,$(GGML_FEATURES),\
 	-DGGML_$(word 1,$(subst :, ,$(f)))=$(if $(filter $(word 2,$(subst :, ,$(f))),$(CPU_FLAGS)),ON,OFF))
-LLAMA_CACHE := --no-cache-dir
 endif
+# Flags of your own in CMAKE_ARGS (CUDA, say) replace the CPU flags; the thread pool stays.
+export CMAKE_ARGS := $(or $(CMAKE_ARGS),$(NO_AMX)) -DGGML_OPENMP=OFF
+export OPENMP_CHECK := import llama_cpp, sys; sys.exit(b"OPENMP = 1" in llama_cpp.llama_print_system_info())
 LLAMA_CPP := $(shell sed -n 's/.*"\(llama-cpp-python[^"]*\)".*/\1/p' pyproject.toml | head -1)
 
 # The CPU build of torch goes in first, so that no dependency pulls the multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# An environment made before the thread-pool build has its llama-cpp-python rebuilt.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet $(LLAMA_CACHE) '$(LLAMA_CPP)'
+	$(BIN)/python -m pip install --quiet --no-cache-dir '$(LLAMA_CPP)'
+	$(BIN)/python -c "$$OPENMP_CHECK" || $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps '$(LLAMA_CPP)'
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
@@ -62,6 +73,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# The flags llama.cpp is built with here (benchmarks/bench_serve.py builds llama-server with them).
+cmake-args:
+	@echo $(CMAKE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

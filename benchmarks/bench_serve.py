@@ -19,6 +19,7 @@ first token p50 and p95, errors and interrupted streams (ended without a finish 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shlex
@@ -52,8 +53,11 @@ CACHE = Path(os.environ.get("HEARTH_BENCH_CACHE", Path.home() / ".cache" / "hear
 
 def llama_server_binary(build: bool) -> Path | None:
     """llama.cpp's ``llama-server``, built once from the llama.cpp that the llama-cpp-python
-    sdist vendors (so both servers run the same llama.cpp), cached under ``CACHE``."""
-    binary = CACHE / f"llama-server-{LLAMA_CPP_VERSION}" / "llama-server"
+    sdist vendors (so both servers run the same llama.cpp), cached under ``CACHE`` by version
+    and build flags."""
+    cpu = shlex.split(os.environ.get("CMAKE_ARGS") or cmake_args())
+    key = hashlib.sha256(" ".join(cpu).encode()).hexdigest()[:8]
+    binary = CACHE / f"llama-server-{LLAMA_CPP_VERSION}-{key}" / "llama-server"
     if binary.is_file() or not build:
         return binary if binary.is_file() else None
     work = Path(tempfile.mkdtemp(prefix="llama-server-"))
@@ -67,8 +71,9 @@ def llama_server_binary(build: bool) -> Path | None:
     source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     flags = ["-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
     flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
-    # the Makefile's CPU flags where it sets them (no AMX: it crashes on Q4_1), else native
-    flags += shlex.split(os.environ.get("CMAKE_ARGS") or "-DGGML_NATIVE=ON")
+    # llama-cpp-python's flags (`make cmake-args`: no AMX, which crashes on Q4_1; llama.cpp's
+    # own thread pool), so that both servers run the same build of the same llama.cpp
+    flags += cpu
     subprocess.run(["cmake", "-S", str(source), "-B", str(work / "build"), *flags], check=True)
     jobs = str(os.cpu_count() or 2)
     subprocess.run(
@@ -79,6 +84,13 @@ def llama_server_binary(build: bool) -> Path | None:
     shutil.copy2(next((work / "build" / "bin").glob("llama-server")), binary)
     shutil.rmtree(work, ignore_errors=True)
     return binary
+
+
+def cmake_args() -> str:
+    """The flags ``make install`` builds llama-cpp-python with."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-s", "-C", str(root), "cmake-args"], capture_output=True)
+    return out.stdout.decode().strip() if out.returncode == 0 else "-DGGML_NATIVE=ON"
 
 
 def free_port() -> int:

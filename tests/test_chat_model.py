@@ -251,3 +251,41 @@ def test_second_transformers_load_reads_the_cached_copy(hf_chat, hf_cache, caplo
     assert not list(hf_cache.glob("models/.converting-*"))
     question = "Name three primary colors."
     assert again.invoke(question).content == hf_chat.invoke(question).content
+
+
+def test_llama_cpp_runs_its_own_threads_not_torchs_openmp(monkeypatch, caplog):
+    """Sharing torch's OpenMP runtime made decoding 3x slower once the embedder had run
+    (benchmarks/bench_threads.py): the install builds llama.cpp with its own thread pool, and
+    an OpenMP build is named in a warning with the command that rebuilds it."""
+    import llama_cpp
+
+    from hearthlm.llm.llamacpp_backend import warn_if_openmp
+
+    assert b"OPENMP = 1" not in llama_cpp.llama_print_system_info()
+    warn_if_openmp.cache_clear()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"AVX2 = 1 | OPENMP = 1 |")
+    try:
+        with caplog.at_level(logging.WARNING, logger="hearthlm.llm.llamacpp_backend"):
+            assert warn_if_openmp() and warn_if_openmp()
+    finally:
+        warn_if_openmp.cache_clear()
+    (record,) = caplog.records  # once a process
+    assert "OpenMP" in record.message and 'CMAKE_ARGS="-DGGML_OPENMP=OFF"' in record.message
+
+
+@pytest.mark.slow
+def test_a_dropped_batched_backend_stops_its_scheduler_before_its_model_is_freed():
+    """Freed while its scheduler still decoded, the model crashed the process (SIGSEGV)."""
+    import gc
+
+    from hearthlm.config import LLMConfig
+    from hearthlm.llm.llamacpp_backend import LlamaCppBackend
+
+    backend = LlamaCppBackend.load(LLMConfig(parallel=2))
+    scheduler = backend.batched.scheduler._thread
+    prompt = render_chat(backend.chat_template, [{"role": "user", "content": "Tell a story."}])
+    tokens = backend.generate(backend.tokenize(prompt), SamplingConfig(temperature=0))
+    assert [t for _, t in zip(range(3), tokens, strict=False)]
+    del backend, tokens
+    gc.collect()
+    assert not scheduler.is_alive()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import logging
 import os
 import sys
 import weakref
@@ -26,6 +28,8 @@ from hearthlm.llm.scoring import (
 )
 from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
 from hearthlm.llm.text import CHATML_TEMPLATE
+
+log = logging.getLogger(__name__)
 
 # Every llama.cpp model this process loaded, freed at exit (see _release).
 _LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -78,6 +82,7 @@ class LlamaCppBackend(Backend):
                 )
         threads = config.threads or os.cpu_count() or 1
         batched = config.parallel > 1
+        warn_if_openmp()
         try:
             llm = Llama(
                 model_path=str(source.path),
@@ -249,6 +254,38 @@ class LlamaCppBackend(Backend):
         """Stop the batched engine's scheduler, if any; requests in flight end with an error."""
         if self.batched is not None:
             self.batched.close()
+
+    def __del__(self) -> None:
+        # A dropped backend stops its scheduler before its model is freed: freed mid-step, the
+        # model would be read by a llama_decode still running on the scheduler's thread.
+        with contextlib.suppress(AttributeError, TypeError, ImportError):  # at teardown
+            self.close()
+
+
+@functools.cache
+def warn_if_openmp() -> bool:
+    """Warn once if llama.cpp here runs its threads on OpenMP; returns whether it does.
+
+    torch ships the same ``libgomp.so.1``, so in a process that also runs torch (the embedder,
+    training) llama.cpp shares torch's OpenMP runtime. Once torch has run parallel work on one
+    thread and llama.cpp decodes on another (the batched engine's scheduler), that runtime counts
+    more threads than cores and all but stops spinning at its barriers: each llama.cpp step
+    sleeps and wakes its threads hundreds of times, and decoding ran 2.9x slower
+    (``benchmarks/bench_threads.py``). ``make install`` builds llama.cpp with its own thread
+    pool instead.
+    """
+    import llama_cpp
+
+    openmp = b"OPENMP = 1" in llama_cpp.llama_print_system_info()
+    if openmp:
+        log.warning(
+            "llama.cpp was built with OpenMP, which torch also uses: where both run on different "
+            "threads of one process (hearth serve), decoding can be 3x slower. Rebuild it with "
+            "its own thread pool: "
+            'CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install --force-reinstall --no-cache-dir '
+            "--no-deps llama-cpp-python"
+        )
+    return openmp
 
 
 def free_at_exit(llm: Any) -> Any:

@@ -43,7 +43,7 @@ from hearthlm.serve.schemas import (
     TokenizeRequest,
 )
 from hearthlm.serve.state import Caller, caller, now, state_of
-from hearthlm.serve.streaming import DONE, Work, collect, event_stream, opened, sse
+from hearthlm.serve.streaming import DONE, Work, add_up, collect, event_stream, opened, sse
 
 router = APIRouter()
 
@@ -222,20 +222,20 @@ async def _chat_events(
     reply_id: str, model_id: str, chunks: AsyncIterator[Any], usage: bool
 ) -> AsyncIterator[str]:
     yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
-    total: AIMessageChunk | None = None
+    parts: list[AIMessageChunk] = []  # summed once at the end (see add_up)
     try:
         async for chunk in chunks:
-            message = chunk
-            total = message if total is None else total + message
-            if message.text:
-                yield sse(chat_chunk(reply_id, model_id, {"content": message.text}))
+            parts.append(chunk)
+            if chunk.text:
+                yield sse(chat_chunk(reply_id, model_id, {"content": chunk.text}))
     except HearthError as exc:
         yield sse(from_library(exc).body())
         yield DONE
         return
-    if total is None:
+    if not parts:
         yield DONE
         return
+    total = add_up(parts)
     calls = _tool_calls(total)
     if calls:
         yield sse(chat_chunk(reply_id, model_id, {"tool_calls": calls}))

@@ -76,11 +76,17 @@ def report_to_parent(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(script: str, child: str, *args: str) -> dict[str, Any]:
-    """Run ``script --child CHILD ARGS`` in its own process (so its peak memory is its own) and
-    return what it reported with :func:`report_to_parent`."""
-    command = [sys.executable, script, "--child", child, *args]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
+def run_child(
+    script: str, child: str, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``script --child CHILD ARGS`` in its own process (so its peak memory is its own),
+    with ``env`` if given, and return what it reported with :func:`report_to_parent`; a child
+    that fails ends the benchmark with the tail of its stderr (a crash's trace included)."""
+    command = [sys.executable, "-X", "faulthandler", script, "--child", child, *args]
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        failed = f"{Path(script).name} --child {child} failed ({out.returncode})"
+        sys.exit(f"{failed}:\n{out.stderr[-3000:]}")
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     return result

@@ -20,9 +20,7 @@ decoding from two threads share an OpenMP runtime the same way, so each engine h
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import emit, parser, report_to_parent, run_child
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper.",
@@ -54,7 +52,7 @@ def child(args: Any) -> dict[str, Any]:
     from hearthlm.llm.llamacpp_backend import LlamaCppBackend, warn_if_openmp
     from hearthlm.llm.text import render_chat
 
-    backend = LlamaCppBackend.load(LLMConfig(threads=args.threads, parallel=ENGINES[args.engine]))
+    backend = LlamaCppBackend.load(LLMConfig(threads=args.threads, parallel=ENGINES[args.child]))
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=tokens)
 
     def rate(backend: LlamaCppBackend) -> float:
@@ -63,11 +61,9 @@ def child(args: Any) -> dict[str, Any]:
             text = render_chat(backend.chat_template, [{"role": "user", "content": prompt}])
             ids = backend.tokenize(text)
             start = time.perf_counter()
-            for n, _ in enumerate(backend.generate(ids, sampling), start=1):
-                if n >= tokens:
-                    break
+            for _ in zip(range(tokens), backend.generate(ids, sampling), strict=False):
+                produced += 1
             seconds += time.perf_counter() - start
-            produced += n
         return round(produced / seconds, 1)
 
     rate(backend)  # warm-up
@@ -82,12 +78,12 @@ def measure(install: str | None, args: Any) -> dict[str, Any]:
     for engine in ENGINES:
         alone = _child(install, args, engine, embedder_first=False)
         after = _child(install, args, engine, embedder_first=True)
-        out["openmp"] = alone["openmp"]
         out[engine] = {
             "tokens_per_s_alone": alone["tokens_per_s"],
             "tokens_per_s_after_embedder": after["tokens_per_s"],
             "after_vs_alone": round(after["tokens_per_s"] / alone["tokens_per_s"], 2),
         }
+        out["openmp"] = alone["openmp"]
     return out
 
 
@@ -95,34 +91,24 @@ def _child(install: str | None, args: Any, engine: str, embedder_first: bool) ->
     env = dict(os.environ)
     if install:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [install, env.get("PYTHONPATH")]))
-    command = [sys.executable, "-X", "faulthandler", __file__, "--child", "--engine", engine]
-    command += ["--tokens", str(args.tokens), "--prompts", str(args.prompts)]
-    command += ["--embedder-first"] if embedder_first else []
-    command += ["--threads", str(args.threads)] if args.threads else []
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(
-            f"the child for {install or 'this environment'} failed ({out.returncode}):\n"
-            + out.stderr[-3000:]
-        )
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-    return result
+    options = ["--tokens", str(args.tokens), "--prompts", str(args.prompts)]
+    options += ["--embedder-first"] if embedder_first else []
+    options += ["--threads", str(args.threads)] if args.threads else []
+    return run_child(__file__, engine, *options, env=env)
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0], threads=True)
     p.add_argument("--compare", nargs="*", default=[], help="other llama-cpp-python installs")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=ENGINES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--tokens", type=int, default=None, help="greedy tokens per prompt")
     p.add_argument("--prompts", type=int, default=None, help="prompts per measurement")
     p.add_argument("--embedder-first", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--engine", choices=ENGINES, default="in_process", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.tokens = args.tokens or (32 if args.quick else 128)
     args.prompts = args.prompts or (1 if args.quick else len(PROMPTS))
     if args.child:
-        print("RESULT " + json.dumps(child(args)))
+        report_to_parent(child(args))
         return
     figures: dict[str, Any] = {"tokens": args.tokens, "prompts": args.prompts}
     figures["threads"] = args.threads or os.cpu_count()

@@ -84,14 +84,14 @@ async def run_agent(
 
 
 async def _events(chunks: AsyncIterator[AgentResult]) -> AsyncIterator[str]:
-    total: AgentResult | None = None
+    parts: list[AgentResult] = []
     try:
         async for chunk in chunks:
-            total = chunk if total is None else total + chunk
+            parts.append(chunk)
             for step in chunk.steps:
                 yield sse(step.__dict__, event="step")
     except HearthError as exc:
         yield sse(from_library(exc).body(), event="error")
-    if total is not None:
-        yield sse(total.as_dict(), event="result")
+    if parts:
+        yield sse(add_up(parts).as_dict(), event="result")
     yield DONE

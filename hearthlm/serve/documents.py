@@ -479,16 +479,16 @@ async def ask(
 
 
 async def _answer_events(chunks: AsyncIterator[Answer], folder: Path) -> AsyncIterator[str]:
-    total: Answer | None = None
+    parts: list[Answer] = []  # summed once at the end (see add_up)
     try:
         async for chunk in chunks:
-            total = chunk if total is None else total + chunk
+            parts.append(chunk)
             if chunk.text:
                 yield sse({"text": chunk.text}, event="delta")
     except HearthError as exc:
         yield sse(from_library(exc).body(), event="error")
-    if total is not None:
-        yield sse(answer_body(total, folder), event="answer")
+    if parts:
+        yield sse(answer_body(add_up(parts), folder), event="answer")
     yield DONE
 
 
@@ -539,17 +539,17 @@ async def docs_chat_completion(
 
     async def events() -> AsyncIterator[str]:
         yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
-        total: Answer | None = None
+        parts: list[Answer] = []
         try:
             async for chunk in chunks:
-                total = chunk if total is None else total + chunk
+                parts.append(chunk)
                 if chunk.text:
                     yield sse(chat_chunk(reply_id, model_id, {"content": chunk.text}))
         except HearthError as exc:
             yield sse(from_library(exc).body())
             yield DONE
             return
-        cited = citations(total, folder) if total else []
+        cited = citations(add_up(parts), folder) if parts else []
         yield sse(chat_chunk(reply_id, model_id, {}, "stop", citations=cited, session_id=session))
         yield DONE
 

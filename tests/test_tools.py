@@ -4,6 +4,7 @@ from the request, and every path (bind_tools, ReAct, create_agent) agrees."""
 from __future__ import annotations
 
 import json
+import random
 
 import jsonschema
 import pytest
@@ -234,6 +235,29 @@ def test_the_issue_loop_is_stopped_after_three_repeats():
         kept.append(word)
     assert len(kept) < len(answer.split(" ")) - 5
     assert not ends_in_loop(["I", "like", "tea.", "I", "like", "coffee.", "I", "like", "cake."])
+
+
+def test_the_guard_stops_where_a_check_of_the_whole_text_would_however_the_text_is_cut():
+    # The guard keeps only the words a loop can span; a reply hundreds of words long must stop
+    # at the same delta as a check of its whole text, wherever the deltas split words or spaces.
+    rng = random.Random(7)
+    vocabulary = ["the", "day", "is", "long,", "and", "night", "A123", "\u00e9t\u00e9", "."]
+    for _ in range(60):
+        words = [rng.choice(vocabulary) for _ in range(rng.randrange(20, 400))]
+        if rng.random() < 0.5:  # end in a loop of a phrase of 1 to 45 words
+            words += rng.choice([1, 2, 5, 30, 45]) * rng.randrange(3, 8) * [rng.choice(vocabulary)]
+            phrase = [rng.choice(vocabulary) for _ in range(rng.randrange(1, 46))]
+            words += phrase * 4
+        text = "".join(w + rng.choice([" ", "  ", "\n", " \t"]) for w in words)
+        guard, seen, expected, got = RepetitionGuard(), "", None, None
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, len(text) // 3)))
+        for i, (start, end) in enumerate(zip([0, *cuts], [*cuts, len(text)], strict=True)):
+            seen += text[start:end]
+            if expected is None and ends_in_loop(seen.split()):
+                expected = i
+            if got is None and guard.push(text[start:end]):
+                got = i
+        assert got == expected
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ string and both stop on the same text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,12 @@ _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 _ENV.globals["raise_exception"] = _raise_exception
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(template: str) -> Any:
+    """A chat template compiled once: compiling costs about 5 ms, more than rendering."""
+    return _ENV.from_string(template)
+
+
 def render_chat(
     template: str,
     messages: Sequence[dict[str, Any]],
@@ -45,8 +52,7 @@ def render_chat(
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     try:
-        compiled = _ENV.from_string(template)
-        return compiled.render(
+        return _compiled(template).render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
@@ -134,26 +140,36 @@ class RepetitionGuard:
 
     def __init__(self, max_phrase_words: int = 40) -> None:
         self.max_phrase_words = max_phrase_words
-        self._text = ""
+        self._words: list[str] = []  # the last words that a loop can span, all complete
+        self._partial = ""  # the word being written (no whitespace after it yet)
+        self._keep = max(6, 3 * max_phrase_words)
         self.looped = False
 
     def push(self, text: str) -> bool:
-        self._text += text
-        if not self.looped and text:
-            self.looped = ends_in_loop(self._text.split(), self.max_phrase_words)
+        # The words of the whole text, kept incrementally and only as many as a loop can span,
+        # so that each delta costs the same however long the reply has grown.
+        if self.looped or not text:
+            return self.looped
+        joined = self._partial + text
+        words = joined.split()
+        self._partial = words.pop() if words and not joined[-1].isspace() else ""
+        self._words.extend(words)
+        del self._words[: -self._keep]
+        tail = [*self._words, self._partial] if self._partial else self._words
+        self.looped = ends_in_loop(tail, self.max_phrase_words)
         return self.looped
 
 
 def ends_in_loop(words: list[str], max_phrase_words: int = 40) -> bool:
     """Whether ``words`` end in one phrase repeated three times in a row (one word: six)."""
+    n = len(words)
     for size in range(1, max_phrase_words + 1):
         repeats = 6 if size == 1 else 3
-        if size * repeats > len(words):
+        if size * repeats > n:
             break
-        tail = words[len(words) - size :]
-        if all(
-            words[len(words) - size * (k + 1) : len(words) - size * k] == tail
-            for k in range(1, repeats)
-        ):
+        if words[n - 1] != words[n - 1 - size]:  # the phrase before does not end the same
+            continue
+        tail = words[n - size :]
+        if all(words[n - size * (k + 1) : n - size * k] == tail for k in range(1, repeats)):
             return True
     return False

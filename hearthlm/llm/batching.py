@@ -7,9 +7,9 @@ results from a queue. Each step the scheduler
 1. drops the sequences whose caller closed them or whose cancel event is set, and admits waiting
    requests into free slots (the slot whose cells share the longest prefix with the prompt, so a
    follow-up request re-evaluates only what is new);
-2. builds one batch: the next token of every decoding sequence, then prompt tokens, at most
-   ``prefill_chunk`` of them while others are decoding, so a long prompt does not freeze the
-   streams already running;
+2. builds one batch, its sequences in slot order: the next token of every decoding sequence,
+   and prompt tokens (first come, first served), at most ``prefill_chunk`` of them while others
+   are decoding, so a long prompt does not freeze the streams already running;
 3. calls ``llama_decode`` once, and samples each decoding sequence with its own sampler chain
    (its settings, seed and grammar), or hands a scoring session the logits it asked for.
 
@@ -198,16 +198,12 @@ class Scheduler:
         return best, shared(best)
 
     def _step(self) -> None:
-        items: list[tuple[int, int, int, bool]] = []
-        readers: list[tuple[_Sequence, int, bool]] = []  # (sequence, batch index, last of it)
         decoding = [s for s in self._active if s.prefilled and s.pending]
-        for sequence in decoding:
-            items.append((sequence.pending[0], sequence.pos, sequence.slot, True))
-            readers.append((sequence, len(items) - 1, True))
-        budget = self.context.n_batch - len(items)
+        takes = [(s, s.pending[:1]) for s in decoding]  # (sequence, its tokens in this batch)
+        budget = self.context.n_batch - len(takes)
         if decoding:
             budget = min(budget, self.prefill_chunk)
-        for sequence in self._active:
+        for sequence in self._active:  # prompt tokens: first come, first served
             if sequence.prefilled or not sequence.pending or budget <= 0:
                 continue
             # A prompt's last token goes alone, in a later step, as on the in-process backend.
@@ -216,6 +212,13 @@ class Scheduler:
             )
             take = sequence.pending[: min(budget, head) if head else budget]
             budget -= len(take)
+            takes.append((sequence, take))
+        # The batch lists its sequences in slot order: llama.cpp decodes it 1.5x faster than
+        # the same tokens shuffled (benchmarks/bench_engine.py), and requests that come back to
+        # a cached prompt land in their old slots in any order.
+        items: list[tuple[int, int, int, bool]] = []
+        readers: list[tuple[_Sequence, int, bool]] = []  # (sequence, batch index, last of it)
+        for sequence, take in sorted(takes, key=lambda pair: pair[0].slot):
             finishing = len(take) == len(sequence.pending)
             for i, token in enumerate(take):
                 last = finishing and i == len(take) - 1

@@ -10,8 +10,10 @@ concurrent streaming clients, 128 new greedy tokens each:
 - llama.cpp's ``llama-server --parallel 8`` (continuous batching), built once from the
   llama.cpp that the llama-cpp-python sdist vendors and cached outside the repository.
 
-Reported per server and client count: aggregate output tokens/s, per-stream tokens/s, time to
-first token p50 and p95, errors and interrupted streams (ended without a finish reason).
+All servers are up at once and take turns, round by round, so that the machine's slower and
+faster spells fall on each alike (on a 2-core VM one round of 8 streams varies by a fifth). Reported
+per server and client count, over 3 rounds: aggregate output tokens/s, per-stream tokens/s, time
+to first token p50 and p95, errors and interrupted streams (ended without a finish reason).
 
     python benchmarks/bench_serve.py [--quick] [--save]
 """
@@ -177,19 +179,28 @@ async def one_stream(
     }
 
 
-async def round_of(url: str, clients: int, tokens: int, rounds: int) -> dict[str, Any]:
-    results: list[dict[str, Any]] = []
-    wall = 0.0
+async def warm(url: str) -> str:
+    """The server's model id, after one short request (model pages, caches)."""
+    async with httpx.AsyncClient(timeout=600) as client:
+        model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
+        await one_stream(client, url, model, PROMPTS[0], 8)
+    return str(model)
+
+
+async def one_round(
+    url: str, model: str, clients: int, tokens: int, r: int
+) -> tuple[list[dict[str, Any]], float]:
+    """Round ``r`` of ``clients`` streams at once: each stream's figures, and the wall time."""
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
-        await one_stream(client, url, model, PROMPTS[0], 8)  # warm: model pages, caches
-        for r in range(rounds):
-            prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
-            start = time.perf_counter()
-            streams = (one_stream(client, url, model, p, tokens) for p in prompts)
-            results += await asyncio.gather(*streams)
-            wall += time.perf_counter() - start
+        prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
+        start = time.perf_counter()
+        streams = (one_stream(client, url, model, p, tokens) for p in prompts)
+        results = await asyncio.gather(*streams)
+        return list(results), time.perf_counter() - start
+
+
+def summary(clients: int, results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     ok = [r for r in results if "error" not in r]
     ttfts = sorted(r["ttft"] for r in ok)
     per_stream = [r["tokens"] / r["stream_seconds"] for r in ok if r["stream_seconds"]]
@@ -253,21 +264,32 @@ def main() -> None:
     threads = args.threads or os.cpu_count() or 1
     tokens = 32 if args.quick else 128
     counts = (1, 4) if args.quick else (1, 4, 8)
-    rounds = 1 if args.quick else 2
+    rounds = 1 if args.quick else 3
     binary = llama_server_binary(build=not args.quick)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     figures: dict[str, Any] = {"tokens": tokens, "rounds": rounds, "threads": threads}
-    for name, command, health in servers(gguf, work, threads, binary):
-        port = free_port()
-        log = work / f"{name.replace(' ', '_')}.log"
-        server = Server(name, [c.replace("{port}", str(port)) for c in command], port, health, log)
-        try:
-            figures[name] = {
-                str(n): asyncio.run(round_of(server.url, n, tokens, rounds)) for n in counts
-            }
-        finally:
+    started: dict[str, tuple[Server, str]] = {}
+    try:
+        for name, command, health in servers(gguf, work, threads, binary):
+            port = free_port()
+            log = work / f"{name.replace(' ', '_')}.log"
+            argv = [c.replace("{port}", str(port)) for c in command]
+            server = Server(name, argv, port, health, log)
+            started[name] = (server, asyncio.run(warm(server.url)))
+        # Rounds take turns across the servers (all up, the others idle), so that a slower or
+        # faster spell of the machine falls on every server alike.
+        for n in counts:
+            runs: dict[str, tuple[list[dict[str, Any]], float]] = {k: ([], 0.0) for k in started}
+            for r in range(rounds):
+                for name, (server, model) in started.items():
+                    results, wall = asyncio.run(one_round(server.url, model, n, tokens, r))
+                    runs[name] = (runs[name][0] + results, runs[name][1] + wall)
+            for name, (results, wall) in runs.items():
+                figures.setdefault(name, {})[str(n)] = summary(n, results, wall)
+            print(json.dumps({k: figures[k][str(n)] for k in started}), file=sys.stderr)
+    finally:
+        for server, _ in started.values():
             server.stop()
-        print(json.dumps({name: figures[name]}), file=sys.stderr)
     if binary is None:
         figures["llama-server"] = "not built (run without --quick to build it once)"
     figures["ratios"] = ratios(figures, counts)

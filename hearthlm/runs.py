@@ -3,7 +3,8 @@
 Evaluation, fine-tuning and PPO each write into a folder the user names. Running again into the
 same folder resumes the run, so the folder records what run it holds (``run.json``: a
 fingerprint of the settings), and a different run is refused rather than mixed in. Their logs are
-JSONL files appended line by line; a kill can cut the last line, and :func:`read_jsonl` drops it.
+JSONL files appended line by line and synced (:func:`append_jsonl`); a kill can cut the last line,
+and :func:`read_jsonl` drops it.
 
 Example:
     >>> claim_run(out, {"method": "lora", "data": digest}, TrainingError("..."))  # doctest: +SKIP
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from hearthlm.errors import HearthError
 from hearthlm.files import write_atomic
 
-__all__ = ["MARKER", "claim_run", "file_digest", "fingerprint", "read_jsonl"]
+__all__ = ["MARKER", "append_jsonl", "claim_run", "file_digest", "fingerprint", "read_jsonl"]
 
 MARKER = "run.json"
 
@@ -87,6 +89,17 @@ def _changed(before: Any, after: dict[str, Any]) -> list[str]:
         else:
             changed.append(key)
     return changed
+
+
+def append_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append ``records`` to a JSONL log, one line each, and wait until they are on disk: a
+    run resumed after a crash (or a power cut) then finds every record it was told was written.
+    """
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    with path.open("a", encoding="utf-8") as sink:
+        sink.write(lines)
+        sink.flush()
+        os.fsync(sink.fileno())
 
 
 def read_jsonl(

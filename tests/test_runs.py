@@ -10,7 +10,7 @@ import pytest
 from hearthlm.errors import EvalError
 from hearthlm.files import atomic_file, atomic_folder, old_folder, write_atomic
 from hearthlm.plots import saved_figure
-from hearthlm.runs import claim_run, fingerprint, read_jsonl
+from hearthlm.runs import append_jsonl, claim_run, fingerprint, read_jsonl
 
 
 def test_atomic_folder_replaces_the_target_whole_or_not_at_all(tmp_path: Path):
@@ -68,9 +68,22 @@ def test_read_jsonl_drops_a_torn_last_line_so_appends_start_clean(tmp_path: Path
     log.write_text('{"step": 1}\n{"step": 2}\n{"st')
     assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
-    with log.open("a") as sink:
-        sink.write('{"step": 3}\n')
+    append_jsonl(log, [{"step": 3}])
     assert [r["step"] for r in read_jsonl(log)] == [1, 2, 3]
+
+
+def test_append_jsonl_writes_each_record_on_its_line_and_syncs_it(tmp_path: Path, monkeypatch):
+    # Fine-tuning, PPO and evaluation all log through it: a record a run was told is written
+    # must survive a power cut, so every append reaches the disk before it returns.
+    synced = []
+    monkeypatch.setattr("hearthlm.runs.os.fsync", synced.append)
+    log = tmp_path / "items.jsonl"
+    append_jsonl(log, [{"id": "q1", "answer": "café"}, {"id": "q2", "answer": "naïve"}])
+    append_jsonl(log, [])
+    append_jsonl(log, [{"id": "q3", "answer": "日本"}])
+    assert log.read_text(encoding="utf-8").splitlines()[0] == '{"id": "q1", "answer": "café"}'
+    assert [r["id"] for r in read_jsonl(log)] == ["q1", "q2", "q3"]
+    assert len(synced) == 3
 
 
 def test_read_jsonl_cuts_back_to_the_kept_records(tmp_path: Path):

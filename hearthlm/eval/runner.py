@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from hearthlm.eval.tasks import Engines, Task
 from hearthlm.files import write_atomic
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows
-from hearthlm.runs import claim_run, read_jsonl
+from hearthlm.runs import append_jsonl, claim_run, read_jsonl
 
 PACKAGES = (
     "hearthlm",
@@ -80,18 +79,12 @@ def run_tasks(
     todo = {name: [i for i in found if i.id not in done] for name, found in items.items()}
     start = time.perf_counter()
     items_file = out / "items.jsonl"
-    with (
-        progress_bar(progress, sum(map(len, todo.values())), suite) as advance,
-        items_file.open("a", encoding="utf-8") as sink,
-    ):
+    with progress_bar(progress, sum(map(len, todo.values())), suite) as advance:
         for task in tasks:
             pending = todo[task.name]
             for begin in range(0, len(pending), task.chunk):
                 fresh = list(task.predict(pending[begin : begin + task.chunk], engines, advance))
-                for record in fresh:
-                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
+                append_jsonl(items_file, fresh)
                 records.extend(fresh)
     wanted = {i.id for found in items.values() for i in found}
     records = [r for r in records if r["id"] in wanted]

@@ -12,7 +12,6 @@ tracks ``target_kl`` (Ziegler et al., 2019).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pydantic import Field
 
 from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
+from hearthlm.files import atomic_file, atomic_folder
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
 from hearthlm.finetune.pairs import transcript_messages
 from hearthlm.finetune.reward import RewardModel
@@ -38,7 +38,7 @@ from hearthlm.finetune.trainer import (
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows
-from hearthlm.runs import claim_run, fingerprint
+from hearthlm.runs import append_jsonl, claim_run, fingerprint
 
 
 class PPOConfig(StrictModel):
@@ -352,14 +352,15 @@ class PPOTrainer:
                 batch = [pool[(cursor + i) % len(pool)] for i in range(per)]
                 record = {"step": iteration, **self.step(batch)}
                 history.append(record)
-                with metrics_path.open("a", encoding="utf-8") as sink:
-                    sink.write(json.dumps(record) + "\n")
+                append_jsonl(metrics_path, [record])
                 advance(1, record["reward"])
                 state["iteration"] = iteration
                 if iteration % save_every == 0 and iteration < self.config.iterations:
                     self._checkpoint(out, state)
-        self.policy.save_pretrained(out / "adapter")
-        torch.save(self.value_head.state_dict(), out / "value_head.pt")
+        with atomic_folder(out / "adapter") as staging:
+            self.policy.save_pretrained(staging)
+        with atomic_file(out / "value_head.pt") as staging_file:
+            torch.save(self.value_head.state_dict(), staging_file)
         _plot(history, out / "ppo.png", self.config.target_kl)
         return PPOResult(history, out)
 

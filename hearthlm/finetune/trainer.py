@@ -34,7 +34,7 @@ from hearthlm.finetune.profiling import profiled
 from hearthlm.llm.hf_backend import pick_device
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
-from hearthlm.runs import read_jsonl
+from hearthlm.runs import append_jsonl, read_jsonl
 
 
 class TrainConfig(StrictModel):
@@ -417,8 +417,7 @@ class Trainer:
                         else:
                             state.bad_evals += 1
                 history.append(record)
-                with metrics_path.open("a", encoding="utf-8") as sink:
-                    sink.write(json.dumps(record) + "\n")
+                append_jsonl(metrics_path, [record])
                 advance(1, train_loss)
                 patience = self.config.early_stopping
                 if patience and state.bad_evals >= patience:

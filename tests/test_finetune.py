@@ -773,3 +773,21 @@ def test_gsm8k_traces_teach_calls_not_observations(tmp_path, tokenizer):
     learned = tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE])
     assert '"expression": "48/2"' in learned and '"answer": "72"' in learned
     assert "Observation" not in learned and "24\n" not in learned
+
+
+def test_importing_hearthlm_leaves_the_processs_warning_filters_as_they_were():
+    # A library embedded in someone's process must not change what it warns about: the one
+    # PEFT warning hearthlm hides is hidden only around its PEFT calls (methods.quiet_peft).
+    code = (
+        "import warnings\n"
+        "import langchain_core.language_models, peft, requests, transformers, trl\n"
+        "import langsmith._internal._beta_decorator\n"
+        "before = list(warnings.filters)\n"
+        "import hearthlm.cli, hearthlm.finetune, hearthlm.finetune.dpo, hearthlm.finetune.ppo\n"
+        "import hearthlm.finetune.reward, hearthlm.serve.app\n"
+        "print([f for f in warnings.filters if f not in before])\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

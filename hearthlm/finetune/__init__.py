@@ -9,8 +9,6 @@ Example:
     >>> ChatHearth(backend="transformers", adapter=run.output)  # doctest: +SKIP
 """
 
-import warnings
-
 from hearthlm.finetune.data import DataSpec, build_dataset, tokenize_chat
 from hearthlm.finetune.methods import (
     BottleneckAdapterConfig,
@@ -27,12 +25,6 @@ from hearthlm.finetune.methods import (
 )
 from hearthlm.finetune.run import FinetuneResult, finetune
 from hearthlm.finetune.trainer import Objective, TrainConfig, Trainer, TrainState
-
-# PEFT 0.21 reads a property transformers 5 deprecated; the warning is theirs and says nothing
-# about the run, so it is not shown on every adapter.
-warnings.filterwarnings(
-    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-)
 
 __all__ = [
     "BottleneckAdapterConfig",

@@ -19,6 +19,9 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -36,6 +39,18 @@ ENTRY_POINT_GROUP = "hearthlm.methods"
 
 def _both_places() -> list[Place]:
     return ["attention", "mlp"]
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Inside: PEFT 0.21's reading of a property transformers 5 deprecated
+    (``is_gradient_checkpointing``) warns nothing. The warning is theirs and says nothing about
+    the run; it is hidden only around the PEFT calls, not in the rest of the process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class MethodConfig(StrictModel):
@@ -137,7 +152,8 @@ class LoraConfig(MethodConfig):
         # lean_lora imports torch: here, not at the top, so `hearth` lists methods without it.
         from hearthlm.finetune.lean_lora import lighten
 
-        peft_model = get_peft_model(model, lora_config(self))
+        with quiet_peft():
+            peft_model = get_peft_model(model, lora_config(self))
         lighten(peft_model)
         return peft_model
 
@@ -167,7 +183,8 @@ class PromptTuningConfig(MethodConfig):
         if self.init_text:
             # PEFT re-reads the tokenizer by name; give it the one we already hold.
             return _prompt_tuning_from_text(model, tokenizer, peft_config, self)
-        return get_peft_model(model, peft_config)
+        with quiet_peft():
+            return get_peft_model(model, peft_config)
 
 
 class IA3Config(MethodConfig):
@@ -185,7 +202,8 @@ class IA3Config(MethodConfig):
             target_modules=["k_proj", "v_proj", "down_proj"],
             feedforward_modules=["down_proj"],
         )
-        return get_peft_model(model, peft_config)
+        with quiet_peft():
+            return get_peft_model(model, peft_config)
 
 
 class BottleneckAdapterConfig(MethodConfig):
@@ -285,7 +303,8 @@ def _prompt_tuning_from_text(
     from peft import PromptTuningInit, get_peft_model
 
     peft_config.prompt_tuning_init = PromptTuningInit.RANDOM
-    peft_model = get_peft_model(model, peft_config)
+    with quiet_peft():
+        peft_model = get_peft_model(model, peft_config)
     ids = tokenizer.encode(config.init_text, add_special_tokens=False)
     if not ids:
         raise TrainingError("init_text has no tokens")

@@ -15,6 +15,7 @@ from rich.console import Console
 from hearthlm.cli_options import ConfigOpt, ModelOpt, cli_config
 from hearthlm.config import config_error_from
 from hearthlm.errors import ConfigError, TrainingError
+from hearthlm.files import write_atomic
 from hearthlm.finetune import DataSpec, TrainConfig, finetune, method_config
 from hearthlm.finetune.dpo import train_dpo
 from hearthlm.finetune.export import agreement, export_gguf, merge
@@ -368,4 +369,4 @@ def export(
             f"replies identical, {report['mean_common_prefix_tokens']:.1f} common tokens on "
             "average"
         )
-        (out.with_suffix(".agreement.json")).write_text(json.dumps(report, indent=2))
+        write_atomic(out.with_suffix(".agreement.json"), json.dumps(report, indent=2))

@@ -20,7 +20,8 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import ConfigError, TrainingError
-from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config
+from hearthlm.files import atomic_folder, write_atomic
+from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config, quiet_peft
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import TrainConfig, plot_curve, use_bf16
@@ -140,21 +141,21 @@ def train_dpo(
         bf16=use_bf16(train.bf16, backend.device),
         disable_tqdm=False,
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows[cut:]),
-        eval_dataset=Dataset.from_list(rows[:cut]) if cut else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(method),
-    )
+    with quiet_peft():  # TRL wraps the model with PEFT here
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows[cut:]),
+            eval_dataset=Dataset.from_list(rows[:cut]) if cut else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(method),
+        )
     trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
     trained: Any = trainer.model
-    trained.save_pretrained(out / "adapter")
+    with atomic_folder(out / "adapter") as staging:
+        trained.save_pretrained(staging)
     history = [dict(h) for h in trainer.state.log_history]
-    (out / "metrics.jsonl").write_text(
-        "".join(json.dumps(h) + "\n" for h in history), encoding="utf-8"
-    )
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     evals = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
     curve = [
         {"step": h["step"], "train_loss": h["loss"]}

@@ -17,6 +17,7 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
+from hearthlm.files import atomic_folder, write_atomic
 from hearthlm.finetune.methods import (
     FullConfig,
     LoraConfig,
@@ -24,6 +25,7 @@ from hearthlm.finetune.methods import (
     ParameterCount,
     count_parameters,
     lora_config,
+    quiet_peft,
 )
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
@@ -135,7 +137,8 @@ def load_reward_backbone(llm: LLMConfig, method: MethodConfig) -> tuple[Any, Any
     model.config.pad_token_id = pad_id(tokenizer)
     if isinstance(method, LoraConfig):
         config = lora_config(method, "SEQ_CLS")
-        model = get_peft_model(model, config)
+        with quiet_peft():
+            model = get_peft_model(model, config)
     return model, tokenizer
 
 
@@ -197,9 +200,11 @@ def train_reward_model(
         accuracy = final["validation_accuracy"]
     else:
         accuracy = trainer.evaluate().get("validation_accuracy")
-    model.save_pretrained(out / "adapter")
-    tokenizer.save_pretrained(out / "adapter")
-    (out / REWARD_FILE).write_text(
+    with atomic_folder(out / "adapter") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    write_atomic(
+        out / REWARD_FILE,
         json.dumps(
             {
                 "base": str(base_folder(llm)),
@@ -214,7 +219,6 @@ def train_reward_model(
             },
             indent=2,
         ),
-        encoding="utf-8",
     )
     return RewardRun(out, parameters, result, accuracy)
 
@@ -237,7 +241,8 @@ class RewardModel:
             raise TrainingError(f"{folder} is not a reward model written by `hearth finetune`")
         info = json.loads(info_path.read_text(encoding="utf-8"))
         model, tokenizer = load_reward_backbone(llm or LLMConfig(), FullConfig())
-        model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
         return cls(model, tokenizer, int(info.get("max_length", 384)))
 
     def score(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:

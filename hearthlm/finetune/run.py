@@ -17,6 +17,7 @@ from typing import Any
 
 from hearthlm.config import LLMConfig
 from hearthlm.errors import TrainingError
+from hearthlm.files import write_atomic
 from hearthlm.finetune.data import DataSpec, build_dataset
 from hearthlm.finetune.memory import MemoryBreakdown
 from hearthlm.finetune.methods import (
@@ -134,7 +135,7 @@ def finetune(
         },
         "memory": {**result.memory, **({"estimate_mb": estimate} if estimate else {})},
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_atomic(out / SUMMARY, json.dumps(summary, indent=2))
     return FinetuneResult(out, parameters, report, result, setup.model, estimate)
 
 

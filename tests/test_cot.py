@@ -58,6 +58,27 @@ def test_gsm8k_annotations_compose_into_one_expression():
     assert normalise_number(str(evaluate(example.expression))) == "18"
 
 
+def test_one_parser_reads_a_solution_for_exemplars_traces_and_grading():
+    from hearthlm.eval.tasks.base import gold_answers
+    from hearthlm.finetune.traces import react_trace
+    from hearthlm.gsm8k import parse_solution, solution_answer
+
+    solution = (
+        "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
+        "She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 1,8"  # a comma in the answer
+    )
+    parsed = parse_solution(solution)
+    assert parsed.steps == [("16-3-4", "9"), ("9*2", "18")]
+    assert parsed.answer == solution_answer(solution) == "18"
+    assert parsed.working.endswith("$18 every day.") and "<<" not in parsed.working
+    assert gold_answers(solution) == ["1,8"]  # the text tasks keep the text after ####
+    trace = react_trace("Janet's ducks...", solution, "system")
+    assert trace is not None
+    calls = [p["text"] for p in trace["messages"][2]["content"] if p["train"]]
+    assert "16-3-4" in calls[0] and "9*2" in calls[1] and '"answer": "18"' in calls[2]
+    assert parse_solution("no working at all").steps == []
+
+
 def test_shared_gsm8k_exemplars_load():
     from hearthlm.agents.cot import gsm8k_examples
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.calculator import CalculatorError, calculate
 from hearthlm.errors import ConfigError
-from hearthlm.gsm8k import extract_answer, normalise_number
+from hearthlm.gsm8k import extract_answer, normalise_number, parse_solution
 from hearthlm.llm.backend import Constraint
 from hearthlm.llm.chain import (
     Chain,
@@ -42,7 +42,6 @@ PAL_INSTRUCTION = (
 EXPRESSION_GRAMMAR = 'root ::= [-+*/(). 0-9]+ "\\n"?\n'
 # "The answer is N." followed by whitespace: the reasoning is over, so decoding stops there.
 _ANSWER_DONE = re.compile(r"answer is[:\s]*\$?\s*-?[\d,]*\.?\d+\.?\s", re.IGNORECASE)
-_ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 
 @dataclass
@@ -73,9 +72,8 @@ def gsm8k_examples(path: Path, n: int = 4) -> list[Example]:
 
 
 def _gsm8k_example(question: str, solution: str) -> Example | None:
-    body, _, final = solution.rpartition("####")
-    answer = normalise_number(final)
-    steps = _ANNOTATION.findall(body)
+    parsed = parse_solution(solution)
+    answer, steps = parsed.answer, parsed.steps
     if not answer or not steps:
         return None
     # Compose the annotated steps into one expression: later steps use earlier results.
@@ -93,7 +91,7 @@ def _gsm8k_example(question: str, solution: str) -> Example | None:
             return None
     except CalculatorError:
         return None
-    reasoning = _ANNOTATION.sub("", body).strip() + f"\nThe answer is {answer}."
+    reasoning = parsed.working + f"\nThe answer is {answer}."
     return Example(question, reasoning, expression, answer)
 
 

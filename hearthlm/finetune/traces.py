@@ -11,7 +11,6 @@ to think and call tools, not to guess tool output.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,18 +18,15 @@ from hearthlm.agents.calculator import CalculatorError, calculate
 from hearthlm.agents.react import FINAL, ReActAgent
 from hearthlm.agents.tools import calculator_tool
 from hearthlm.errors import TrainingError
-from hearthlm.gsm8k import normalise_number
+from hearthlm.gsm8k import normalise_number, parse_solution
 from hearthlm.rows import BadRows, read_rows
-
-_ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 
 
 def react_trace(question: str, solution: str, system: str) -> dict[str, Any] | None:
     """One training row (chat messages with segments), or None when the annotations do not
     reproduce the answer through the calculator."""
-    body, _, final = solution.rpartition("####")
-    answer = normalise_number(final)
-    steps = _ANNOTATION.findall(body)
+    parsed = parse_solution(solution)
+    answer, steps = parsed.answer, parsed.steps
     if answer is None or not steps:
         return None
     parts: list[dict[str, Any]] = []

@@ -62,6 +62,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from hearthlm.errors import ConfigError, EvalError
 from hearthlm.eval.tasks.spec import TaskSpec
+from hearthlm.gsm8k import parse_solution
 from hearthlm.rows import BadRows, Row, field_of, read_rows
 
 __all__ = ["Engines", "Item", "Progress", "Task", "gold_answers"]
@@ -191,7 +192,7 @@ class Task(ABC, Generic[SpecT]):
 def gold_answers(value: Any) -> list[str]:
     """Gold answers from a string, a list of strings, or HotpotQA's ``[{"spans": [...]}]``."""
     if isinstance(value, str):
-        return [value.rpartition("####")[2].strip() if "####" in value else value]
+        return [parse_solution(value).final if "####" in value else value]
     out: list[str] = []
     for entry in value if isinstance(value, list) else [value]:
         if isinstance(entry, dict):

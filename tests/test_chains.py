@@ -258,3 +258,17 @@ def test_streamed_chunks_add_up_through_astream_events_and_lcel(retriever):
     assert "".join(c.text for c in streamed) == ended.text == expected.text
     words = DocsQA(fake(reply), retriever, answer="free") | RunnableLambda(lambda a: a.text)
     assert words.invoke(question) == expected.text
+
+
+def test_one_check_finds_the_model_that_scores_text_under_any_bindings(llama_chat):
+    # The quote reader, ReAct's first action and the tool calls all ask scorer_of: a .bind()-ed
+    # ChatHearth scores as the one under it, and a chat model that cannot score is left alone.
+    from hearthlm.llm.chain import scorer_of
+
+    bound = llama_chat.bind(max_new_tokens=4).bind(temperature=0.0)
+    assert scorer_of(llama_chat) is llama_chat
+    assert scorer_of(bound) is llama_chat
+    assert scorer_of(GenericFakeChatModel(messages=iter([AIMessage("hi")]))) is None
+    assert scorer_of(RunnableLambda(lambda x: x)) is None
+    score = scorer_of(bound).loglikelihoods("The capital of France is", [" Paris", " a fish"])
+    assert score[0] > score[1]

@@ -31,6 +31,7 @@ from hearthlm.llm.chain import (
     call_options,
     can_constrain,
     question_text,
+    scorer_of,
     structured_reply,
     unwrap,
 )
@@ -267,8 +268,8 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         specs = self._specs if steps else self._first_specs
         if self.tool_arguments != "copy":
             return Constraint(json_schema=call_schema(specs))
-        model = unwrap(self.chat)
-        if not steps and getattr(model, "can_score", False) and hasattr(model, "prompt"):
+        model = scorer_of(self.chat)
+        if not steps and model is not None:
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
             score = best_scorer(model)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -74,6 +74,32 @@ def unwrap(chat: Any) -> Any:
     while isinstance(chat, RunnableBinding):
         chat = chat.bound
     return chat
+
+
+@runtime_checkable
+class ScoresText(Protocol):
+    """A chat model that can score text (ChatHearth): the likelihood of continuations, and the
+    prompt text its chat template makes. ``can_score`` is False where its backend cannot (a
+    server that returns no prompt log-probabilities)."""
+
+    @property
+    def can_score(self) -> bool: ...
+
+    def loglikelihood(self, context: str, continuation: str) -> float: ...
+
+    def loglikelihoods(
+        self, context: str, continuations: Sequence[str], best_only: bool = False
+    ) -> list[float]: ...
+
+    def prompt(self, messages: list[BaseMessage]) -> str: ...
+
+
+def scorer_of(chat: Any) -> ScoresText | None:
+    """The model under ``chat``'s ``.bind(...)`` layers if it scores text (see
+    :class:`ScoresText`), else None: the one check of the quote reader, ReAct's first action
+    and the tool calls, so a bound ChatHearth scores as the one under it does."""
+    model = unwrap(chat)
+    return model if isinstance(model, ScoresText) and model.can_score else None
 
 
 def can_constrain(chat: Any) -> bool:

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hearthlm.llm.chain import unwrap
-from hearthlm.llm.chat_model import ChatHearth
+from hearthlm.llm.chain import scorer_of
 from hearthlm.retrieval.retriever import Source
 from hearthlm.retrieval.sentences import Span, split_sentences
 
@@ -238,8 +237,10 @@ def choose(
         return 0, False
     best = ranked[0].score
     near = [i for i, c in enumerate(ranked[:most]) if c.score >= (1 - margin) * best]
-    model = unwrap(chat)  # a .bind()-ed ChatHearth scores like the one under it
-    if len(near) < 2 or model is None or not _scores(model):
+    # Only a model that scores text (ChatHearth on a backend that can) is asked; another chat
+    # model keeps the ranking's pick, and a .bind()-ed ChatHearth scores as the one under it.
+    model = scorer_of(chat)
+    if len(near) < 2 or model is None:
         return 0, False
     likelihood = [
         model.loglikelihood(
@@ -259,12 +260,6 @@ def _names(text: str, title: str) -> bool:
 
 def _flat(candidate: Candidate) -> str:
     return " ".join(candidate.span.text.split())
-
-
-def _scores(chat: Any) -> bool:
-    # Only hearthlm's own chat model scores text, and only on a backend that can (a server may
-    # not); another chat model keeps the ranking's pick.
-    return isinstance(chat, ChatHearth) and chat.can_score
 
 
 def _dense(question: str, texts: list[str], embeddings: Embeddings | None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: machine facts, medians, and the one JSON line."""
+"""Helpers shared by the benchmarks: their data, machine facts, medians, and the one JSON line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,24 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 RESULTS = Path(__file__).parent / "results"
+# The public datasets (GSM8K, SciFact, HotpotQA, MMLU, DialogSum, Alpaca, HH-RLHF), referenced in
+# place and never copied into the repository; HEARTH_DATA names another copy laid out the same.
+DATA = Path(
+    os.environ.get("HEARTH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+
+def needs(*paths: Path) -> None:
+    """End the benchmark, before any work, with the data files it needs that are missing and
+    where to get them."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        listed = "\n".join(f"  {p}" for p in missing)
+        sys.exit(
+            f"{Path(sys.argv[0]).name} needs data that is not here:\n{listed}\n"
+            f"The benchmarks read the public datasets from {DATA} (its README names each "
+            "source, format and licence); set HEARTH_DATA to a folder laid out the same way."
+        )
 
 
 def parser(description: str, threads: bool = False) -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import DATA, emit, needs, parser
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+GSM8K = DATA / "gsm8k"
 DIRECT = "Answer the math word problem with just the final number."
 
 
@@ -27,6 +27,7 @@ def main() -> None:
     p = parser(__doc__ or "", threads=True)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     args = p.parse_args()
+    needs(GSM8K / "test_300.jsonl", GSM8K / "train.jsonl")
     from rich.progress import Progress
 
     from hearthlm.agents.cot import (
@@ -40,11 +41,11 @@ def main() -> None:
     from hearthlm.agents.tools import calculator_tool
     from hearthlm.llm import ChatHearth
 
-    rows = [json.loads(line) for line in (DATA / "test_300.jsonl").open(encoding="utf-8")]
+    rows = [json.loads(line) for line in (GSM8K / "test_300.jsonl").open(encoding="utf-8")]
     rows = rows[: args.limit or (10 if args.quick else len(rows))]
     gold = [normalise_number(r["answer"].rpartition("####")[2]) for r in rows]
     chat = ChatHearth(threads=args.threads)
-    examples = gsm8k_examples(DATA / "train.jsonl", 4)
+    examples = gsm8k_examples(GSM8K / "train.jsonl", 4)
     cot = ChainOfThought(chat, examples)
     self_consistency = ChainOfThought(chat, examples, samples=5, temperature=0.7)
     react = ReActAgent(chat, [calculator_tool()], max_steps=6)

@@ -18,9 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from _common import DATA, emit, needs, parser
 
 
 def train(kind: str, out: Path, rows: int, steps: int, batch: int) -> Path:
@@ -97,6 +95,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="training batch size")
     p.add_argument("--work", type=Path, default=None, help="reuse (or resume) runs in this folder")
     args = p.parse_args()
+    needs(
+        DATA / "dialogsum" / "dialogsum.train.jsonl",
+        DATA / "dialogsum" / "dialogsum.dev.jsonl",
+        DATA / "instruction" / "alpaca_demo" / "alpaca_en_demo.json",
+        DATA / "mmlu",
+    )
     rows = args.train or (32 if args.quick else 800)
     steps = args.steps or (2 if args.quick else 100)
     dev = args.dev or (5 if args.quick else 200)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import DATA, emit, needs, parser
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 YAML = """task: {task}
 dataset_path: csv
 dataset_kwargs:
@@ -129,6 +128,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="first N questions per subject")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args()
+    needs(DATA / "mmlu" / "test", DATA / "mmlu" / "dev", DATA / "dialogsum" / "dialogsum.dev.jsonl")
     limit = args.limit or (10 if args.quick else None)
     subjects = sorted(
         f.name.removesuffix("_test.csv") for f in (DATA / "mmlu" / "test").glob("*_test.csv")

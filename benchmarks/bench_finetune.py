@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser, report_to_parent, run_child
+from _common import DATA, emit, needs, parser, report_to_parent, run_child
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEMPLATE = "Summarize the following conversation.\n\n{dialogue}"
 
 
@@ -159,6 +158,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="LoRA / bare-loop speed runs each")
     p.add_argument("--child", default=None, help=argparse_hidden())
     args = p.parse_args()
+    needs(DATA / "dialogsum" / "dialogsum.dev.jsonl")
     # Two steps at least: full fine-tuning's peak comes once AdamW's moments exist.
     steps = args.steps or (2 if args.quick else 12)
     rows = 64

@@ -34,15 +34,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _awkward import KINDS, LIMITS, write_good, write_mixed
-from _common import RESULTS, emit, parser
+from _common import DATA, RESULTS, emit, needs, parser
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact" / "corpus.jsonl"
+CORPUS = DATA / "scifact" / "corpus.jsonl"
 
 
 def main() -> None:
     cli = parser(__doc__ or "")
     cli.add_argument("--only", choices=["scifact", "awkward"], default=None)
     args = cli.parse_args()
+    needs(CORPUS)
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))
     figures: dict[str, Any] = {}
     if args.only == "awkward":

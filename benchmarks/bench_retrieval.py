@@ -27,11 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import DATA, emit, needs, parser
 
 from hearthlm.eval.tasks.rag import doc_ranking
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE = Path(__file__).parent / ".cache"
 
 
@@ -245,6 +244,8 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--fusion", action="store_true", help="compare the fusion methods only")
     args = p.parse_args()
+    needs(*(DATA / "scifact" / n for n in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv")))
+    needs(DATA / "hotpotqa" / "dev_200.jsonl")
     if args.fusion:
         fusion(args.quick, args.save)
         return

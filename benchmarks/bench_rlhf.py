@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, emit, parser
+from _common import DATA, RESULTS, emit, needs, parser
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAIRS = DATA / "hh_rlhf" / "harmless_pairs_1800.jsonl"
 
 
@@ -62,6 +61,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4, help="sampled replies per held-out prompt")
     p.add_argument("--held-out", type=int, default=None, help="held-out prompts scored")
     args = p.parse_args()
+    needs(PAIRS)
     pairs = args.pairs or (40 if args.quick else 600)
     steps = args.steps or (2 if args.quick else 16)
     iterations = (2 if args.quick else 24) if args.iterations is None else args.iterations

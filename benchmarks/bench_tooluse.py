@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, parser
+from _common import DATA, emit, needs, parser
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+GSM8K = DATA / "gsm8k"
 
 
 def react_accuracy(
@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps")
     p.add_argument("--limit", type=int, default=None, help="test_300 questions")
     args = p.parse_args()
+    needs(GSM8K / "train.jsonl", GSM8K / "test_300.jsonl")
     n_traces = args.traces or (40 if args.quick else 2000)
     steps = args.steps or (2 if args.quick else 250)
     limit = args.limit or (5 if args.quick else 300)
@@ -65,7 +66,7 @@ def main() -> None:
     from hearthlm.llm.sources import resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-tooluse-"))
-    written = gsm8k_react_traces(DATA / "train.jsonl", work / "traces.jsonl", n_traces)
+    written = gsm8k_react_traces(GSM8K / "train.jsonl", work / "traces.jsonl", n_traces)
     start = time.perf_counter()
     run = finetune(
         [DataSpec(path=work / "traces.jsonl")],
@@ -82,7 +83,7 @@ def main() -> None:
         validation=0.02,
     )
     train_seconds = time.perf_counter() - start
-    rows = [json.loads(x) for x in (DATA / "test_300.jsonl").open(encoding="utf-8")][:limit]
+    rows = [json.loads(x) for x in (GSM8K / "test_300.jsonl").open(encoding="utf-8")][:limit]
     base = export_gguf(cached_safetensors(resolve_model(None), None), work / "base.gguf")
     tuned = export_gguf(run.output, work / "tuned.gguf")
     before = react_accuracy(base, rows, "before", args.threads)

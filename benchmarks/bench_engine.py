@@ -2,11 +2,11 @@
 
 Two measurements on the packaged GGUF, greedy, 8 long-answer prompts, 128 new tokens each:
 
-- **batch order** (llama.cpp alone, one thread): 8 sequences decoded one token each per
-  ``llama_decode``, the batch's tokens in their sequence ids' order or in a fixed shuffle of it,
-  the two taking turns round by round. The scheduler puts decoding sequences in slot order
-  because of this figure: a request that reuses a cached prompt lands in its old slot, so
-  arrival order and slot order part from the second round of requests on.
+- **batch order** (llama.cpp alone, called from one thread, no scheduler): 8 sequences decoded
+  one token each per ``llama_decode``, the batch's tokens in their sequence ids' order or in a
+  fixed shuffle of it, the two taking turns round by round. The scheduler lays its batches out
+  in slot order because of this figure: a request that reuses a cached prompt lands in its old
+  slot, so arrival order and slot order part from the second round of requests on.
 - **the engine** (``hearthlm.llm.batching``, as ``hearth serve`` runs it): 1 and then 8 threads
   calling ``generate`` at once, 3 rounds of 8 (the later rounds reuse the cached prompts, as a
   server's clients do). Its 8-stream rate against its 1-stream rate is the most batching can add

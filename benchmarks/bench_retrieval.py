@@ -244,8 +244,8 @@ def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--fusion", action="store_true", help="compare the fusion methods only")
     args = p.parse_args()
-    needs(*(DATA / "scifact" / n for n in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv")))
-    needs(DATA / "hotpotqa" / "dev_200.jsonl")
+    scifact = (DATA / "scifact" / n for n in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv"))
+    needs(*scifact, DATA / "hotpotqa" / "dev_200.jsonl")
     if args.fusion:
         fusion(args.quick, args.save)
         return

@@ -275,6 +275,7 @@ def main() -> None:
             log = work / f"{name.replace(' ', '_')}.log"
             argv = [c.replace("{port}", str(port)) for c in command]
             server = Server(name, argv, port, health, log)
+            started[name] = (server, "")  # stopped below even if its warm-up fails
             started[name] = (server, asyncio.run(warm(server.url)))
         # Rounds take turns across the servers (all up, the others idle), so that a slower or
         # faster spell of the machine falls on every server alike.

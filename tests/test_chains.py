@@ -261,7 +261,7 @@ def test_streamed_chunks_add_up_through_astream_events_and_lcel(retriever):
 
 
 def test_one_check_finds_the_model_that_scores_text_under_any_bindings(llama_chat):
-    # The quote reader, ReAct's first action and the tool calls all ask scorer_of: a .bind()-ed
+    # The quote reader and ReAct's first action ask scorer_of: a .bind()-ed
     # ChatHearth scores as the one under it, and a chat model that cannot score is left alone.
     from hearthlm.llm.chain import scorer_of
 

@@ -268,8 +268,8 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         specs = self._specs if steps else self._first_specs
         if self.tool_arguments != "copy":
             return Constraint(json_schema=call_schema(specs))
-        model = scorer_of(self.chat)
-        if not steps and model is not None:
+        model = None if steps else scorer_of(self.chat)
+        if model is not None:
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
             score = best_scorer(model)

@@ -150,7 +150,8 @@ def train_dpo(
             processing_class=tokenizer,
             peft_config=lora_config(method),
         )
-    trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
+    with quiet_peft():  # TRL's loss reads the same deprecated property on every step
+        trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
     trained: Any = trainer.model
     with atomic_folder(out / "adapter") as staging:
         trained.save_pretrained(staging)

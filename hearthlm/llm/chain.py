@@ -96,8 +96,8 @@ class ScoresText(Protocol):
 
 def scorer_of(chat: Any) -> ScoresText | None:
     """The model under ``chat``'s ``.bind(...)`` layers if it scores text (see
-    :class:`ScoresText`), else None: the one check of the quote reader, ReAct's first action
-    and the tool calls, so a bound ChatHearth scores as the one under it does."""
+    :class:`ScoresText`), else None: the check the quote reader and ReAct's first action make,
+    so a bound ChatHearth scores as the one under it does."""
     model = unwrap(chat)
     return model if isinstance(model, ScoresText) and model.can_score else None
 

@@ -142,7 +142,6 @@ class RepetitionGuard:
         self.max_phrase_words = max_phrase_words
         self._words: list[str] = []  # the last words that a loop can span, all complete
         self._partial = ""  # the word being written (no whitespace after it yet)
-        self._keep = max(6, 3 * max_phrase_words)
         self.looped = False
 
     def push(self, text: str) -> bool:
@@ -154,7 +153,7 @@ class RepetitionGuard:
         words = joined.split()
         self._partial = words.pop() if words and not joined[-1].isspace() else ""
         self._words.extend(words)
-        del self._words[: -self._keep]
+        del self._words[: -max(6, 3 * self.max_phrase_words)]
         tail = [*self._words, self._partial] if self._partial else self._words
         self.looped = ends_in_loop(tail, self.max_phrase_words)
         return self.looped

@@ -239,8 +239,8 @@ def choose(
     near = [i for i, c in enumerate(ranked[:most]) if c.score >= (1 - margin) * best]
     # Only a model that scores text (ChatHearth on a backend that can) is asked; another chat
     # model keeps the ranking's pick, and a .bind()-ed ChatHearth scores as the one under it.
-    model = scorer_of(chat)
-    if len(near) < 2 or model is None:
+    model = scorer_of(chat) if len(near) > 1 else None
+    if model is None:
         return 0, False
     likelihood = [
         model.loglikelihood(

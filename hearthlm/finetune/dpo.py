@@ -141,7 +141,8 @@ def train_dpo(
         bf16=use_bf16(train.bf16, backend.device),
         disable_tqdm=False,
     )
-    with quiet_peft():  # TRL wraps the model with PEFT here
+    # TRL wraps the model with PEFT here, and its loss reads the deprecated property each step.
+    with quiet_peft():
         trainer = DPOTrainer(
             model=model,
             args=args,
@@ -150,7 +151,6 @@ def train_dpo(
             processing_class=tokenizer,
             peft_config=lora_config(method),
         )
-    with quiet_peft():  # TRL's loss reads the same deprecated property on every step
         trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
     trained: Any = trainer.model
     with atomic_folder(out / "adapter") as staging:

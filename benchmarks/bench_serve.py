@@ -268,15 +268,15 @@ def main() -> None:
     binary = llama_server_binary(build=not args.quick)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     figures: dict[str, Any] = {"tokens": tokens, "rounds": rounds, "threads": threads}
-    started: dict[str, tuple[Server, str]] = {}
+    up: list[Server] = []  # stopped at the end, even one whose warm-up failed
+    started: dict[str, tuple[Server, str]] = {}  # each server and its model id
     try:
         for name, command, health in servers(gguf, work, threads, binary):
             port = free_port()
             log = work / f"{name.replace(' ', '_')}.log"
             argv = [c.replace("{port}", str(port)) for c in command]
-            server = Server(name, argv, port, health, log)
-            started[name] = (server, "")  # stopped below even if its warm-up fails
-            started[name] = (server, asyncio.run(warm(server.url)))
+            up.append(Server(name, argv, port, health, log))
+            started[name] = (up[-1], asyncio.run(warm(up[-1].url)))
         # Rounds take turns across the servers (all up, the others idle), so that a slower or
         # faster spell of the machine falls on every server alike.
         for n in counts:
@@ -289,7 +289,7 @@ def main() -> None:
                 figures.setdefault(name, {})[str(n)] = summary(n, results, wall)
             print(json.dumps({k: figures[k][str(n)] for k in started}), file=sys.stderr)
     finally:
-        for server, _ in started.values():
+        for server in up:
             server.stop()
     if binary is None:
         figures["llama-server"] = "not built (run without --quick to build it once)"

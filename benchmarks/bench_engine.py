@@ -32,7 +32,9 @@ from bench_serve import PROMPTS
 SHUFFLE = [3, 0, 6, 1, 7, 2, 5, 4]  # a fixed order of the 8 sequence ids
 
 
-def batch_order(backend: Any, threads: int, flash: bool, tokens: int, rounds: int) -> dict:
+def batch_order(
+    backend: Any, prompts: list[list[int]], threads: int, flash: bool, tokens: int, rounds: int
+) -> dict:
     from hearthlm.config import SamplingConfig
     from hearthlm.llm.llama_batch import BatchContext, Sampler
 
@@ -44,7 +46,6 @@ def batch_order(backend: Any, threads: int, flash: bool, tokens: int, rounds: in
         threads=threads,
         flash_attention=flash,
     )
-    prompts = [backend.tokenize(_chat(p)) for p in PROMPTS]
 
     def one_round(order: list[int]) -> float:
         samplers = [Sampler(context.vocab, context.n_vocab, SamplingConfig()) for _ in order]
@@ -84,10 +85,8 @@ def batch_order(backend: Any, threads: int, flash: bool, tokens: int, rounds: in
     return out
 
 
-def engine(backend: Any, tokens: int, rounds: int) -> dict:
+def engine(backend: Any, prompts: list[list[int]], tokens: int, rounds: int) -> dict:
     from hearthlm.config import SamplingConfig
-
-    prompts = [backend.tokenize(_chat(p)) for p in PROMPTS]
 
     def stream(i: int, counts: list[int]) -> None:
         for n, _ in enumerate(backend.generate(prompts[i], SamplingConfig()), start=1):
@@ -116,10 +115,6 @@ def engine(backend: Any, tokens: int, rounds: int) -> dict:
     return out
 
 
-def _chat(prompt: str) -> str:
-    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0], threads=True)
     p.add_argument("--flash-attention", action="store_true", help="llm.flash_attention on")
@@ -128,6 +123,7 @@ def main() -> None:
 
     from hearthlm.config import LLMConfig
     from hearthlm.llm.llamacpp_backend import LlamaCppBackend
+    from hearthlm.llm.text import render_chat
 
     threads = args.threads or os.cpu_count() or 1
     tokens, rounds = (32, 2) if args.quick else (128, 3)
@@ -136,12 +132,18 @@ def main() -> None:
     )
     backend = LlamaCppBackend.load(config)
     try:
+        prompts = [  # the model's own chat template, as ChatHearth renders it
+            backend.tokenize(render_chat(backend.chat_template, [{"role": "user", "content": p}]))
+            for p in PROMPTS
+        ]
         figures = {
             "tokens": tokens,
             "threads": threads,
             "flash_attention": args.flash_attention,
-            "batch order": batch_order(backend, threads, args.flash_attention, tokens, rounds),
-            "engine": engine(backend, tokens, rounds),
+            "batch order": batch_order(
+                backend, prompts, threads, args.flash_attention, tokens, rounds
+            ),
+            "engine": engine(backend, prompts, tokens, rounds),
         }
     finally:
         backend.close()

@@ -11,7 +11,7 @@ concurrent streaming clients, 128 new greedy tokens each:
   llama.cpp that the llama-cpp-python sdist vendors and cached outside the repository.
 
 All servers are up at once and take turns, round by round, so that the machine's slower and
-faster spells fall on each alike (on a 2-core VM one round of 8 streams varies by a fifth). Reported
+faster spells fall on each alike (a shared VM's speed drifts from minute to minute). Reported
 per server and client count, over 3 rounds: aggregate output tokens/s, per-stream tokens/s, time
 to first token p50 and p95, errors and interrupted streams (ended without a finish reason).
 

@@ -313,6 +313,42 @@ def test_the_batched_engine_decodes_its_sequences_in_slot_order_whatever_order_t
     assert all(b == sorted(b) for b in decoding), decoding
 
 
+def test_a_follow_up_turn_finds_its_conversation_cached_after_another_user_came_and_went():
+    """Another user's request shares only the system prompt with a finished conversation. It
+    takes an empty slot rather than that conversation's, so the follow-up turn evaluates only
+    its new tokens (and the server's eight users keep their eight caches)."""
+    from hearthlm.config import LLMConfig
+    from hearthlm.llm.llamacpp_backend import LlamaCppBackend
+
+    backend = LlamaCppBackend.load(LLMConfig(parallel=2))
+    scheduler, greedy = backend.batched.scheduler, SamplingConfig(temperature=0)
+
+    def chat(*turns: str) -> list[int]:
+        roles = ["user", "assistant"] * len(turns)
+        messages = [{"role": r, "content": t} for r, t in zip(roles, turns, strict=False)]
+        return backend.tokenize(render_chat(backend.chat_template, messages))
+
+    def evaluated(prompt: list[int]) -> tuple[list[int], int]:
+        """The reply's tokens, and how many prompt tokens the request evaluated."""
+        before = scheduler.stats()["prompt_tokens"]
+        reply = list(backend.generate(prompt, greedy))  # to the end-of-turn token
+        return reply, scheduler.stats()["prompt_tokens"] - before
+
+    try:
+        first = chat("Say hello.")
+        reply, _ = evaluated(first)
+        _, other_cost = evaluated(chat("Name a colour."))
+        answer = backend.decode(reply)
+        follow_up = chat("Say hello.", answer, "Now say goodbye.")
+        _, cost = evaluated(follow_up)
+    finally:
+        backend.close()
+    assert other_cost == len(chat("Name a colour."))  # an empty slot: nothing was cached
+    held = first + reply  # the cells of the first conversation's slot
+    assert follow_up[: len(held)] == held
+    assert cost == len(follow_up) - len(held)
+
+
 @pytest.mark.slow
 def test_a_dropped_batched_backend_stops_its_scheduler_before_its_model_is_freed():
     """Freed while its scheduler still decoded, the model crashed the process (SIGSEGV)."""

@@ -5,8 +5,8 @@ owns its slots. Callers on any thread submit a generation or a scoring session a
 results from a queue. Each step the scheduler
 
 1. drops the sequences whose caller closed them or whose cancel event is set, and admits waiting
-   requests into free slots (the slot whose cells share the longest prefix with the prompt, so a
-   follow-up request re-evaluates only what is new);
+   requests into free slots (a slot whose cells the prompt continues, so a follow-up request
+   re-evaluates only what is new; else an empty slot, so another conversation's cache survives);
 2. builds one batch, its sequences in slot order: the next token of every decoding sequence,
    and prompt tokens (first come, first served), at most ``prefill_chunk`` of them while others
    are decoding, so a long prompt does not freeze the streams already running;
@@ -184,8 +184,16 @@ class Scheduler:
             self.prompt_tokens += len(tokens)
 
     def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot whose cells share the longest prefix with ``prompt`` (else the one
-        released longest ago), and the length of that prefix."""
+        """The free slot to run ``prompt`` in, and how many of its first tokens that slot's cells
+        already hold.
+
+        A slot is worth reusing when the prompt shares at least half of what its cells hold: a
+        follow-up turn, the same prompt again, an empty slot. Among those, the longest shared
+        prefix wins. Otherwise the slot released longest ago is overwritten. A slot whose
+        prompt merely starts with the same system prompt is not taken while an empty one is
+        free: that would throw away another conversation's cached turns, which its follow-up
+        would then evaluate again, to save the few tokens of the system prompt.
+        """
 
         def shared(slot: int) -> int:
             history, n = self._history[slot], 0
@@ -194,7 +202,12 @@ class Scheduler:
                 n += 1
             return n
 
-        best = max(self._free, key=lambda s: (shared(s), -self._used[s]))
+        def rank(slot: int) -> tuple[bool, int, float]:
+            n = shared(slot)
+            worth = 2 * n >= len(self._history[slot])
+            return worth, n if worth else 0, -self._used[slot]
+
+        best = max(self._free, key=rank)
         return best, shared(best)
 
     def _step(self) -> None:

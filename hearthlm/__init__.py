@@ -6,6 +6,10 @@ Example:
     >>> chat.invoke("Count from 1 to 3.").content  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from hearthlm.config import HearthConfig, LLMConfig, SamplingConfig, load_config
 from hearthlm.errors import (
     ConfigError,
@@ -18,9 +22,24 @@ from hearthlm.errors import (
     ToolError,
     TrainingError,
 )
-from hearthlm.llm import ChatHearth, FewShotPrompt, build_few_shot_prompt, count_tokens
+
+if TYPE_CHECKING:
+    from hearthlm.llm import ChatHearth, FewShotPrompt, build_few_shot_prompt, count_tokens
 
 __version__ = "0.1.0"
+
+# The model layer imports LangChain (about 0.4 s): it loads on first use, so that `hearth --help`
+# and the document commands start without it.
+_LAZY = {"ChatHearth", "FewShotPrompt", "build_few_shot_prompt", "count_tokens"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import hearthlm.llm
+
+        return getattr(hearthlm.llm, name)
+    raise AttributeError(f"module 'hearthlm' has no attribute {name!r}")
+
 
 __all__ = [
     "ChatHearth",

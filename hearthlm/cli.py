@@ -6,6 +6,8 @@ printed as one red line and exit with status 1, here and nowhere else.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -14,9 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from hearthlm.agents.react import AgentResult, ReActAgent
-from hearthlm.agents.tools import build_tools
 from hearthlm.cli_options import (
     AdapterOpt,
     AnswerOpt,
@@ -46,11 +47,62 @@ from hearthlm.errors import HearthError
 from hearthlm.llm.backend import available_backends
 from hearthlm.llm.sources import list_sources
 
-# The document and agent commands import the retrieval stack (SQLAlchemy, Chroma: ~0.8 s) inside
-# the command, so `hearth --help`, `hearth models` and the eval and finetune commands start
-# without it.
+# Each command imports what it runs inside itself (the retrieval stack, LangChain, the agents),
+# and `hearth eval` and `hearth finetune` are imported when they run, so that `hearth --help`
+# starts in a fraction of a second (benchmarks/bench_startup.py).
+
+
+class _LazyGroup(TyperGroup):
+    """A sub-app, listed by ``hearth --help`` with its help and imported when it runs."""
+
+    def __init__(self, name: str, target: str, help: str) -> None:
+        super().__init__(name=name, help=help, no_args_is_help=True)
+        self.target = target
+
+    @functools.cached_property
+    def loaded(self) -> TyperGroup:
+        module, _, attr = self.target.partition(":")
+        group = typer.main.get_command(getattr(importlib.import_module(module), attr))
+        assert isinstance(group, TyperGroup), self.target
+        group.help = self.help
+        return group
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        return self.loaded.make_context(info_name, args, parent=parent, **extra)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return self.loaded.list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return self.loaded.get_command(ctx, cmd_name)
+
+
+# `hearth eval` and `hearth finetune`: where each lives, and its help.
+SUB_APPS = {
+    "eval": (
+        "hearthlm.eval.cli:eval_app",
+        "Score the model and the chains: MMLU, generation, perplexity, GSM8K, RAG, agents.",
+    ),
+    "finetune": (
+        "hearthlm.finetune.cli:finetune_app",
+        "Adapt the local model: supervised methods, reward model, PPO, DPO, and export.",
+    ),
+}
+
+
+class _Commands(TyperGroup):
+    """``hearth``'s commands: those defined here, then the sub-apps, imported on first use."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, (target, text) in SUB_APPS.items():
+            self.add_command(_LazyGroup(name, target, text))
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="hearthlm: chat, agents, fine-tuning and evaluation on a small local model.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -174,8 +226,8 @@ def chat(
         print("bot> ", end="", flush=True)
         parts = []
         for chunk in model_.stream(history):
-            parts.append(chunk.content)
-            print(chunk.content, end="", flush=True)
+            parts.append(chunk.text)
+            print(chunk.text, end="", flush=True)
         print()
         history.append(AIMessage("".join(parts)))
 
@@ -335,6 +387,9 @@ def agent(
     seed: SeedOpt = None,
 ) -> None:
     """Run a ReAct agent with tools, showing each step as it happens."""
+    from hearthlm.agents.react import AgentResult, ReActAgent
+    from hearthlm.agents.tools import build_tools
+
     cfg = cli_config(config, **overrides(locals()))
     names = [t.strip() for t in tools.split(",") if t.strip()] if tools else None
     limits = cfg.agents
@@ -429,13 +484,6 @@ def _messages(system: str | None, prompt: str) -> list[Any]:
     from langchain_core.messages import HumanMessage, SystemMessage
 
     return ([SystemMessage(system)] if system else []) + [HumanMessage(prompt)]
-
-
-from hearthlm.eval.cli import eval_app  # noqa: E402  (sub-commands register on import)
-from hearthlm.finetune.cli import finetune_app  # noqa: E402
-
-app.add_typer(eval_app, name="eval")
-app.add_typer(finetune_app, name="finetune")
 
 
 def main() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hearthlm.config import HearthConfig, load_config
-from hearthlm.llm import ChatHearth
+
+if TYPE_CHECKING:
+    from hearthlm.llm.chat_model import ChatHearth
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (default ./hearth.toml).")
@@ -60,9 +62,11 @@ def cli_config(config: Path | None, **options: Any) -> HearthConfig:
     return load_config(config, overrides=overrides)
 
 
-def chat_model(cfg: HearthConfig) -> Any:
+def chat_model(cfg: HearthConfig) -> ChatHearth:
     """The :class:`~hearthlm.llm.ChatHearth` that the ``llm`` and ``sampling`` sections of
     ``cfg`` describe (the model loads on first use)."""
+    from hearthlm.llm.chat_model import ChatHearth  # LangChain: only when a model is needed
+
     return ChatHearth.from_config(cfg)
 
 

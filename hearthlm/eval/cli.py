@@ -16,10 +16,7 @@ from hearthlm.eval import evaluate
 from hearthlm.eval.compare import compare_runs
 from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE, TaskSpec, load_task, make_task, mmlu_tasks
 
-eval_app = typer.Typer(
-    help="Score the model and the chains: MMLU, generation, perplexity, GSM8K, RAG, agents.",
-    no_args_is_help=True,
-)
+eval_app = typer.Typer(no_args_is_help=True, add_completion=False)  # help: hearthlm/cli.py
 console = Console()
 
 OutOpt = Annotated[

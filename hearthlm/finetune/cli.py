@@ -23,10 +23,7 @@ from hearthlm.finetune.ppo import PPOConfig, PPOTrainer, prompts_from_pairs
 from hearthlm.finetune.reward import RewardModel, train_reward_model
 from hearthlm.finetune.run import estimate_finetune_memory
 
-finetune_app = typer.Typer(
-    help="Adapt the local model: supervised methods, reward model, PPO, DPO, and export.",
-    no_args_is_help=True,
-)
+finetune_app = typer.Typer(no_args_is_help=True, add_completion=False)  # help: hearthlm/cli.py
 console = Console()
 
 DataOpt = Annotated[

@@ -316,7 +316,8 @@ def test_the_batched_engine_decodes_its_sequences_in_slot_order_whatever_order_t
 def test_a_follow_up_turn_finds_its_conversation_cached_after_another_user_came_and_went():
     """Another user's request shares only the system prompt with a finished conversation. It
     takes an empty slot rather than that conversation's, so the follow-up turn evaluates only
-    its new tokens (and the server's eight users keep their eight caches)."""
+    its new tokens (and the server's eight users keep their eight caches); a prompt that a
+    slot holds entirely is read from that slot."""
     from hearthlm.config import LLMConfig
     from hearthlm.llm.llamacpp_backend import LlamaCppBackend
 
@@ -341,12 +342,14 @@ def test_a_follow_up_turn_finds_its_conversation_cached_after_another_user_came_
         answer = backend.decode(reply)
         follow_up = chat("Say hello.", answer, "Now say goodbye.")
         _, cost = evaluated(follow_up)
+        _, again = evaluated(first)  # the same prompt again: it is in the follow-up's cells
     finally:
         backend.close()
     assert other_cost == len(chat("Name a colour."))  # an empty slot: nothing was cached
     held = first + reply  # the cells of the first conversation's slot
     assert follow_up[: len(held)] == held
     assert cost == len(follow_up) - len(held)
+    assert again == 1  # only its last token, for the logits of the first reply token
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ owns its slots. Callers on any thread submit a generation or a scoring session a
 results from a queue. Each step the scheduler
 
 1. drops the sequences whose caller closed them or whose cancel event is set, and admits waiting
-   requests into free slots (a slot whose cells the prompt continues, so a follow-up request
-   re-evaluates only what is new; else an empty slot, so another conversation's cache survives);
+   requests into free slots (a slot whose cells hold the prompt or that it continues, so a
+   follow-up request re-evaluates only what is new; else an empty slot, so that another
+   conversation's cache survives);
 2. builds one batch, its sequences in slot order: the next token of every decoding sequence,
    and prompt tokens (first come, first served), at most ``prefill_chunk`` of them while others
    are decoding, so a long prompt does not freeze the streams already running;
@@ -187,12 +188,13 @@ class Scheduler:
         """The free slot to run ``prompt`` in, and how many of its first tokens that slot's cells
         already hold.
 
-        A slot is worth reusing when the prompt shares at least half of what its cells hold: a
-        follow-up turn, the same prompt again, an empty slot. Among those, the longest shared
-        prefix wins. Otherwise the slot released longest ago is overwritten. A slot whose
-        prompt merely starts with the same system prompt is not taken while an empty one is
-        free: that would throw away another conversation's cached turns, which its follow-up
-        would then evaluate again, to save the few tokens of the system prompt.
+        A slot is worth reusing when its cells hold all of the prompt (the same prompt again),
+        or when the prompt shares at least half of what they hold (a follow-up turn; an empty
+        slot). Among those, the longest shared prefix wins. Otherwise the slot released longest
+        ago is overwritten. A slot whose prompt merely starts with the same system prompt is
+        not taken while an empty one is free: that would throw away another conversation's
+        cached turns, which its follow-up would then evaluate again, to save the few tokens of
+        the system prompt.
         """
 
         def shared(slot: int) -> int:
@@ -204,7 +206,7 @@ class Scheduler:
 
         def rank(slot: int) -> tuple[bool, int, float]:
             n = shared(slot)
-            worth = 2 * n >= len(self._history[slot])
+            worth = n >= len(prompt) - 1 or 2 * n >= len(self._history[slot])
             return worth, n if worth else 0, -self._used[slot]
 
         best = max(self._free, key=rank)

@@ -3,8 +3,8 @@
 The same GGUF and the same prompts go to three servers started in this run, by 1, 4 and 8
 concurrent streaming clients, 128 new greedy tokens each:
 
-- ``hearth serve`` (continuous batching, ``serve.parallel`` 8), with its defaults and with
-  ``llm.flash_attention`` on;
+- ``hearth serve`` (continuous batching, ``serve.parallel`` 8), with its defaults (flash
+  attention on for the batched engine) and with ``llm.flash_attention = false``;
 - ``python -m llama_cpp.server`` (llama-cpp-python's own OpenAI server: one request at a time,
   and by default a new request interrupts the stream in progress);
 - llama.cpp's ``llama-server --parallel 8`` (continuous batching), built once from the
@@ -231,9 +231,10 @@ def servers(
     bin_dir = Path(sys.executable).parent
 
     def hearth(flash: bool) -> list[str]:
-        toml = work / f"hearth{'-flash' if flash else ''}.toml"
+        toml = work / f"hearth{'' if flash else '-no-flash'}.toml"
+        setting = "" if flash else "flash_attention = false\n"  # on by default when batched
         toml.write_text(
-            f"[llm]\nthreads = {threads}\nflash_attention = {str(flash).lower()}\n"
+            f"[llm]\nthreads = {threads}\n{setting}"
             f'[retrieval]\npath = "{work / "index"}"\n'
             f'[serve]\nparallel = 8\ndata_dir = "{work / "data"}"\n',
             encoding="utf-8",
@@ -245,8 +246,8 @@ def servers(
     python_server += ["--port", "{port}", "--n_ctx", "8192"]
     python_server += ["--n_threads", cores[0], "--n_threads_batch", cores[1]]
     found = [
-        ("hearth serve", hearth(flash=False), "/health"),
-        ("hearth serve, flash attention", hearth(flash=True), "/health"),
+        ("hearth serve", hearth(flash=True), "/health"),
+        ("hearth serve, flash attention off", hearth(flash=False), "/health"),
         ("llama_cpp.server", python_server, "/v1/models"),
     ]
     if binary is not None:
@@ -300,7 +301,7 @@ def main() -> None:
 
 def ratios(figures: dict[str, Any], counts: tuple[int, ...]) -> dict[str, Any]:
     out = {"default": _ratios(figures, "hearth serve", counts)}
-    out["flash_attention"] = _ratios(figures, "hearth serve, flash attention", counts)
+    out["flash_attention_off"] = _ratios(figures, "hearth serve, flash attention off", counts)
     return out
 
 

@@ -113,10 +113,12 @@ class LLMConfig(StrictModel):
         description="With parallel > 1: most prompt tokens evaluated in one step while other "
         "requests are decoding, so a long prompt does not freeze their streams.",
     )
-    flash_attention: bool = Field(
-        False,
-        description="llama.cpp's flash attention: faster on CPU, and a greedy reply may then "
-        "differ where two tokens are nearly tied.",
+    flash_attention: bool | None = Field(
+        None,
+        description="llama.cpp's flash attention, faster on CPU; a greedy reply may then differ "
+        "where two tokens are nearly tied. Unset: on for the batched engine (parallel > 1, "
+        "`hearth serve`), whose replies batching already changes at such ties; off for one "
+        "request at a time, whose greedy replies then equal llama-cpp-python's own.",
     )
     base_url: str | None = Field(
         None,

@@ -17,7 +17,7 @@ from hearthlm.llm import ChatHearth
 # it or train it), so they carry the `slow` mark: `make test-fast` (-m "not slow") skips them.
 # Other heavy tests (a `hearth` process, training, over ~5 s) carry the mark themselves.
 MODEL_FIXTURES = frozenset(
-    {"llama_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server"}
+    {"llama_chat", "served_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server"}
 )
 
 
@@ -37,6 +37,14 @@ def hf_cache(tmp_path_factory: pytest.TempPathFactory):
 def llama_chat() -> ChatHearth:
     chat = ChatHearth(backend="llamacpp", max_new_tokens=48)
     return chat.load()  # now, so test timings exclude it
+
+
+@pytest.fixture(scope="session")
+def served_chat() -> ChatHearth:
+    """The in-process model with the settings of `hearth serve`'s batched engine: flash
+    attention on (an unset ``llm.flash_attention`` turns it on when requests are batched)."""
+    chat = ChatHearth(backend="llamacpp", max_new_tokens=48, flash_attention=True)
+    return chat.load()
 
 
 @pytest.fixture(scope="session")

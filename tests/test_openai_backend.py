@@ -355,21 +355,21 @@ def test_the_demo_answers_right_through_llama_cpp_server(llama_cpp_server, tmp_p
     assert "Q: How do I update the kettle's firmware? A: I don't know" in out
 
 
-def test_hearth_serve_as_the_engine_generates_and_scores(server, llama_chat):
+def test_hearth_serve_as_the_engine_generates_and_scores(server, served_chat):
     chat = ChatHearth(backend="openai", base_url=f"{server.url}/v1", server="hearth",
                       api_key=ALPHA, max_new_tokens=48).load()  # fmt: skip
     assert chat.engine.tokenizer_checked and chat.engine.token_prompts
-    assert chat.context_window == llama_chat.context_window  # max_model_len
-    assert chat.invoke(QUESTION).content == llama_chat.invoke(QUESTION).content
+    assert chat.context_window == served_chat.context_window  # max_model_len
+    assert chat.invoke(QUESTION).content == served_chat.invoke(QUESTION).content
     options = [" Paris", " Lyon", " Berlin"]
     remote = chat.loglikelihoods("The capital of France is", options)
     assert remote == pytest.approx(
-        llama_chat.loglikelihoods("The capital of France is", options), abs=0.05
+        served_chat.loglikelihoods("The capital of France is", options), abs=0.05
     )
     # the tool chosen and the argument copied by scoring through the server, as in process
     request = "What is the time now in the Asia/Tokyo timezone?"
     reply = chat.bind_tools([get_weather, get_time], tool_choice="any").invoke(request)
-    local = llama_chat.bind_tools([get_weather, get_time], tool_choice="any").invoke(request)
+    local = served_chat.bind_tools([get_weather, get_time], tool_choice="any").invoke(request)
     assert reply.tool_calls[0]["name"] == "get_time" == local.tool_calls[0]["name"]
     assert reply.tool_calls[0]["args"] == {"timezone": "Asia/Tokyo"}
     assert reply.response_metadata["tool_decision"] == "choose"

@@ -55,10 +55,10 @@ def engine_stats(http: httpx.Client) -> dict:
     return http.get("/v1/server").json()["engine"]
 
 
-def test_chat_replies_equal_the_in_process_model_and_stream_the_same(client, llama_chat):
+def test_chat_replies_equal_the_in_process_model_and_stream_the_same(client, served_chat):
     question = "What is the capital of France?"
     reply = ask(client, question, max_tokens=24, temperature=0)
-    expected = llama_chat.invoke(question, max_new_tokens=24).content
+    expected = served_chat.invoke(question, max_new_tokens=24).content
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 24 and reply.usage.prompt_tokens > 0
@@ -84,7 +84,7 @@ def test_chat_replies_equal_the_in_process_model_and_stream_the_same(client, lla
     assert system.choices[0].message.content and "\n" not in system.choices[0].message.content
 
 
-def test_tool_calls_are_chosen_as_bind_tools_chooses_them(client, llama_chat):
+def test_tool_calls_are_chosen_as_bind_tools_chooses_them(client, served_chat):
     reply = ask(client, "What's the weather in Paris?", tools=[WEATHER], tool_choice="required")
     call = reply.choices[0].message.tool_calls[0]
     assert (
@@ -93,7 +93,7 @@ def test_tool_calls_are_chosen_as_bind_tools_chooses_them(client, llama_chat):
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
         "city": "Paris"
     }
-    local = llama_chat.bind_tools([WEATHER], tool_choice="required").invoke(
+    local = served_chat.bind_tools([WEATHER], tool_choice="required").invoke(
         "What's the weather in Paris?"
     )
     assert local.tool_calls[0]["args"] == json.loads(call.function.arguments)
@@ -192,13 +192,13 @@ def test_embeddings_and_models(client, http, embeddings):
     )
 
 
-def test_completions_score_text_as_the_in_process_model_does(client, http, llama_chat):
+def test_completions_score_text_as_the_in_process_model_does(client, http, served_chat):
     reply = client.completions.create(
         model=MODEL, prompt="The capital of France is", max_tokens=0, echo=True, logprobs=2
     )
     choice = reply.choices[0]
     assert choice.text == "The capital of France is" and choice.logprobs.token_logprobs[0] is None
-    _, local = llama_chat.token_logprobs("The capital of France is", top=2)
+    _, local = served_chat.token_logprobs("The capital of France is", top=2)
     assert choice.logprobs.token_logprobs[1:] == pytest.approx([lp for lp, _ in local], abs=1e-3)
     assert all(len(t) == 2 for t in choice.logprobs.top_logprobs[1:])
     # a continuation's log-likelihood: what hearthlm's choosing paths ask of a remote model
@@ -207,7 +207,7 @@ def test_completions_score_text_as_the_in_process_model_does(client, http, llama
         model=MODEL, prompt="The capital of France is Paris", max_tokens=0, echo=True, logprobs=0
     )
     remote = sum(full.choices[0].logprobs.token_logprobs[context["count"] :])
-    expected = llama_chat.loglikelihood("The capital of France is", " Paris")
+    expected = served_chat.loglikelihood("The capital of France is", " Paris")
     assert remote == pytest.approx(expected, abs=1e-3)
     text = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=6)
     assert text.choices[0].text and text.usage.completion_tokens <= 6
@@ -218,7 +218,7 @@ def test_completions_score_text_as_the_in_process_model_does(client, http, llama
     back = http.post("/detokenize", json={"tokens": tokens["tokens"]}).json()
     assert back == {"prompt": "Hello world"}
     chat = http.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
-    assert chat["count"] == len(llama_chat.engine.tokenize(llama_chat.prompt([_human("Hi")])))
+    assert chat["count"] == len(served_chat.engine.tokenize(served_chat.prompt([_human("Hi")])))
 
 
 def _human(text: str):

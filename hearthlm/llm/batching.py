@@ -16,8 +16,9 @@ results from a queue. Each step the scheduler
 
 Scoring (``loglikelihoods``, for the tool choice and the quote reader) runs on a slot of its
 own, so it shares the batches but never touches another sequence's cells. Greedy replies equal
-the in-process backend's for a lone request; batched with others, llama.cpp's kernels may round
-differently, which can change a token only where the two likeliest are nearly tied.
+the in-process backend's for a lone request, under the same ``flash_attention`` (which an unset
+``llm.flash_attention`` turns on here and off there); batched with others, llama.cpp's kernels
+may round differently, which can change a token only where the two likeliest are nearly tied.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class BatchedEngine:
             n_ctx_seq=context_size,
             n_batch=512,
             threads=config.threads or os.cpu_count() or 1,
-            flash_attention=config.flash_attention,
+            flash_attention=config.flash_attention is not False,  # unset: on
         )
         self.context_size = min(context_size, context.n_ctx_seq)
         self.scheduler = Scheduler(context, stop_ids, config.prefill_chunk)

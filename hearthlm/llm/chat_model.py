@@ -154,7 +154,7 @@ class ChatHearth(BaseChatModel):
     truncation: Literal["error", "drop_oldest"] = "error"
     parallel: int = 1
     prefill_chunk: int = 128
-    flash_attention: bool = False
+    flash_attention: bool | None = None
     base_url: str | None = None
     api_key: SecretStr | None = None
     server: Literal["vllm", "llamacpp", "ollama", "hearth", "generic"] = "generic"

@@ -94,7 +94,7 @@ class LlamaCppBackend(Backend):
                 n_gpu_layers=-1 if config.device == "cuda" else 0,
                 lora_path=str(lora) if lora else None,
                 last_n_tokens_size=config.context_size or 8192,
-                flash_attn=config.flash_attention,
+                flash_attn=bool(config.flash_attention),  # unset: off, one request at a time
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:

@@ -207,12 +207,15 @@ class ChatHearth(BaseChatModel):
     def __init__(self, **data: Any) -> None:
         if "max_tokens" in data:  # LangChain's standard name for the reply's token cap
             data.setdefault("max_new_tokens", data.pop("max_tokens"))
+        loaded = data.pop("_loaded", None)  # from_backend's engine
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise config_error_from(exc, "ChatHearth") from None
-        LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})  # early backend-name check
-        backend_class(self.backend)
+        LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})
+        if loaded is None:
+            backend_class(self.backend)  # early backend-name check
+        self._engine = loaded
 
     @classmethod
     def from_config(cls, config: HearthConfig) -> ChatHearth:
@@ -221,10 +224,9 @@ class ChatHearth(BaseChatModel):
 
     @classmethod
     def from_backend(cls, engine: Backend, **sampling: Any) -> ChatHearth:
-        """Wrap an already loaded backend, sharing its weights (no second load)."""
-        chat = cls(backend=engine.name, **sampling)
-        chat._engine = engine
-        return chat
+        """Wrap an already loaded backend, sharing its weights (no second load). The backend
+        need not be registered: a plugin's backend class can be tried before it is installed."""
+        return cls(backend=engine.name, _loaded=engine, **sampling)
 
     # -- model facts -------------------------------------------------------------------------
 

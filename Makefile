@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install browser demo test test-fast lint format bench cmake-args clean
+.PHONY: install browser demo test test-fast lint format docs bench cmake-args clean
 
 install: $(STAMP)
 
@@ -61,15 +61,23 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# The documentation site builds with --strict: a broken link, a missing page or a reference that
+# does not resolve fails the lint (its examples run in tests/test_docs.py).
 lint: $(STAMP)
-	$(BIN)/ruff check hearthlm tests benchmarks examples
-	$(BIN)/ruff format --check hearthlm tests benchmarks examples
+	$(BIN)/ruff check hearthlm tests benchmarks examples docs/hooks.py
+	$(BIN)/ruff format --check hearthlm tests benchmarks examples docs/hooks.py
 	$(BIN)/mypy hearthlm
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .mkdocs-site
+	rm -rf .mkdocs-site
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix hearthlm tests benchmarks examples
-	$(BIN)/ruff format hearthlm tests benchmarks examples
+	$(BIN)/ruff check --fix hearthlm tests benchmarks examples docs/hooks.py
+	$(BIN)/ruff format hearthlm tests benchmarks examples docs/hooks.py
+
+# The documentation site at http://127.0.0.1:8000, rebuilt as you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b --quick || exit 1; done

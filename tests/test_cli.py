@@ -30,7 +30,7 @@ def hearth(*args: str, stdin: str | None = None, cwd: Path | None = None, env: d
 
 def test_help_starts_without_the_heavy_stacks_and_the_sub_apps_load_when_run():
     """`hearth --help` lists every command, the sub-apps with their help, without importing
-    LangChain, torch or Chroma (0.35 s against 1.26 s eager: benchmarks/bench_startup.py);
+    LangChain, torch or Chroma (0.26 s against 0.91 s eager: benchmarks/bench_startup.py);
     the sub-apps load when they run."""
     heavy = ("torch", "transformers", "langchain_core", "chromadb", "llama_cpp")
     code = (

@@ -44,7 +44,7 @@ from hearthlm.cli_options import (
 )
 from hearthlm.config import APIKey, HearthConfig, load_config
 from hearthlm.errors import HearthError
-from hearthlm.llm.backend import available_backends
+from hearthlm.llm.backend import BACKENDS
 from hearthlm.llm.sources import list_sources
 
 # Each command imports what it runs inside itself (the retrieval stack, LangChain, the agents),
@@ -128,13 +128,13 @@ def models(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             },
         )
     if as_json:
-        print(json.dumps({"models": rows, "backends": sorted(available_backends())}, indent=2))
+        print(json.dumps({"models": rows, "backends": sorted(BACKENDS.names())}, indent=2))
         return
     table = Table("name", "kind", "path", "found by", title="Models")
     for row in rows:
         table.add_row(row["name"], row["kind"], row["path"], row["found_by"])
     console.print(table)
-    console.print(f"Backends: {', '.join(sorted(available_backends()))}")
+    console.print(f"Backends: {', '.join(sorted(BACKENDS.names()))}")
 
 
 @app.command()

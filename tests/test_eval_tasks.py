@@ -92,7 +92,7 @@ def test_each_kind_has_only_its_own_fields(tmp_path):
     with pytest.raises(ConfigError, match=r"generate\.choices.*not permitted"):
         load_task(tmp_path / "mixed.yaml")
     (tmp_path / "essay.yaml").write_text("name: q\nkind: essay\ndata: q.jsonl\n")
-    with pytest.raises(ConfigError, match=r"unknown task kind 'essay'; known kinds: .*gsm8k"):
+    with pytest.raises(ConfigError, match=r"unknown task kind 'essay'. Known task kinds: .*gsm8k"):
         load_task(tmp_path / "essay.yaml")
 
 

@@ -85,11 +85,7 @@ def test_plugin_methods_register_through_entry_points(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text(
         "[hearthlm.methods]\nbias-only = bias_plugin:BiasOnlyConfig\n", encoding="utf-8"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    available_methods.cache_clear()
-    try:
-        config = method_config("bias-only")
-        assert type(config).__name__ == "BiasOnlyConfig" and config.learning_rate == 1e-3
-        assert method_class("lora") is LoraConfig  # the built-ins are still there
-    finally:
-        available_methods.cache_clear()
+    monkeypatch.syspath_prepend(str(tmp_path))  # the registry finds plugins again
+    config = method_config("bias-only")
+    assert type(config).__name__ == "BiasOnlyConfig" and config.learning_rate == 1e-3
+    assert method_class("lora") is LoraConfig  # the built-ins are still there

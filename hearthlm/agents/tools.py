@@ -22,7 +22,7 @@ from hearthlm.agents.web_search import (
     web_search_tool,
 )
 from hearthlm.errors import ToolError
-from hearthlm.plugins import registered
+from hearthlm.plugins import PluginError, Registry
 
 ENTRY_POINT_GROUP = "hearthlm.tools"
 
@@ -92,20 +92,34 @@ def as_tool(obj: BaseTool | Callable[..., Any]) -> BaseTool:
 
 
 def plugin_tools() -> list[BaseTool]:
-    """Tools registered by installed packages under the ``hearthlm.tools`` entry points."""
+    """Tools registered by installed packages under the ``hearthlm.tools`` entry points.
+
+    Raises:
+        PluginError: A plugin fails to import, is not a tool, or makes a tool that takes a
+            built-in tool's name.
+    """
     found: list[BaseTool] = []
-    for _, loaded in registered(ENTRY_POINT_GROUP):
-        if isinstance(loaded, BaseTool) or (
-            callable(loaded) and loaded.__doc__ and not _is_factory(loaded)
-        ):
-            found.append(as_tool(loaded))
-        else:
-            found.extend(as_tool(t) for t in loaded())
+    for name in TOOLS.names():
+        if name in TOOLS.builtin_names:
+            continue
+        loaded = TOOLS.get(name)
+        made = [as_tool(t) for t in loaded()] if _is_factory(loaded) else [as_tool(loaded)]
+        for made_tool in made:
+            if made_tool.name in TOOLS.builtin_names:
+                raise PluginError(
+                    f"the {ENTRY_POINT_GROUP} entry {name!r} makes a tool named "
+                    f"{made_tool.name!r}, a built-in tool's name; give it another name."
+                )
+        found.extend(made)
     return found
 
 
-def _is_factory(fn: Callable[..., Any]) -> bool:
+def _is_factory(fn: Any) -> bool:
+    """A function without arguments that returns tools (not a tool, nor a tool function)."""
     import inspect
+
+    if isinstance(fn, BaseTool) or not callable(fn):
+        return False
 
     try:
         return not inspect.signature(fn).parameters
@@ -131,6 +145,52 @@ def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseToo
     return [available[n] for n in names]
 
 
+def _search_backend(config: Any, retriever: Any) -> SearchBackend:
+    agents = config.agents
+    options = {"timeout": agents.search_timeout, "retries": agents.search_retries}
+    if agents.search_backend == "searxng":
+        if not agents.searxng_url:
+            raise ToolError("agents.searxng_url is not set; give the SearxNG base URL.")
+        return SearxNGBackend(agents.searxng_url, **options)
+    if agents.search_backend == "duckduckgo":
+        return DuckDuckGoBackend(**options)
+    return DocsBackend(retriever)
+
+
+def _builtin_calculator(config: Any, retriever: Any) -> BaseTool:
+    """The calculator tool."""
+    return calculator_tool()
+
+
+def _builtin_docs(config: Any, retriever: Any) -> BaseTool:
+    """The document search tool, over the configured collection."""
+    return docs_tool(retriever)
+
+
+def _builtin_web_search(config: Any, retriever: Any) -> BaseTool:
+    """Web search on the configured backend (SearxNG, DuckDuckGo, or the documents)."""
+    return web_search_tool(_search_backend(config, retriever), config.agents.search_results)
+
+
+def _is_tool_entry(name: str, obj: Any) -> bool:
+    return isinstance(obj, BaseTool) or callable(obj)
+
+
+# The built-in tools (each built from the config) and the plugins' (``hearthlm.tools``).
+TOOLS: Registry[Any] = Registry(
+    ENTRY_POINT_GROUP,
+    noun="tool",
+    what="a BaseTool, a typed function with a docstring, or a function without arguments "
+    "that returns a list of them",
+    check=_is_tool_entry,
+    builtins={
+        "calculator": _builtin_calculator,
+        "docs": _builtin_docs,
+        "web_search": _builtin_web_search,
+    },
+)
+
+
 def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseTool]:
     """The named tools, configured by a :class:`~hearthlm.config.HearthConfig`."""
     agents = config.agents
@@ -141,20 +201,10 @@ def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseToo
         from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
         retriever = HybridRetriever.from_index(DocumentIndex(config.retrieval))
-    available: dict[str, BaseTool] = {t.name: t for t in plugin_tools()}
-    available["calculator"] = calculator_tool()
-    if retriever is not None:
-        available["docs"] = docs_tool(retriever)
-    if "web_search" in names:
-        backend: SearchBackend
-        options = {"timeout": agents.search_timeout, "retries": agents.search_retries}
-        if agents.search_backend == "searxng":
-            if not agents.searxng_url:
-                raise ToolError("agents.searxng_url is not set; give the SearxNG base URL.")
-            backend = SearxNGBackend(agents.searxng_url, **options)
-        elif agents.search_backend == "duckduckgo":
-            backend = DuckDuckGoBackend(**options)
-        else:
-            backend = DocsBackend(retriever)
-        available["web_search"] = web_search_tool(backend, agents.search_results)
-    return select(names, available)
+    plugins = {t.name: t for t in plugin_tools()}
+    unknown = [n for n in names if n not in plugins and n not in TOOLS.builtin_names]
+    if unknown:
+        known = ", ".join(sorted({*TOOLS.builtin_names, *plugins}))
+        raise ToolError(f"unknown tool(s) {unknown}; available: {known}")
+    built = {n: TOOLS.get(n)(config, retriever) for n in TOOLS.builtin_names if n in names}
+    return select(names, {**plugins, **built})

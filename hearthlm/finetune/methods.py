@@ -23,16 +23,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
 
 from hearthlm.config import StrictModel, config_error_from
-from hearthlm.errors import ConfigError, TrainingError
+from hearthlm.errors import TrainingError
 from hearthlm.llm.adapters import Place, add_bottleneck_adapters, save_bottleneck_adapters
+from hearthlm.plugins import Registry
 
 ENTRY_POINT_GROUP = "hearthlm.methods"
 
@@ -221,23 +220,25 @@ class BottleneckAdapterConfig(MethodConfig):
         save_bottleneck_adapters(model, folder)
 
 
-BUILTIN_METHODS: dict[str, type[MethodConfig]] = {
-    "lora": LoraConfig,
-    "prompt-tuning": PromptTuningConfig,
-    "full": FullConfig,
-    "selective": SelectiveConfig,
-    "adapters": BottleneckAdapterConfig,
-    "ia3": IA3Config,
-}
+METHODS: Registry[type[MethodConfig]] = Registry(
+    ENTRY_POINT_GROUP,
+    noun="training method",
+    what="a hearthlm.finetune.methods.MethodConfig subclass",
+    check=lambda name, obj: isinstance(obj, type) and issubclass(obj, MethodConfig),
+    builtins={
+        "lora": LoraConfig,
+        "prompt-tuning": PromptTuningConfig,
+        "full": FullConfig,
+        "selective": SelectiveConfig,
+        "adapters": BottleneckAdapterConfig,
+        "ia3": IA3Config,
+    },
+)
 
 
-@cache
 def available_methods() -> dict[str, type[MethodConfig]]:
     """Every training method by name: the built-ins, then plugins (``hearthlm.methods``)."""
-    found = dict(BUILTIN_METHODS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
-    return found
+    return METHODS.load_all()
 
 
 def method_class(name: str) -> type[MethodConfig]:
@@ -245,14 +246,9 @@ def method_class(name: str) -> type[MethodConfig]:
 
     Raises:
         ConfigError: No method has that name; the message lists the known ones.
+        PluginError: A plugin's method fails to import or is not a :class:`MethodConfig`.
     """
-    methods = available_methods()
-    if name not in methods:
-        raise ConfigError(
-            f"unknown training method {name!r}. Known methods: {', '.join(sorted(methods))}. "
-            f"Install the plugin that provides it (entry-point group {ENTRY_POINT_GROUP!r})."
-        )
-    return methods[name]
+    return METHODS.get(name)
 
 
 def method_config(name: str, **fields: Any) -> MethodConfig:

@@ -2,8 +2,8 @@
 
 A backend turns prompt token ids into generated token ids. Everything above that (chat templates,
 detokenizing, stop sequences, tool calls, usage counts) lives in the chat model, once, so that every
-backend behaves the same. Built-in backends are registered through the ``hearthlm.backends`` entry
-point group, exactly as a plugin would register its own.
+backend behaves the same. ``BACKENDS`` lists the built-in backends and finds the plugins'
+(``hearthlm.backends`` entry points) through the one registry of :mod:`hearthlm.plugins`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, ClassVar
 
 from hearthlm.config import LLMConfig, SamplingConfig
-from hearthlm.errors import ConfigError
-from hearthlm.plugins import registered
+from hearthlm.plugins import Registry
 
 ENTRY_POINT_GROUP = "hearthlm.backends"
 # GBNF body of a plain-text reply that cannot be a tool call: it may not open with "{" or
@@ -202,10 +200,24 @@ class Backend(ABC):
         return None
 
 
-@cache
+BACKENDS: Registry[type[Backend]] = Registry(
+    ENTRY_POINT_GROUP,
+    noun="backend",
+    what="a hearthlm.llm.backend.Backend subclass",
+    check=lambda name, obj: isinstance(obj, type) and issubclass(obj, Backend),
+    builtins={
+        "llamacpp": "hearthlm.llm.llamacpp_backend:LlamaCppBackend",
+        "transformers": "hearthlm.llm.hf_backend:TransformersBackend",
+        "openai": "hearthlm.llm.openai_backend:OpenAIBackend",
+    },
+    hint="Set llm.backend (or --backend) to one of them.",
+)
+
+
 def available_backends() -> dict[str, type[Backend]]:
-    """Every registered backend class by name, built-ins and plugins alike."""
-    return dict(registered(ENTRY_POINT_GROUP))
+    """Every registered backend class by name, built-ins and plugins alike (each imported;
+    ``BACKENDS.names()`` lists them without importing)."""
+    return BACKENDS.load_all()
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -213,15 +225,9 @@ def backend_class(name: str) -> type[Backend]:
 
     Raises:
         ConfigError: No backend has that name; the message lists the known ones.
+        PluginError: A plugin's backend fails to import or is not a :class:`Backend`.
     """
-    backends = available_backends()
-    if name not in backends:
-        known = ", ".join(sorted(backends)) or "none (is hearthlm installed?)"
-        raise ConfigError(
-            f"unknown backend {name!r}. Known backends: {known}. "
-            "Set llm.backend (or --backend) to one of them."
-        )
-    return backends[name]
+    return BACKENDS.get(name)
 
 
 def load_backend(config: LLMConfig) -> Backend:

@@ -46,11 +46,11 @@ from hearthlm.config import (
 )
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import (
+    BACKENDS,
     TEXT_REPLY,
     Backend,
     Constraint,
     Piece,
-    backend_class,
     cancelled,
     load_backend,
 )
@@ -213,8 +213,8 @@ class ChatHearth(BaseChatModel):
         except ValidationError as exc:
             raise config_error_from(exc, "ChatHearth") from None
         LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})
-        if loaded is None:
-            backend_class(self.backend)  # early backend-name check
+        if loaded is None and self.backend not in BACKENDS:
+            BACKENDS.get(self.backend)  # the error that lists the known backends
         self._engine = loaded
 
     @classmethod

@@ -19,14 +19,14 @@ from hearthlm.serve.state import Caller, ServerState, caller, state_of
 from hearthlm.serve.streaming import DONE, Work, add_up, collect, event_stream, opened, sse
 
 router = APIRouter()
-BUILT_IN = ("calculator", "web_search", "docs")
 
 
 def available_tools(state: ServerState) -> list[str]:
     """The tool names a run may ask for: the built-ins, plugin tools and the app's own."""
-    from hearthlm.agents.tools import plugin_tools
+    from hearthlm.agents.tools import TOOLS, plugin_tools
 
-    names = [*BUILT_IN, *(t.name for t in plugin_tools()), *(t.name for t in state.tools)]
+    plugins = [t.name for t in plugin_tools()]
+    names = [*TOOLS.builtin_names, *plugins, *(t.name for t in state.tools)]
     return list(dict.fromkeys(names))
 
 

@@ -27,10 +27,11 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from hearthlm.config import StrictModel, config_error_from
 from hearthlm.errors import ConfigError
-from hearthlm.plugins import registered
+from hearthlm.plugins import Registry
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "TASKS",
     "AgentSpec",
     "GSM8KSpec",
     "GenerateSpec",
@@ -150,37 +151,44 @@ class AgentSpec(TaskSpec):
     max_steps: int = Field(6, ge=1)
 
 
-BUILTIN_SPECS: dict[str, type[TaskSpec]] = {
-    "multiple_choice": MultipleChoiceSpec,
-    "generate": GenerateSpec,
-    "perplexity": PerplexitySpec,
-    "gsm8k": GSM8KSpec,
-    "rag": RAGSpec,
-    "agent": AgentSpec,
-}
+def _task_of_kind(kind: str, task: Any) -> bool:
+    """Whether ``task`` is a task class for ``kind``: what the runner calls, and a spec class
+    whose ``kind`` is the name it is registered under."""
+    spec = getattr(task, "spec_class", None)
+    return (
+        isinstance(task, type)
+        and all(callable(getattr(task, m, None)) for m in ("item", "predict", "aggregate"))
+        and isinstance(spec, type)
+        and issubclass(spec, TaskSpec)
+        and spec.model_fields["kind"].default == kind
+    )
+
+
+# The task kinds, built-ins listed here once; each task module defines its spec class above.
+TASKS: Registry[Any] = Registry(
+    ENTRY_POINT_GROUP,
+    noun="task kind",
+    what="a hearthlm.eval.tasks.Task subclass whose spec_class has that kind",
+    check=_task_of_kind,
+    builtins={
+        "multiple_choice": "hearthlm.eval.tasks.multiple_choice:MultipleChoiceTask",
+        "generate": "hearthlm.eval.tasks.generate:GenerateTask",
+        "perplexity": "hearthlm.eval.tasks.perplexity:PerplexityTask",
+        "gsm8k": "hearthlm.eval.tasks.gsm8k:GSM8KTask",
+        "rag": "hearthlm.eval.tasks.rag:RAGTask",
+        "agent": "hearthlm.eval.tasks.agent:AgentTask",
+    },
+    hint="Set 'kind' to one of them, or install the package that registers it.",
+)
 
 
 def spec_classes() -> dict[str, type[TaskSpec]]:
-    """Every task kind's spec class by kind: the built-ins, then the ``spec_class`` of each task
-    registered under the ``hearthlm.tasks`` entry points (a plugin cannot replace a built-in).
+    """Every task kind's spec class by kind, built-ins and plugins alike.
 
     Raises:
-        ConfigError: A plugin's entry point names no task with a spec class for its kind.
+        PluginError: A plugin's entry point names no task with a spec class for its kind.
     """
-    found = dict(BUILTIN_SPECS)
-    for kind, task in registered(ENTRY_POINT_GROUP):
-        if kind in found:
-            continue
-        spec = getattr(task, "spec_class", None)
-        if not (isinstance(spec, type) and issubclass(spec, TaskSpec)) or (
-            spec.model_fields["kind"].default != kind
-        ):
-            raise ConfigError(
-                f"the {ENTRY_POINT_GROUP} entry point {kind!r} names {task!r}, which has no "
-                f"spec_class with kind {kind!r}; see hearthlm.eval.tasks.base for the contract."
-            )
-        found[kind] = spec
-    return found
+    return {kind: TASKS.get(kind).spec_class for kind in TASKS.names()}
 
 
 def spec_class(kind: Any) -> type[TaskSpec]:
@@ -189,13 +197,8 @@ def spec_class(kind: Any) -> type[TaskSpec]:
     Raises:
         ConfigError: No kind of that name is registered; the message lists the known ones.
     """
-    classes = spec_classes()
-    if kind not in classes:
-        raise ConfigError(
-            f"unknown task kind {kind!r}; known kinds: {', '.join(classes)}. Set 'kind' to one "
-            f"of them, or install the package that registers it ({ENTRY_POINT_GROUP})."
-        )
-    return classes[kind]
+    cls: type[TaskSpec] = TASKS.get(str(kind)).spec_class
+    return cls
 
 
 def parse_spec(raw: dict[str, Any], source: str = "task") -> TaskSpec:
@@ -207,7 +210,7 @@ def parse_spec(raw: dict[str, Any], source: str = "task") -> TaskSpec:
             to another kind; the message names ``source`` and each bad field.
     """
     spec_class(raw.get("kind"))
-    kinds = tuple(spec_classes().values())  # built when asked: plugins may be installed since
+    kinds = tuple(spec_classes().values())
     union: Any = Annotated[Union[kinds], Field(discriminator="kind")]  # noqa: UP007
     try:
         spec: TaskSpec = TypeAdapter(union).validate_python(raw)

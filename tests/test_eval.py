@@ -220,6 +220,11 @@ def test_a_folder_holding_another_run_is_refused(eval_config, tmp_path):
     evaluate([quiz_task(tmp_path)], tmp_path / "run", eval_config, progress=False)
     with pytest.raises(EvalError, match="different evaluation run"):
         evaluate([quiz_task(tmp_path, shots=1)], tmp_path / "run", eval_config, progress=False)
+    # the same task on an edited data file: resuming would mix its answers with the old ones
+    task = quiz_task(tmp_path)
+    write_quiz(tmp_path / "quiz_test.csv", QUIZ[3:])
+    with pytest.raises(EvalError, match="Changed: contents"):
+        evaluate([task], tmp_path / "run", eval_config, progress=False)
 
 
 def test_user_task_files_yaml_and_toml(eval_config, tmp_path):

@@ -407,6 +407,22 @@ def reward_model(reward_folder, llm):
     return RewardModel.load(reward_folder / "rm", llm)
 
 
+def test_a_reward_run_on_an_edited_data_file_is_refused(reward_folder, llm, tmp_path):
+    """The trainer resumes the checkpoints it finds in its folder: rerun on edited pairs, it
+    would have gone on training the old run on the new data."""
+    from hearthlm.finetune.reward import train_reward_model
+
+    lines = (reward_folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
+    quick = TrainConfig(max_steps=1, batch_size=4, bf16="off")
+    options = {"llm": llm, "validation": 0.25, "progress": False, "log": lambda *a: None}
+    train_reward_model(data, tmp_path / "rm", train=quick, **options)
+    data.write_text("\n".join(lines[:6]) + "\n", encoding="utf-8")
+    with pytest.raises(TrainingError, match=r"different reward-model run.*Changed: contents"):
+        train_reward_model(data, tmp_path / "rm", train=quick, **options)
+
+
 def test_reward_model_prefers_chosen_after_training(reward_model):
     polite, rude = reward_model.score(
         [

@@ -31,6 +31,7 @@ from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.llm.hf_backend import cached_safetensors
 from hearthlm.llm.sources import resolve_model
+from hearthlm.runs import claim_run, file_digest
 
 REWARD_FILE = "hearth_reward.json"
 LEARNING_RATE = 1e-4  # the reward model's default peak learning rate, here and in the CLI
@@ -175,6 +176,21 @@ def train_reward_model(
     set_seed(train.seed)
     model, tokenizer = load_reward_backbone(llm, method)
     pairs = read_pairs(data, tokenizer, max_length)[:limit]
+    # Resume only the same run: the trainer resumes any checkpoint it finds in out.
+    claim_run(
+        out,
+        {
+            "model": llm.model,
+            "method": method.model_dump(mode="json"),
+            "train": train.model_dump(mode="json"),
+            "data": str(data.resolve()),
+            "contents": file_digest(data),
+            "validation": validation,
+            "max_length": max_length,
+            "limit": limit,
+        },
+        TrainingError(f"{out} holds a different reward-model run; use another --out or delete it."),
+    )
     random.Random(train.seed).shuffle(pairs)
     cut = max(1, round(len(pairs) * validation)) if validation else 0
     held_out, train_pairs = pairs[:cut], pairs[cut:]

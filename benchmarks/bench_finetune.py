@@ -54,6 +54,8 @@ def hearth(
             save_every=10**6,
             bf16="off",
             activation_checkpointing=checkpointing,
+            measure_memory=True,  # the figures below are measured with both options on
+            return_freed_memory=True,
         ),
         validation=0,
         max_length=max_length,

@@ -667,7 +667,8 @@ def test_dpo_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, 
     [
         (TrainConfig(early_stopping=2), "early_stopping = 2"),
         (TrainConfig(profile_memory=True), "profile_memory = True"),
-        (TrainConfig(return_freed_memory=False), "return_freed_memory = False"),
+        (TrainConfig(return_freed_memory=True), "return_freed_memory = True"),
+        (TrainConfig(measure_memory=True), "measure_memory = True"),
     ],
 )
 def test_dpo_refuses_training_settings_it_cannot_honour(tmp_path, train, refused):

@@ -47,7 +47,14 @@ def train(data: Path, out: Path, llm: LLMConfig, method: str, **options) -> obje
         out,
         method=method_config(method),
         train=TrainConfig(
-            max_steps=2, batch_size=4, bf16="off", eval_every=100, save_every=100, **options
+            max_steps=2,
+            batch_size=4,
+            bf16="off",
+            eval_every=100,
+            save_every=100,
+            measure_memory=True,
+            return_freed_memory=True,
+            **options,
         ),
         llm=llm,
         validation=0,

@@ -87,6 +87,12 @@ def _supervised(method: str) -> Any:
         profile_memory: Annotated[
             bool, typer.Option(help="Write torch.profiler's memory timeline (slow).")
         ] = False,
+        measure_memory: Annotated[
+            bool, typer.Option(help="Measure the training peak by component (resets the peak).")
+        ] = False,
+        return_freed_memory: Annotated[
+            bool, typer.Option(help="glibc: give the forward pass's buffers back (lower peak).")
+        ] = False,
         rank: Annotated[int | None, typer.Option(help=_default("LoRA rank", "rank"))] = None,
         alpha: Annotated[int | None, typer.Option(help=_default("LoRA alpha", "alpha"))] = None,
         dropout: Annotated[
@@ -149,6 +155,8 @@ def _supervised(method: str) -> Any:
             bf16=bf16,
             activation_checkpointing=activation_checkpointing,
             profile_memory=profile_memory,
+            measure_memory=measure_memory,
+            return_freed_memory=return_freed_memory,
             seed=seed,
         )
         options: dict[str, Any] = {
@@ -174,11 +182,12 @@ def _supervised(method: str) -> Any:
         use = "--model" if run.output.name == "model" else "--adapter"
         console.print(f"Saved {run.output}; use it with {use} {run.output}", highlight=False)
         console.print(f"Loss curve: {out / 'loss.png'}; metrics: {out / 'metrics.jsonl'}")
-        console.print(
-            f"Training peak: {result.memory['peak_mb']:,.0f} MB "
-            f"(by component in {out / 'hearth_finetune.json'})",
-            highlight=False,
-        )
+        if result.memory.get("measured"):
+            console.print(
+                f"Training peak: {result.memory['peak_mb']:,.0f} MB "
+                f"(by component in {out / 'hearth_finetune.json'})",
+                highlight=False,
+            )
 
     command.__doc__ = (method_class(method).__doc__ or method).strip().splitlines()[0]
     return command

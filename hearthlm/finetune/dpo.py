@@ -32,6 +32,7 @@ LEARNING_RATE = 5e-5  # DPO's default peak learning rate, here and in the CLI
 UNSUPPORTED = {
     "early_stopping": "TRL would have to keep and reload a best checkpoint",
     "profile_memory": "the memory profiler wraps hearthlm's own training loop",
+    "measure_memory": "the memory meter wraps hearthlm's own training loop",
     "return_freed_memory": "the buffer mapping wraps hearthlm's own training loop",
 }
 

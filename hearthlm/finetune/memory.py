@@ -10,6 +10,12 @@ kernel's: the resident-set high-water mark (``VmHWM``), reset with ``/proc/self/
 training starts so that loading does not count. What the hooks do not see (the interpreter and
 libraries, transient buffers inside an operator, allocator slack) is ``other``.
 
+Both change the process a library runs in, so both are opt-in: ``TrainConfig.measure_memory``
+(``--measure-memory``) turns the measurement on, and the hooks are removed when training ends;
+the reset peak cannot be given back. ``TrainConfig.return_freed_memory``
+(``--return-freed-memory``) turns on the allocator tuning below, whose thresholds glibc cannot
+report, so they stay at glibc's own ceiling afterwards.
+
 On glibc, :func:`forward_buffers_unmapped` fixes malloc's mmap threshold during forward passes:
 by default glibc raises it after each large free, so activation buffers of a few MB come from the
 heap, where the small tensors kept beside them pin the freed space, and its pages stay in the
@@ -131,6 +137,12 @@ def peak_rss() -> int:
     """The resident-set high-water mark in bytes, since the last :func:`reset_peak_rss`."""
     found = _status("VmHWM")
     return found if found is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def unmeasured() -> dict[str, Any]:
+    """What a run records without ``measure_memory``: the process's resident-set peak so far
+    (loading and anything before it included), read without changing anything."""
+    return {"measured": False, "process_peak_mb": round(peak_rss() / MB, 1)}
 
 
 def tensor_bytes(tensors: Iterator[Any]) -> int:
@@ -280,6 +292,7 @@ class MemoryMeter:
         at_peak = MemoryBreakdown(**{**asdict(self.peak), "other": 0})
         at_peak.other = max(0, peak - at_peak.total)
         return {
+            "measured": True,
             "device": self.device,
             "peak_mb": round(peak / MB, 1),
             "by_component_mb": at_peak.megabytes(),

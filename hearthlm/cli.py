@@ -451,6 +451,34 @@ def serve(
     run(cfg)
 
 
+config_app = typer.Typer(
+    help="The configuration: each setting's value and where it came from.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print every setting as hearthlm resolves it, with its source: the default, the TOML file,
+    or a HEARTH_* variable (secrets masked)."""
+    from hearthlm.config import config_sources
+
+    cfg, sources = config_sources(config)
+    values = cfg.model_dump(mode="json")
+    rows = [
+        (key, values[key.split(".")[0]][key.split(".")[1]], source)
+        for key, source in sources.items()
+    ]
+    if as_json:
+        print(json.dumps({key: {"value": v, "source": s} for key, v, s in rows}, indent=2))
+        return
+    table = Table("setting", "value", "source")
+    for key, value, source in rows:
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        table.add_row(key, shown, source if source != "default" else "[dim]default[/dim]")
+    console.print(table)
+
+
 @app.command()
 def demo(config: ConfigOpt = None) -> None:
     """Index the example documents and answer two questions with cited sources, offline."""

@@ -280,7 +280,9 @@ class AgentsConfig(StrictModel):
 class APIKey(StrictModel):
     """One client key of `hearth serve` and the collections it may read and write."""
 
-    key: str = Field(min_length=8, description="The secret a client sends as its Bearer token.")
+    key: SecretStr = Field(
+        min_length=8, description="The secret a client sends as its Bearer token."
+    )
     name: str | None = Field(
         None, description="Who holds it (shown in logs; owns its chat sessions); None: 'key-N'."
     )
@@ -385,6 +387,35 @@ def load_config(
         raise config_error_from(exc, source) from None
     # The sections are validated already; HearthConfig only regroups them, without the sources.
     return HearthConfig.model_validate(dict(layered))
+
+
+def config_sources(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[HearthConfig, dict[str, str]]:
+    """The configuration :func:`load_config` builds, and where each value came from: for each
+    ``section.field``, ``"default"``, the TOML file's path, or the ``HEARTH_*`` variable.
+
+    Raises:
+        ConfigError: As :func:`load_config` does.
+    """
+    environ = os.environ if environ is None else environ
+    config = load_config(path, environ=environ)
+    file = _config_file(path, environ)
+    written = tomllib.loads(file.read_text(encoding="utf-8")) if file else {}
+    variables = {key.upper(): key for key in environ}
+    sources = {}
+    for section, field in HearthConfig.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name in model.model_fields:
+            variable = f"{ENV_PREFIX}{section}__{name}".upper()
+            if variable in variables:
+                sources[f"{section}.{name}"] = variables[variable]
+            elif name in (written.get(section) or {}):
+                sources[f"{section}.{name}"] = str(file)
+            else:
+                sources[f"{section}.{name}"] = "default"
+    return config, sources
 
 
 def validate_config(data: Mapping[str, Any], source: str = "config") -> HearthConfig:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,30 @@ def test_invalid_environment_value_names_field_value_and_fix():
     message = str(info.value)
     assert "sampling.top_k = 'many'" in message
     assert "HEARTH_<SECTION>__<FIELD>" in message
+
+
+def test_config_show_names_where_each_value_came_from(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from hearthlm.cli import app
+    from hearthlm.config import config_sources
+
+    toml = tmp_path / "hearth.toml"
+    toml.write_text(
+        "[llm]\nthreads = 3\n[[serve.api_keys]]\nkey = 'a-long-secret-key'\n", encoding="utf-8"
+    )
+    environ = {"HEARTH_SAMPLING__TEMPERATURE": "0.5"}
+    cfg, sources = config_sources(toml, environ=environ)
+    assert cfg.llm.threads == 3 and sources["llm.threads"] == str(toml)
+    assert cfg.sampling.temperature == 0.5
+    assert sources["sampling.temperature"] == "HEARTH_SAMPLING__TEMPERATURE"
+    assert sources["retrieval.k"] == sources["llm.backend"] == "default"
+    shown = CliRunner().invoke(app, ["config", "show", "-c", str(toml), "--json"], env=environ)
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert printed["sampling.temperature"] == {
+        "value": 0.5,
+        "source": "HEARTH_SAMPLING__TEMPERATURE",
+    }
+    assert "a-long-secret-key" not in shown.output  # secrets are masked
+    assert printed["serve.api_keys"]["source"] == str(toml)

@@ -42,7 +42,11 @@ class KeyRing:
 
     def __init__(self, keys: list[APIKey]) -> None:
         self._keys = [
-            (k.key.encode(), k.name or f"key-{i + 1}", None if "*" in k.collections else k)
+            (
+                k.key.get_secret_value().encode(),
+                k.name or f"key-{i + 1}",
+                None if "*" in k.collections else k,
+            )
             for i, k in enumerate(keys)
         ]
 

@@ -2,40 +2,59 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hearthlm.errors import ConfigError
 from hearthlm.finetune import (
-    BottleneckAdapterConfig,
-    FullConfig,
-    IA3Config,
     LoraConfig,
     PromptTuningConfig,
-    SelectiveConfig,
     TrainConfig,
-    available_methods,
     method_config,
 )
-from hearthlm.finetune.methods import method_class
+from hearthlm.finetune.methods import METHODS, count_parameters, method_class, prepare
 
 
-def test_each_builtin_method_has_its_own_config_and_learning_rate():
-    expected = {
-        "lora": (LoraConfig, 2e-4),
-        "prompt-tuning": (PromptTuningConfig, 3e-3),
-        "full": (FullConfig, 2e-5),
-        "selective": (SelectiveConfig, 5e-5),
-        "adapters": (BottleneckAdapterConfig, 5e-4),
-        "ia3": (IA3Config, 1e-3),
-    }
-    for name, (cls, rate) in expected.items():
-        assert available_methods()[name] is cls
-        config = method_config(name)
-        assert type(config) is cls and config.method == name
-        assert config.learning_rate == rate
-    assert method_config("lora", rank=4).rank == 4
-    assert FullConfig.output == SelectiveConfig.output == "model"
-    assert LoraConfig.output == "adapter"
+def _tiny_llama():
+    """A two-layer Llama with random weights: the packaged model's architecture, in miniature."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "trains"),
+    [
+        ("full", {}, lambda n: True),
+        ("selective", {"trainable": [r"layers\.1\."]}, lambda n: "layers.1." in n),
+        ("lora", {"rank": 4}, lambda n: "lora_" in n),
+        ("ia3", {}, lambda n: "ia3_" in n),
+        ("prompt-tuning", {"virtual_tokens": 4}, lambda n: "prompt_encoder" in n),
+        ("adapters", {}, lambda n: re.search(r"\.(down|up)\.(weight|bias)$", n) is not None),
+    ],
+)
+def test_each_built_in_method_trains_what_its_name_says(name, options, trains):
+    """Every built-in method, by name, makes a model ready to train: the parameters it leaves
+    trainable are exactly those its method adapts, and none of the others."""
+    config = method_config(name, **options)
+    assert config.method == name and type(config) is METHODS.get(name)
+    model = prepare(_tiny_llama(), None, config)
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    assert trainable and trainable == {n for n in params if trains(n)}
+    share = count_parameters(model).percent
+    assert share == 100.0 if name == "full" else share < 50.0
+    if name == "lora":  # the rank given is the rank of every update
+        assert {p.shape[0] for n, p in params.items() if "lora_A" in n} == {4}
 
 
 def test_a_train_config_without_a_learning_rate_takes_the_methods_own():

@@ -23,18 +23,18 @@ from pydantic import Field
 from hearthlm.config import LLMConfig, StrictModel
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_file, atomic_folder
-from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
-from hearthlm.finetune.pairs import transcript_messages
-from hearthlm.finetune.reward import RewardModel
-from hearthlm.finetune.run import load_base
-from hearthlm.finetune.trainer import (
+from hearthlm.finetune.checkpoints import (
     load_trainable,
     read_checkpoint,
     resume_history,
     trainable_state,
-    use_bf16,
     write_checkpoint,
 )
+from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
+from hearthlm.finetune.pairs import transcript_messages
+from hearthlm.finetune.reward import RewardModel
+from hearthlm.finetune.run import load_base
+from hearthlm.finetune.trainer import use_bf16
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows

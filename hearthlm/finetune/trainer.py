@@ -10,7 +10,6 @@ the weights an uninterrupted run ends with.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -23,7 +22,14 @@ from pydantic import Field
 
 from hearthlm.config import StrictModel
 from hearthlm.errors import TrainingError
-from hearthlm.files import atomic_folder, old_folder
+from hearthlm.files import atomic_folder
+from hearthlm.finetune.checkpoints import (
+    load_trainable,
+    read_checkpoint,
+    resume_history,
+    trainable_state,
+    write_checkpoint,
+)
 from hearthlm.finetune.data import IGNORE, Example
 from hearthlm.finetune.memory import (
     MemoryBreakdown,
@@ -36,7 +42,7 @@ from hearthlm.finetune.profiling import profiled
 from hearthlm.llm.hf_backend import pick_device
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
-from hearthlm.runs import append_jsonl, read_jsonl
+from hearthlm.runs import append_jsonl
 
 
 class TrainConfig(StrictModel):
@@ -227,6 +233,7 @@ class Trainer:
         # The loss: next-token cross-entropy on completion tokens unless an objective (the reward
         # model's pairwise loss) supplies ``loss(trainer, examples) -> (sum, count)``.
         self.objective = objective
+        self._stream: Iterator[tuple[int, list[Example]]] = iter(())  # fit's micro-batches
         self.device = pick_device(config.device)
         self.bf16 = use_bf16(config.bf16, self.device)
         if config.activation_checkpointing:
@@ -355,6 +362,9 @@ class Trainer:
     # --- loop -----------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train to ``total_steps`` (or early stopping), resuming from the folder's checkpoint:
+        each step logged to ``metrics.jsonl``, validated every ``eval_every`` steps (the best
+        weights kept), checkpointed every ``save_every``."""
         import torch
 
         state = self._resume() or TrainState()
@@ -380,39 +390,9 @@ class Trainer:
             meter.saving() if meter else contextlib.nullcontext(),
             profiled(self.config.profile_memory, self.folder, self.device),
         ):
-            batches = self._batches(state)
+            self._stream = self._batches(state)
             while state.step < self.total_steps:
-                loss_sum, token_sum = 0.0, 0
-                losses = []
-                for _ in range(self.config.grad_accum):
-                    try:
-                        position, examples = next(batches)
-                    except StopIteration:
-                        state.epoch, state.position = state.epoch + 1, 0
-                        batches = self._batches(state)
-                        position, examples = next(batches)
-                    state.position = position
-                    with forward_buffers_unmapped(self.config.return_freed_memory):
-                        loss, n = self._loss(examples)
-                    losses.append((loss, n))
-                    token_sum += n
-                    state.input_tokens += sum(map(len, examples))
-                # Token-weighted over the accumulated micro-batches, as one big batch would be.
-                for loss, _ in losses:
-                    (loss / max(token_sum, 1)).backward()
-                    loss_sum += float(loss.detach())
-                if self.config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
-                self.optimizer.step()
-                if meter:
-                    meter.stepped()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if meter:
-                    meter.grads_freed()
-                state.step += 1
-                state.tokens += token_sum
-                train_loss = loss_sum / max(token_sum, 1)
+                train_loss = self._step(state, meter)
                 record: dict[str, Any] = {
                     "step": state.step,
                     "train_loss": round(train_loss, 6),
@@ -422,17 +402,7 @@ class Trainer:
                 }
                 last = state.step == self.total_steps
                 if state.step % self.config.eval_every == 0 or last:
-                    measured = self.evaluate()
-                    if measured:
-                        val = measured["validation_loss"]
-                        record.update({k: round(v, 6) for k, v in measured.items()})
-                        if self.objective is None:
-                            record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
-                        if state.best is None or val < state.best - 1e-6:
-                            state.best, state.bad_evals = val, 0
-                            self._save_weights(self.folder / "best")
-                        else:
-                            state.bad_evals += 1
+                    self._validate(state, record)
                 history.append(record)
                 append_jsonl(metrics_path, [record])
                 advance(1, train_loss)
@@ -462,6 +432,64 @@ class Trainer:
             history=history,
             memory=memory,
         )
+
+    def _step(self, state: TrainState, meter: MemoryMeter | None) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its training loss."""
+        import torch
+
+        loss_sum, token_sum = 0.0, 0
+        losses = []
+        for _ in range(self.config.grad_accum):
+            examples = self._next_micro_batch(state)
+            with forward_buffers_unmapped(self.config.return_freed_memory):
+                loss, n = self._loss(examples)
+            losses.append((loss, n))
+            token_sum += n
+            state.input_tokens += sum(map(len, examples))
+        # Token-weighted over the accumulated micro-batches, as one big batch would be.
+        for loss, _ in losses:
+            (loss / max(token_sum, 1)).backward()
+            loss_sum += float(loss.detach())
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        if meter:
+            meter.stepped()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if meter:
+            meter.grads_freed()
+        state.step += 1
+        state.tokens += token_sum
+        return loss_sum / max(token_sum, 1)
+
+    def _next_micro_batch(self, state: TrainState) -> list[Example]:
+        """The next micro-batch, in the seeded order of its epoch; past the last, the first of
+        the next epoch. ``state.position`` follows, so a checkpoint resumes right there."""
+        try:
+            position, examples = next(self._stream)
+        except StopIteration:
+            state.epoch, state.position = state.epoch + 1, 0
+            self._stream = self._batches(state)
+            position, examples = next(self._stream)
+        state.position = position
+        return examples
+
+    def _validate(self, state: TrainState, record: dict[str, Any]) -> None:
+        """Validation scores into ``record``; the weights saved to ``best/`` when they improve,
+        else one more evaluation without improvement counted for early stopping."""
+        measured = self.evaluate()
+        if not measured:
+            return
+        val = measured["validation_loss"]
+        record.update({k: round(v, 6) for k, v in measured.items()})
+        if self.objective is None:
+            record["validation_perplexity"] = round(math.exp(min(val, 50)), 4)
+        if state.best is None or val < state.best - 1e-6:
+            state.best, state.bad_evals = val, 0
+            self._save_weights(self.folder / "best")
+        else:
+            state.bad_evals += 1
 
     def _batches(self, state: TrainState) -> Iterator[tuple[int, list[Example]]]:
         return self._micro_batches(state.epoch, state.position)
@@ -499,73 +527,6 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         return TrainState.from_json(state)
-
-
-# --- checkpoints, shared with the PPO trainer ---------------------------------------------------
-
-
-def write_checkpoint(folder: Path, payload: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write ``folder/checkpoint`` atomically: tensors and every random generator to
-    ``state.pt``, the JSON ``state`` beside them. A kill at any moment leaves the old or the new
-    checkpoint whole."""
-    import numpy as np
-    import torch
-
-    rng = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    with atomic_folder(folder / "checkpoint") as staging:
-        torch.save({**payload, "rng": rng}, staging / "state.pt")
-        (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
-
-
-def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The payload and state of ``folder/checkpoint`` with the random generators restored, or
-    ``None`` when there is none."""
-    import numpy as np
-    import torch
-
-    target = folder / "checkpoint"
-    if not (target / "state.json").is_file():
-        old = old_folder(target)  # killed between the two renames of atomic_folder
-        if not (old / "state.json").is_file():
-            return None
-        old.rename(target)
-    state = json.loads((target / "state.json").read_text(encoding="utf-8"))
-    payload = torch.load(target / "state.pt", map_location="cpu", weights_only=False)
-    rng = payload.pop("rng")
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return payload, dict(state)
-
-
-def trainable_state(model: Any) -> dict[str, Any]:
-    """CPU copies of ``model``'s trainable tensors, by parameter name."""
-    return {
-        name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad
-    }
-
-
-def load_trainable(model: Any, weights: dict[str, Any]) -> None:
-    """Copy saved trainable tensors into ``model``'s parameters of the same names."""
-    import torch
-
-    own = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            own[name].copy_(value.to(own[name].device))
-
-
-def resume_history(path: Path, up_to: int) -> list[dict[str, Any]]:
-    """The logged steps up to the checkpoint, with ``path`` cut back to them: later steps are
-    redone after a resume, and a torn last line is dropped."""
-    return read_jsonl(path, keep=lambda record: record.get("step", 0) <= up_to)
 
 
 def plot_curve(

@@ -61,21 +61,24 @@ class Registry(Generic[T]):
     """Named entries of one extension point: ``builtins`` first, then the plugins registered
     under the entry-point ``group`` by installed packages.
 
-    ``noun`` names one entry in messages ("backend"); ``what`` says what an entry must be ("a
-    Backend subclass"), and ``check(name, obj)`` whether the loaded ``obj`` is; ``hint`` ends
-    the message for an unknown name.
+    ``noun`` names one entry in messages ("backend"). ``check`` says what an entry must be: a
+    class, whose subclasses the group takes, or a function ``check(name, obj)``, with ``what``
+    describing it for messages. ``hint`` ends the message for an unknown name.
     """
 
     def __init__(
         self,
         group: str,
         noun: str,
-        what: str,
-        check: Callable[[str, Any], bool],
+        check: type | Callable[[str, Any], bool],
         builtins: Mapping[str, Any],
+        what: str = "",
         hint: str = "",
     ) -> None:
-        self.group, self.noun, self.what, self._check = group, noun, what, check
+        if isinstance(check, type):
+            what = what or f"a {check.__module__}.{check.__qualname__} subclass"
+        self.group, self.noun, self.what = group, noun, what
+        self._check = _subclass_of(check) if isinstance(check, type) else check
         self.hint = hint or f"Install the package that registers it ({group!r} entry points)."
         self.builtin_names = tuple(builtins)
         self._builtins = [_Entry(name, target, "hearthlm") for name, target in builtins.items()]
@@ -156,3 +159,12 @@ class Registry(Generic[T]):
     def _label(self, entry: _Entry) -> str:
         where = entry.target.value if isinstance(entry.target, EntryPoint) else entry.target
         return f"the {self.group} entry {entry.name!r} ({where}, from {entry.source})"
+
+
+def _subclass_of(base: type) -> Callable[[str, Any], bool]:
+    """A registry check: the entry is a subclass of ``base``."""
+
+    def check(name: str, obj: Any) -> bool:
+        return isinstance(obj, type) and issubclass(obj, base)
+
+    return check

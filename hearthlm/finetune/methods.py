@@ -223,8 +223,7 @@ class BottleneckAdapterConfig(MethodConfig):
 METHODS: Registry[type[MethodConfig]] = Registry(
     ENTRY_POINT_GROUP,
     noun="training method",
-    what="a hearthlm.finetune.methods.MethodConfig subclass",
-    check=lambda name, obj: isinstance(obj, type) and issubclass(obj, MethodConfig),
+    check=MethodConfig,
     builtins={
         "lora": LoraConfig,
         "prompt-tuning": PromptTuningConfig,

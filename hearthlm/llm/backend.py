@@ -203,8 +203,7 @@ class Backend(ABC):
 BACKENDS: Registry[type[Backend]] = Registry(
     ENTRY_POINT_GROUP,
     noun="backend",
-    what="a hearthlm.llm.backend.Backend subclass",
-    check=lambda name, obj: isinstance(obj, type) and issubclass(obj, Backend),
+    check=Backend,
     builtins={
         "llamacpp": "hearthlm.llm.llamacpp_backend:LlamaCppBackend",
         "transformers": "hearthlm.llm.hf_backend:TransformersBackend",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
     HumanMessage,
     SystemMessage,
     ToolCallChunk,
@@ -27,7 +25,6 @@ from langchain_core.messages import (
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError
@@ -47,12 +44,20 @@ from hearthlm.config import (
 from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import (
     BACKENDS,
-    TEXT_REPLY,
     Backend,
     Constraint,
     Piece,
     cancelled,
     load_backend,
+)
+from hearthlm.llm.call_options import (
+    JSON_OBJECT,
+    TEXT_ONLY,
+    distinct_tools,
+    explicit_constraint,
+    json_mode_schema,
+    json_schema_of,
+    template_message,
 )
 from hearthlm.llm.calls import best_scorer, choose_arguments, choose_call, choose_tool
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
@@ -69,10 +74,7 @@ from hearthlm.llm.tools import (
 )
 
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
-TEXT_ONLY = f"root ::= {TEXT_REPLY}\n"  # plain text that cannot open a JSON tool call
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
-# JSON mode, in OpenAI's words: the reply is a JSON object, of any shape.
-JSON_OBJECT: dict[str, Any] = {"type": "json_object"}
 
 
 @dataclass
@@ -367,7 +369,7 @@ class ChatHearth(BaseChatModel):
                 f"the prompt is {len(ids)} tokens but the context window is "
                 f"{self.context_window}. Shorten the prompt."
             )
-        prepared = _Prepared(ids, _explicit_constraint(kwargs), False, 0)
+        prepared = _Prepared(ids, explicit_constraint(kwargs), False, 0)
         outcome = _Outcome()
         return Completion(
             ids, self._deltas(prepared, self._sampling(kwargs), stop, outcome), outcome
@@ -531,7 +533,7 @@ class ChatHearth(BaseChatModel):
         tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
         text_only = bool(kwargs.get("tools")) and kwargs.get("tool_choice") == "none"
         response_format = kwargs.get("response_format")
-        explicit = _explicit_constraint(kwargs)
+        explicit = explicit_constraint(kwargs)
         fitted, ids, dropped = self._fit(messages, tools, response_format, tools_optional)
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
         choosing = self.decision_mode == "choose" and request is not None and explicit is None
@@ -557,7 +559,7 @@ class ChatHearth(BaseChatModel):
         elif response_format == JSON_OBJECT:
             constraint = Constraint(json_mode_schema(str(request or "")))
         elif response_format is not None:
-            schema = strict_schema(_json_schema_of(response_format))
+            schema = strict_schema(json_schema_of(response_format))
             if source is not None:  # fields chosen as a call's arguments are
                 rendered = self._template_messages(fitted, [], response_format, True)
                 opening = self._prompt_text(rendered) + "{"
@@ -583,7 +585,7 @@ class ChatHearth(BaseChatModel):
     def prompt(self, messages: list[BaseMessage]) -> str:
         """The prompt text the model reads for ``messages``, chat template applied. A final
         AI message is continued, not closed (a prefilled reply)."""
-        return self._prompt_text([_to_template(m) for m in messages])
+        return self._prompt_text([template_message(m) for m in messages])
 
     def _fit(
         self,
@@ -628,14 +630,14 @@ class ChatHearth(BaseChatModel):
         response_format: Any,
         tools_optional: bool,
     ) -> list[dict[str, str]]:
-        rendered = [_to_template(m) for m in messages]
+        rendered = [template_message(m) for m in messages]
         extra = ""
         if tools:
             extra = tools_instructions(tools, required=not tools_optional)
         elif response_format == JSON_OBJECT:
             extra = "Reply with only a JSON object."
         elif response_format is not None:
-            schema = json.dumps(_json_schema_of(response_format).get("properties", {}))
+            schema = json.dumps(json_schema_of(response_format).get("properties", {}))
             extra = f"Reply with only a JSON object with these fields: {schema}"
         if extra:
             if rendered and rendered[0]["role"] == "system":
@@ -700,7 +702,7 @@ class ChatHearth(BaseChatModel):
             tool_choice: ``"auto"`` (default: call a tool or answer), ``"any"``/``"required"``
                 (must call one), a tool name (must call that one), or ``"none"``.
         """
-        formatted = format_tools(_distinct(tools))
+        formatted = format_tools(distinct_tools(tools))
         select_tools(formatted, tool_choice)  # validate the choice now, not at first call
         return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
@@ -729,7 +731,7 @@ class ChatHearth(BaseChatModel):
         traced = {"kwargs": {"method": method}}
         if schema is not None:
             traced["schema"] = convert_to_json_schema(schema)
-        response_format = JSON_OBJECT if method == "json_mode" else _json_schema_of(schema)
+        response_format = JSON_OBJECT if method == "json_mode" else json_schema_of(schema)
         llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
         parser: Runnable[Any, Any] = (
             PydanticOutputParser(pydantic_object=schema)
@@ -745,31 +747,6 @@ class ChatHearth(BaseChatModel):
         return RunnableMap(raw=llm) | parsed.with_fallbacks(
             [fallback], exception_key="parsing_error"
         )
-
-
-# A quoted key name, in a sentence that speaks of keys or fields.
-_QUOTED_KEY = re.compile(r"""['"`]([A-Za-z_][A-Za-z0-9_]{0,63})['"`]""")
-_KEY_WORDS = re.compile(r"\b(keys?|fields?|propert(y|ies)|attributes?)\b", re.IGNORECASE)
-
-
-def json_mode_schema(request: str) -> dict[str, Any]:
-    """JSON mode's grammar: an object, whose keys are those the request quotes in a sentence
-    about keys ("a JSON with 'setup' and 'punchline' keys"), each required and holding a
-    string, number, boolean or null, if it quotes any. JSON mode asks the prompt to say which
-    keys; a small model left to write them forgets one, or nests an object in another.
-    """
-    keys: list[str] = []
-    for sentence in re.split(r"(?<=[.!?\n])\s+", request):
-        if _KEY_WORDS.search(sentence):
-            keys += [k for k in _QUOTED_KEY.findall(sentence) if k not in keys]
-    if not keys:
-        return {"type": "object"}
-    return {
-        "type": "object",
-        "properties": {k: {"type": ["string", "number", "boolean", "null"]} for k in keys},
-        "required": keys,
-        "additionalProperties": False,
-    }
 
 
 def _pieces(
@@ -795,82 +772,3 @@ def _pieces(
         close = getattr(tokens, "close", None)
         if close:
             close()
-
-
-def _explicit_constraint(kwargs: dict[str, Any]) -> Constraint | None:
-    """The constraint given with the call (``constraint=``), which overrides tools and formats:
-    a :class:`Constraint`, a GBNF grammar (``str``) or a JSON schema (``dict``)."""
-    if "grammar" in kwargs:
-        raise ConfigError(
-            "grammar= is not a ChatHearth option; pass constraint=Constraint(grammar=...) "
-            "or constraint='<GBNF>'."
-        )
-    constraint = kwargs.get("constraint")
-    if constraint is None or isinstance(constraint, Constraint):
-        return constraint
-    if isinstance(constraint, str):
-        return Constraint(grammar=constraint)
-    if isinstance(constraint, dict):
-        return Constraint(json_schema=strict_schema(constraint))
-    raise ConfigError(
-        f"constraint={constraint!r} is not a Constraint, a GBNF grammar (str) or a JSON schema "
-        "(dict)."
-    )
-
-
-def _distinct(tools: Sequence[Any]) -> list[Any]:
-    """``tools`` with repeats of one definition dropped: a pydantic class and its own JSON schema
-    differ only in ``title`` annotations, and are the same tool. Two runnable tools (functions or
-    LangChain tools) that share a name stay, even with one schema: a call could not say which one
-    runs, so :func:`format_tools` refuses them."""
-    kept: list[Any] = []
-    runnable: dict[str, bool] = {}
-    for tool in tools:
-        key = json.dumps(_untitled(convert_to_openai_tool(tool)), sort_keys=True, default=str)
-        runs = _runs(tool)
-        if key in runnable and not (runs and runnable[key]):
-            continue
-        runnable[key] = runnable.get(key, False) or runs
-        kept.append(tool)
-    return kept
-
-
-def _runs(tool: Any) -> bool:
-    """Whether ``tool`` is code that runs (a function or a LangChain tool), not only a schema."""
-    return isinstance(tool, BaseTool) or (callable(tool) and not isinstance(tool, type))
-
-
-def _untitled(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _untitled(v) for k, v in node.items() if k != "title"}
-    if isinstance(node, list):
-        return [_untitled(v) for v in node]
-    return node
-
-
-def _json_schema_of(schema: Any) -> dict[str, Any]:
-    if schema == JSON_OBJECT:
-        return {"type": "object"}
-    if isinstance(schema, dict) and "function" not in schema and "properties" in schema:
-        return schema
-    return dict(convert_to_openai_tool(schema)["function"]["parameters"])
-
-
-def _to_template(message: BaseMessage) -> dict[str, str]:
-    text = message.text if isinstance(message.text, str) else str(message.content)
-    if isinstance(message, SystemMessage):
-        return {"role": "system", "content": text}
-    if isinstance(message, HumanMessage):
-        return {"role": "user", "content": text}
-    if isinstance(message, AIMessage):
-        calls = [render_tool_call(c["name"], c["args"]) for c in message.tool_calls]
-        return {"role": "assistant", "content": "\n".join([text, *calls]).strip()}
-    if isinstance(message, ToolMessage):
-        name = message.name or "the tool"
-        return {"role": "user", "content": f"Result of {name}: {text}"}
-    if isinstance(message, ChatMessage):
-        return {"role": message.role, "content": text}
-    raise ConfigError(
-        f"unsupported message type {type(message).__name__}; use System, Human, AI, Tool or "
-        "ChatMessage."
-    )

@@ -226,6 +226,8 @@ def test_a_few_steps_lower_the_loss_and_the_adapter_reloads_identically(facts, t
     assert len((tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()) == 8
     summary = json.loads((tmp_path / "lora" / "hearth_finetune.json").read_text())
     assert 0 < summary["parameters"]["percent"] < 5
+    # unasked, training does not measure (no hooks, no reset peak): it records the process's
+    assert summary["memory"]["measured"] is False and summary["memory"]["process_peak_mb"] > 0
 
     question = [("human", FACTS[0][0])]
     # The model as trained, in memory, against the adapter saved to disk and loaded again.

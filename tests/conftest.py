@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -147,6 +148,22 @@ def retrieval_config(request: pytest.FixtureRequest, tmp_path):
     server = request.getfixturevalue("chroma_server") if request.param == "server" else None
     name = f"test-{uuid.uuid4().hex[:8]}"  # the server outlives each test
     return RetrievalConfig(path=tmp_path / "index", server=server, collection=name)
+
+
+def install_distribution(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, dist: str, entry_points: str, module: str = ""
+) -> None:
+    """A real distribution on ``sys.path``, found by ``importlib.metadata`` as an installed
+    package is: ``dist``'s ``.dist-info`` with ``entry_points`` (the text of entry_points.txt)
+    and, with ``module``, the source of its one module, named after it (``-`` as ``_``)."""
+    name = dist.replace("-", "_")
+    if module:
+        (folder / f"{name}.py").write_text(module, encoding="utf-8")
+    info = folder / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Name: {dist}\nVersion: 1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(entry_points, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(folder))
 
 
 ALPHA, BETA = "alpha-key-0123456789", "beta-key-0123456789"

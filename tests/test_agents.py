@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import install_distribution
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -137,20 +138,13 @@ def test_langchain_create_agent_drives_the_local_model(llama_chat):
 
 def test_plugin_tools_register_through_entry_points(tmp_path, monkeypatch):
     """A real distribution on sys.path declaring a hearthlm.tools entry point."""
-    package = tmp_path / "weather_plugin.py"
-    package.write_text(
+    module = (
         "def forecast(city: str) -> str:\n"
         '    """Tomorrow\'s weather forecast for a city."""\n'
-        "    return f'Rain in {city}.'\n",
-        encoding="utf-8",
+        "    return f'Rain in {city}.'\n"
     )
-    dist = tmp_path / "weather_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Name: weather-plugin\nVersion: 1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text(
-        "[hearthlm.tools]\nforecast = weather_plugin:forecast\n", encoding="utf-8"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = "[hearthlm.tools]\nforecast = weather_plugin:forecast\n"
+    install_distribution(tmp_path, monkeypatch, "weather-plugin", entry, module)
     from hearthlm.agents.tools import plugin_tools
 
     (found,) = [t for t in plugin_tools() if t.name == "forecast"]

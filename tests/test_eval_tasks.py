@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import install_distribution
 
 from hearthlm.errors import ConfigError
 from hearthlm.eval.runner import run_tasks
@@ -51,12 +52,9 @@ class WordCountTask(Task[WordCountSpec]):
 
 def install_plugin(tmp_path: Path, monkeypatch, entry: str) -> None:
     """A real distribution on sys.path declaring ``entry`` under hearthlm.tasks."""
-    (tmp_path / "wordcount_tasks.py").write_text(PLUGIN, encoding="utf-8")
-    dist = tmp_path / "wordcount_tasks-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Name: wordcount-tasks\nVersion: 1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text(f"[hearthlm.tasks]\n{entry}\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution(
+        tmp_path, monkeypatch, "wordcount-tasks", f"[hearthlm.tasks]\n{entry}\n", PLUGIN
+    )
 
 
 def test_a_plugin_kind_runs_from_a_task_file(tmp_path, monkeypatch):

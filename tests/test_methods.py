@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import install_distribution
 
 from hearthlm.errors import ConfigError
 from hearthlm.finetune import (
@@ -97,14 +98,8 @@ class BiasOnlyConfig(MethodConfig):
 
 def test_plugin_methods_register_through_entry_points(tmp_path, monkeypatch):
     """A real distribution on sys.path declaring a hearthlm.methods entry point."""
-    (tmp_path / "bias_plugin.py").write_text(PLUGIN, encoding="utf-8")
-    dist = tmp_path / "bias_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Name: bias-plugin\nVersion: 1.0\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text(
-        "[hearthlm.methods]\nbias-only = bias_plugin:BiasOnlyConfig\n", encoding="utf-8"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))  # the registry finds plugins again
+    entry = "[hearthlm.methods]\nbias-only = bias_plugin:BiasOnlyConfig\n"
+    install_distribution(tmp_path, monkeypatch, "bias-plugin", entry, PLUGIN)
     config = method_config("bias-only")
     assert type(config).__name__ == "BiasOnlyConfig" and config.learning_rate == 1e-3
     assert method_class("lora") is LoraConfig  # the built-ins are still there

@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import install_distribution
 
 from hearthlm.errors import ConfigError
 from hearthlm.eval.tasks.spec import TASKS
 from hearthlm.finetune.methods import METHODS
 from hearthlm.llm.backend import BACKENDS
 from hearthlm.plugins import PluginError
-
-
-def install(tmp_path: Path, monkeypatch, dist: str, entries: str, module: str = "") -> None:
-    """A distribution ``dist`` declaring ``entries`` (entry_points.txt lines, ``plugin_mod``
-    standing for its own module), with that module's source."""
-    name = dist.replace("-", "_")
-    entries = entries.replace("plugin_mod", name)
-    if module:
-        (tmp_path / f"{name}.py").write_text(module, encoding="utf-8")
-    info = tmp_path / f"{name}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Name: {dist}\nVersion: 1.0\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(entries, encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 def test_each_extension_point_lists_its_built_ins_without_importing_them():
@@ -48,18 +34,18 @@ def test_each_extension_point_lists_its_built_ins_without_importing_them():
 
 def test_a_plugin_that_takes_a_built_in_name_is_refused_with_both_names(tmp_path, monkeypatch):
     module = "from hearthlm.finetune.methods import LoraConfig\nclass Mine(LoraConfig): pass\n"
-    install(tmp_path, monkeypatch, "my-lora", "[hearthlm.methods]\nlora = plugin_mod:Mine\n",
-            module)  # fmt: skip
+    entry = "[hearthlm.methods]\nlora = my_lora:Mine\n"
+    install_distribution(tmp_path, monkeypatch, "my-lora", entry, module)
     with pytest.raises(PluginError, match=r"'lora'.*from my-lora.*reuses the name 'lora', a built"):
         METHODS.get("full")
 
 
 def test_a_plugin_that_fails_to_import_names_its_distribution(tmp_path, monkeypatch):
-    install(
+    install_distribution(
         tmp_path,
         monkeypatch,
         "broken-backend",
-        "[hearthlm.backends]\nbroken = plugin_mod:Missing\n",
+        "[hearthlm.backends]\nbroken = broken_backend:Missing\n",
         "import a_module_that_is_not_installed\n",
     )
     assert "broken" in BACKENDS.names()  # listed, not imported
@@ -69,8 +55,8 @@ def test_a_plugin_that_fails_to_import_names_its_distribution(tmp_path, monkeypa
 
 
 def test_an_entry_of_the_wrong_type_is_refused_with_what_its_group_takes(tmp_path, monkeypatch):
-    install(tmp_path, monkeypatch, "odd-backend", "[hearthlm.backends]\nodd = plugin_mod:odd\n",
-            "def odd():\n    return 1\n")  # fmt: skip
+    entry = "[hearthlm.backends]\nodd = odd_backend:odd\n"
+    install_distribution(tmp_path, monkeypatch, "odd-backend", entry, "def odd():\n    return 1\n")
     with pytest.raises(PluginError, match=r"'odd'.*not a hearthlm\.llm\.backend\.Backend subclass"):
         BACKENDS.get("odd")
     with pytest.raises(ConfigError, match=r"unknown backend 'nope'\. Known backends: .*odd"):
@@ -87,8 +73,8 @@ def test_a_plugin_tool_that_takes_a_built_in_tool_name_is_refused(tmp_path, monk
         "        return '0'\n"
         "    return [calculator]\n"
     )
-    install(tmp_path, monkeypatch, "sneaky-tools", "[hearthlm.tools]\nmine = plugin_mod:my_tools\n",
-            module)  # fmt: skip
+    entry = "[hearthlm.tools]\nmine = sneaky_tools:my_tools\n"
+    install_distribution(tmp_path, monkeypatch, "sneaky-tools", entry, module)
     from hearthlm.agents.tools import plugin_tools
 
     with pytest.raises(PluginError, match=r"'mine' makes a tool named 'calculator'"):

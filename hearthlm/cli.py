@@ -7,7 +7,6 @@ printed as one red line and exit with status 1, here and nowhere else.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -46,6 +45,7 @@ from hearthlm.config import APIKey, HearthConfig, load_config
 from hearthlm.errors import HearthError
 from hearthlm.llm.backend import BACKENDS
 from hearthlm.llm.sources import list_sources
+from hearthlm.plugins import resolve
 
 # Each command imports what it runs inside itself (the retrieval stack, LangChain, the agents),
 # and `hearth eval` and `hearth finetune` are imported when they run, so that `hearth --help`
@@ -61,8 +61,7 @@ class _LazyGroup(TyperGroup):
 
     @functools.cached_property
     def loaded(self) -> TyperGroup:
-        module, _, attr = self.target.partition(":")
-        group = typer.main.get_command(getattr(importlib.import_module(module), attr))
+        group = typer.main.get_command(resolve(self.target))
         assert isinstance(group, TyperGroup), self.target
         group.help = self.help
         return group

@@ -32,9 +32,15 @@ from typing import Any, Generic, TypeVar
 
 from hearthlm.errors import ConfigError
 
-__all__ = ["PluginError", "Registry"]
+__all__ = ["PluginError", "Registry", "resolve"]
 
 T = TypeVar("T")
+
+
+def resolve(target: str) -> Any:
+    """The object a ``"module:attribute"`` reference names, its module imported."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 class PluginError(ConfigError):
@@ -52,8 +58,7 @@ class _Entry:
         if isinstance(self.target, EntryPoint):
             return self.target.load()
         if isinstance(self.target, str):
-            module, _, attribute = self.target.partition(":")
-            return getattr(importlib.import_module(module), attribute)
+            return resolve(self.target)
         return self.target
 
 

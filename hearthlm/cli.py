@@ -464,10 +464,10 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
     cfg, sources = config_sources(config)
     values = cfg.model_dump(mode="json")
-    rows = [
-        (key, values[key.split(".")[0]][key.split(".")[1]], source)
-        for key, source in sources.items()
-    ]
+    rows = []
+    for key, source in sources.items():
+        section, name = key.split(".")
+        rows.append((key, values[section][name], source))
     if as_json:
         print(json.dumps({key: {"value": v, "source": s} for key, v, s in rows}, indent=2))
         return

@@ -137,14 +137,6 @@ def resolve_tools(tools: Iterable[BaseTool | Callable[..., Any]]) -> list[BaseTo
     return resolved
 
 
-def select(names: Sequence[str], available: dict[str, BaseTool]) -> list[BaseTool]:
-    """Tools by name, for the CLI's ``--tools``."""
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise ToolError(f"unknown tool(s) {unknown}; available: {', '.join(sorted(available))}")
-    return [available[n] for n in names]
-
-
 def _search_backend(config: Any, retriever: Any) -> SearchBackend:
     agents = config.agents
     options = {"timeout": agents.search_timeout, "retries": agents.search_retries}
@@ -207,4 +199,5 @@ def build_tools(config: Any, names: Sequence[str] | None = None) -> list[BaseToo
         known = ", ".join(sorted({*TOOLS.builtin_names, *plugins}))
         raise ToolError(f"unknown tool(s) {unknown}; available: {known}")
     built = {n: TOOLS.get(n)(config, retriever) for n in TOOLS.builtin_names if n in names}
-    return select(names, {**plugins, **built})
+    available = {**plugins, **built}
+    return [available[n] for n in names]

@@ -12,6 +12,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from hearthlm.config import SamplingConfig
+from hearthlm.errors import ConfigError
 from hearthlm.llm import ChatHearth
 from hearthlm.llm.text import render_chat
 
@@ -316,10 +317,12 @@ def test_the_batched_engine_decodes_its_sequences_in_slot_order_whatever_order_t
 
 def test_a_follow_up_turn_finds_its_conversation_cached_after_another_user_came_and_went():
     """Another user's request shares only the system prompt with a finished conversation. It
-    takes an empty slot rather than that conversation's, so the follow-up turn evaluates only
-    its new tokens (and the server's eight users keep their eight caches); a prompt that a
-    slot holds entirely is read from that slot."""
+    takes an empty slot rather than that conversation's, with a copy of the system prompt's
+    cells, so it evaluates only its own tokens, and the follow-up turn evaluates only its new
+    tokens (the server's eight users keep their eight caches); a prompt that a slot holds
+    entirely is read from that slot."""
     from hearthlm.config import LLMConfig
+    from hearthlm.llm import batching
     from hearthlm.llm.llamacpp_backend import LlamaCppBackend
 
     backend = LlamaCppBackend.load(LLMConfig(parallel=2))
@@ -339,14 +342,24 @@ def test_a_follow_up_turn_finds_its_conversation_cached_after_another_user_came_
     try:
         first = chat("Say hello.")
         reply, _ = evaluated(first)
-        _, other_cost = evaluated(chat("Name a colour."))
+        other = chat("Name a colour.")
+        other_reply, other_cost = evaluated(other)
+        copied = scheduler.stats()["copied_tokens"]
         answer = backend.decode(reply)
         follow_up = chat("Say hello.", answer, "Now say goodbye.")
         _, cost = evaluated(follow_up)
         _, again = evaluated(first)  # the same prompt again: it is in the follow-up's cells
     finally:
         backend.close()
-    assert other_cost == len(chat("Name a colour."))  # an empty slot: nothing was cached
+    fresh = LlamaCppBackend.load(LLMConfig(parallel=2))  # nothing cached: all evaluated
+    try:
+        other_in_full = list(fresh.generate(other, greedy))
+    finally:
+        fresh.close()
+    system = next(i for i, (a, b) in enumerate(zip(first, other, strict=False)) if a != b)
+    assert system >= batching.MIN_COPIED_PREFIX and copied == system  # from the first slot
+    assert other_cost == len(other) - system  # only its own tokens were evaluated
+    assert other_in_full == other_reply  # the same reply as with every token evaluated
     held = first + reply  # the cells of the first conversation's slot
     assert follow_up[: len(held)] == held
     assert cost == len(follow_up) - len(held)
@@ -369,3 +382,41 @@ def test_a_dropped_batched_backend_stops_its_scheduler_before_its_model_is_freed
     del backend, tokens
     gc.collect()
     assert not scheduler.is_alive()
+
+
+def test_a_binding_without_a_context_setting_the_engine_sets_is_refused(monkeypatch):
+    """ctypes takes an assignment to a field a structure lacks without a word, so an older
+    llama-cpp-python would drop flash attention or the per-sequence cache silently: the
+    start-up check names the missing field as it names a missing function."""
+    import ctypes
+
+    import llama_cpp
+
+    from hearthlm.errors import ModelLoadError
+    from hearthlm.llm import llama_batch
+
+    llama_batch.check_bindings()  # the installed version has them all
+    fields = [f for f in llama_cpp.llama_context_params._fields_ if f[0] != "flash_attn_type"]
+    older = type("llama_context_params", (ctypes.Structure,), {"_fields_": fields})
+    monkeypatch.setattr(llama_cpp, "llama_context_params", older)
+    monkeypatch.delattr(llama_cpp, "llama_vocab_is_eog")
+    with pytest.raises(ModelLoadError) as refused:
+        llama_batch.check_bindings()
+    message = str(refused.value)
+    assert "llama_context_params.flash_attn_type" in message and "llama_vocab_is_eog" in message
+    assert "llama-cpp-python >=0.3.17,<0.4" in message
+
+
+def test_logprobs_are_each_tokens_as_it_was_sampled(any_chat):
+    """``logprobs=True`` gives each generated token's log-probability from the logits it was
+    sampled from, in ChatOpenAI's form: a greedy reply took the likeliest token every time."""
+    reply = any_chat.invoke("Name a colour.", max_new_tokens=8, logprobs=True, top_logprobs=2)
+    content = reply.response_metadata["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == reply.content
+    assert len(content) == reply.usage_metadata["output_tokens"]
+    for token in content:
+        best = token["top_logprobs"]
+        assert len(best) == 2 and best[0]["logprob"] >= best[1]["logprob"]
+        assert token["token"] == best[0]["token"] and token["logprob"] == best[0]["logprob"]
+    with pytest.raises(ConfigError, match="top_logprobs needs logprobs"):
+        any_chat.invoke("Hi", top_logprobs=2)

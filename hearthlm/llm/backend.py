@@ -78,13 +78,19 @@ class Constraint:
         return json.dumps([self.json_schema, self.allow_text, self.grammar], sort_keys=True)
 
 
+# A token's log-probability and the likeliest tokens at its position with theirs.
+Scored = tuple[float, dict[int, float]]
+
+
 @dataclass(frozen=True)
 class Piece:
-    """A piece of a reply from a backend that streams text (a remote server), and how many
-    tokens it holds."""
+    """A piece of a reply, how many tokens it holds, and their ids where the backend yields
+    ids (a remote server streams text alone)."""
 
     text: str
     tokens: int = 1
+    ids: tuple[int, ...] = ()
+    scored: tuple[Scored, ...] = ()  # the ids' log-probabilities, where they were asked for
 
 
 class GrammarCache:
@@ -125,6 +131,8 @@ class Backend(ABC):
     streams_text: ClassVar[bool] = False
     # Whether loglikelihoods works: every local backend scores; a server may not.
     can_score: bool = True
+    # Whether generate_logprobs works: the log-probability of each token as it is sampled.
+    logprobs_while_generating: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.generated_tokens = 0  # replies' tokens, counted by the chat model
@@ -152,6 +160,18 @@ class Backend(ABC):
     ) -> Iterator[int]:
         """Yield generated token ids until an end-of-generation token (not yielded) or until the
         caller stops iterating. Callers hold ``lock`` while iterating."""
+
+    def generate_logprobs(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None,
+        top: int,
+    ) -> Iterator[tuple[int, Scored]]:
+        """:meth:`generate`, each token with the log-probability the model gave it where it
+        was sampled (from the raw logits, before temperature, penalties or a grammar) and the
+        ``top`` likeliest tokens there, on a backend with ``logprobs_while_generating``."""
+        raise NotImplementedError(f"the {self.name} backend does not record log-probabilities")
 
     def generate_text(
         self,

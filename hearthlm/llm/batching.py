@@ -7,7 +7,8 @@ results from a queue. Each step the scheduler
 1. drops the sequences whose caller closed them or whose cancel event is set, and admits waiting
    requests into free slots (a slot whose cells hold the prompt or that it continues, so a
    follow-up request re-evaluates only what is new; else an empty slot, so that another
-   conversation's cache survives);
+   conversation's cache survives, given a copy of the longest prefix any slot holds, such as
+   the system prompt, when that saves evaluating enough tokens);
 2. builds one batch, its sequences in slot order: the next token of every decoding sequence,
    and prompt tokens (first come, first served), at most ``prefill_chunk`` of them while others
    are decoding, so a long prompt does not freeze the streams already running;
@@ -38,9 +39,19 @@ from hearthlm.errors import ContextWindowError, GenerationError
 from hearthlm.llm.backend import Constraint, GrammarCache, current_cancel
 from hearthlm.llm.grammar import constraint_gbnf
 from hearthlm.llm.llama_batch import BatchContext, Sampler
-from hearthlm.llm.scoring import SCORING_WINDOW, log_softmax, score_continuations
+from hearthlm.llm.scoring import (
+    SCORING_WINDOW,
+    log_softmax,
+    score_continuations,
+    scored_token,
+)
 
 _END = object()  # a generation's last queue item
+# A prefix another slot holds is copied rather than evaluated when it is at least this many
+# tokens, or a 512th of a sequence's cells if that is more: llama.cpp copies a sequence's
+# whole stream (BatchContext.copy), which for 8,192 cells costs about as long as evaluating
+# 12 tokens on the 2-core machine of the benchmarks.
+MIN_COPIED_PREFIX = 16
 
 
 @dataclass(eq=False)
@@ -59,6 +70,7 @@ class _Sequence:
     prefilled: bool = False  # generation: the prompt is in; ``pending`` is the sampled token
     request: tuple[list[int], int, bool] | None = None  # scoring: (tokens, start, all_rows)
     closed: bool = False  # the caller is gone
+    top: int | None = None  # generation: each token comes with its log-probability and these
 
     @property
     def stopped(self) -> bool:
@@ -82,6 +94,7 @@ class Scheduler:
         self._free = set(range(context.n_seq))
         self.generated_tokens = 0
         self.prompt_tokens = 0
+        self.copied_tokens = 0  # prompt tokens copied from another slot, not evaluated
         self.steps = 0
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="hearth-batch", daemon=True)
@@ -104,6 +117,7 @@ class Scheduler:
             "slots": self.context.n_seq,
             "generated_tokens": self.generated_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "copied_tokens": self.copied_tokens,
             "steps": self.steps,
         }
 
@@ -158,15 +172,20 @@ class Scheduler:
     def _admit(self) -> None:
         while self._waiting and self._free:
             sequence = self._waiting.popleft()
-            slot, shared = self._best_slot(sequence.prompt)
+            slot, shared, donor = self._best_slot(sequence.prompt)
             self._free.discard(slot)
             sequence.slot = slot
             if sequence.sampler is not None:
                 shared = min(shared, len(sequence.prompt) - 1)  # the last token gives logits
+            if donor is not None:
+                self.context.copy(donor, slot, shared)
+                self.copied_tokens += shared
+            else:
+                self.context.forget(slot, shared)
+            self._history[slot] = sequence.prompt[:shared]
+            if sequence.sampler is not None:
                 sequence.pending = sequence.prompt[shared:]
                 sequence.pos = shared
-                self.context.forget(slot, shared)
-                self._history[slot] = sequence.prompt[:shared]
                 self.prompt_tokens += len(sequence.pending)
             else:
                 sequence.out.put(shared)  # a scoring session starts with what is cached
@@ -185,33 +204,32 @@ class Scheduler:
             sequence.rows = []
             self.prompt_tokens += len(tokens)
 
-    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot to run ``prompt`` in, and how many of its first tokens that slot's cells
-        already hold.
+    def _best_slot(self, prompt: list[int]) -> tuple[int, int, int | None]:
+        """The free slot to run ``prompt`` in, how many of its first tokens will be in that
+        slot's cells, and the slot to copy them from (None: they are the slot's own).
 
         A slot is worth reusing when its cells hold all of the prompt (the same prompt again),
         or when the prompt shares at least half of what they hold (a follow-up turn; an empty
         slot). Among those, the longest shared prefix wins. Otherwise the slot released longest
         ago is overwritten. A slot whose prompt merely starts with the same system prompt is
         not taken while an empty one is free: that would throw away another conversation's
-        cached turns, which its follow-up would then evaluate again, to save the few tokens of
-        the system prompt.
+        cached turns, which its follow-up would then evaluate again. The system prompt is
+        copied instead, from whichever slot (running or free) holds the longest prefix of the
+        prompt, when that is :data:`MIN_COPIED_PREFIX` tokens more than the chosen slot holds.
         """
-
-        def shared(slot: int) -> int:
-            history, n = self._history[slot], 0
-            limit = min(len(history), len(prompt))
-            while n < limit and history[n] == prompt[n]:
-                n += 1
-            return n
+        held = [_common_prefix(history, prompt) for history in self._history]
 
         def rank(slot: int) -> tuple[bool, int, float]:
-            n = shared(slot)
+            n = held[slot]
             worth = n >= len(prompt) - 1 or 2 * n >= len(self._history[slot])
             return worth, n if worth else 0, -self._used[slot]
 
         best = max(self._free, key=rank)
-        return best, shared(best)
+        donor = max(range(len(held)), key=held.__getitem__)
+        enough = max(MIN_COPIED_PREFIX, self.context.n_ctx_seq // 512)
+        if held[donor] - held[best] >= enough:
+            return best, held[donor], donor
+        return best, held[best], None
 
     def _step(self) -> None:
         decoding = [s for s in self._active if s.prefilled and s.pending]
@@ -284,7 +302,10 @@ class Scheduler:
             return
         self.generated_tokens += 1
         sequence.pending = [token]
-        sequence.out.put(token)
+        if sequence.top is None:
+            sequence.out.put(token)
+        else:
+            sequence.out.put((token, scored_token(self.context.logits(index), token, sequence.top)))
 
     def _release(self, sequence: _Sequence) -> None:
         if sequence in self._active:
@@ -292,6 +313,14 @@ class Scheduler:
             self._free.add(sequence.slot)
             self._used[sequence.slot] = time.monotonic()
         _close(sequence)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens ``a`` and ``b`` share."""
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _close(sequence: _Sequence) -> None:
@@ -327,11 +356,14 @@ class BatchedEngine:
         prompt_ids: list[int],
         sampling: SamplingConfig,
         constraint: Constraint | None = None,
-    ) -> Iterator[int]:
+        top: int | None = None,
+    ) -> Iterator[Any]:
+        """The generated token ids; with ``top``, each as ``(id, (logprob, top tokens))``,
+        read from the logits it was sampled from."""
         grammar = self._prototypes.get(constraint, self._grammar_sampler) if constraint else None
         context = self.scheduler.context
         sampler = Sampler(context.vocab, context.n_vocab, sampling, grammar, self._penalty_window)
-        sequence = _Sequence(list(prompt_ids), sampler=sampler, cancel=current_cancel())
+        sequence = _Sequence(list(prompt_ids), sampler=sampler, cancel=current_cancel(), top=top)
         self.scheduler.submit(sequence)
         try:
             while True:

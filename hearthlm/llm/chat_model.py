@@ -47,6 +47,7 @@ from hearthlm.llm.backend import (
     Backend,
     Constraint,
     Piece,
+    Scored,
     cancelled,
     load_backend,
 )
@@ -60,6 +61,7 @@ from hearthlm.llm.call_options import (
     template_message,
 )
 from hearthlm.llm.calls import best_scorer, choose_arguments, choose_call, choose_tool
+from hearthlm.llm.logprobs import reply_logprobs, requested_logprobs
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
 from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
@@ -96,6 +98,8 @@ class _Outcome:
     finish_reason: str = "stop"
     opening: str = ""  # first non-whitespace character of the reply; "{" means a tool call
     text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # from a backend that yields ids
+    scored: list[Scored] = field(default_factory=list)  # their log-probabilities, if asked
 
 
 @dataclass
@@ -117,6 +121,11 @@ class Completion:
     @property
     def output_tokens(self) -> int:
         return self._outcome.output_tokens
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The ids of the tokens generated (empty from a backend that streams text)."""
+        return self._outcome.token_ids
 
 
 class ChatHearth(BaseChatModel):
@@ -402,10 +411,11 @@ class ChatHearth(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        top = requested_logprobs(kwargs, self.can_score)
         prepared = self._prepare(messages, kwargs)
         outcome = _Outcome()
         held: list[str] = []  # text that may be the start of a tool call
-        for delta in self._deltas(prepared, self._sampling(kwargs), stop, outcome):
+        for delta in self._deltas(prepared, self._sampling(kwargs), stop, outcome, top):
             held.append(delta)
             if prepared.tools_active and outcome.opening in ("", "{"):
                 continue  # a tool call is released whole, once it is complete
@@ -415,7 +425,7 @@ class ChatHearth(BaseChatModel):
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
         text = "".join(held)
-        metadata = self._metadata(prepared, outcome)
+        metadata = self._metadata(prepared, outcome, top)
         calls, invalid = parse_tool_call(text) if text else ([], [])
         if calls:
             metadata["finish_reason"] = "tool_calls"
@@ -439,13 +449,14 @@ class ChatHearth(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        top = requested_logprobs(kwargs, self.can_score)
         prepared = self._prepare(messages, kwargs)
         outcome = _Outcome()
-        for _ in self._deltas(prepared, self._sampling(kwargs), stop, outcome):
+        for _ in self._deltas(prepared, self._sampling(kwargs), stop, outcome, top):
             pass
         text = "".join(outcome.text)
         calls, invalid = parse_tool_call(text) if prepared.tools_active else ([], [])
-        metadata = self._metadata(prepared, outcome)
+        metadata = self._metadata(prepared, outcome, top)
         if calls:
             metadata["finish_reason"] = "tool_calls"
         message = AIMessage(
@@ -463,8 +474,11 @@ class ChatHearth(BaseChatModel):
         sampling: SamplingConfig,
         stop: list[str] | None,
         outcome: _Outcome,
+        top_logprobs: int | None = None,
     ) -> Iterator[str]:
-        """Text deltas of one reply; ``outcome`` records the token count and finish reason."""
+        """Text deltas of one reply; ``outcome`` records the token count and finish reason
+        (and, with ``top_logprobs``, each token's log-probability where the backend can tell
+        it as it samples)."""
         engine = self.engine
         room = engine.context_size - len(prepared.prompt_ids)
         constraint = prepared.constraint
@@ -481,7 +495,8 @@ class ChatHearth(BaseChatModel):
         free_text = constraint is None or constraint.allow_text or constraint.grammar == TEXT_ONLY
         guard = RepetitionGuard() if self.stop_repetition and free_text else None
         if prepared.fixed is not None:
-            outcome.output_tokens = len(engine.tokenize(prepared.fixed))
+            outcome.token_ids = engine.tokenize(prepared.fixed)
+            outcome.output_tokens = len(outcome.token_ids)
             outcome.opening = prepared.fixed[:1]
             outcome.text.append(prepared.fixed)
             yield prepared.fixed
@@ -489,10 +504,12 @@ class ChatHearth(BaseChatModel):
         with engine.lock:
             # An optional tool call may grow to the structured budget once it opens with "{".
             cap = structured_budget if constraint and constraint.allow_text else budget
-            pieces = _pieces(engine, prepared, sampling, stop, min(cap, room))
+            pieces = _pieces(engine, prepared, sampling, stop, min(cap, room), top_logprobs)
             try:
                 for piece in pieces:
                     outcome.output_tokens += piece.tokens
+                    outcome.token_ids += piece.ids
+                    outcome.scored += piece.scored
                     engine.generated_tokens += piece.tokens
                     text = scanner.push(piece.text)
                     if text:
@@ -582,10 +599,21 @@ class ChatHearth(BaseChatModel):
         name = tool["function"]["name"]
         return call_schema([spec], source), render_tool_call(name, chosen) if every else None
 
-    def prompt(self, messages: list[BaseMessage]) -> str:
+    def prompt(self, messages: list[BaseMessage], add_generation_prompt: bool = True) -> str:
         """The prompt text the model reads for ``messages``, chat template applied. A final
-        AI message is continued, not closed (a prefilled reply)."""
-        return self._prompt_text([template_message(m) for m in messages])
+        AI message is continued, not closed (a prefilled reply). Without
+        ``add_generation_prompt``, the chat as the template closes it, no reply opened."""
+        rendered = [template_message(m) for m in messages]
+        if add_generation_prompt:
+            return self._prompt_text(rendered)
+        engine = self.engine
+        return render_chat(
+            engine.chat_template,
+            rendered,
+            add_generation_prompt=False,
+            bos_token=engine.bos_token,
+            eos_token=engine.eos_token,
+        )
 
     def _fit(
         self,
@@ -670,7 +698,9 @@ class ChatHearth(BaseChatModel):
         n_in, n_out = len(prepared.prompt_ids), outcome.output_tokens
         return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
 
-    def _metadata(self, prepared: _Prepared, outcome: _Outcome) -> dict[str, Any]:
+    def _metadata(
+        self, prepared: _Prepared, outcome: _Outcome, top_logprobs: int | None = None
+    ) -> dict[str, Any]:
         meta = {
             **self.engine.describe(),
             "model_name": self.engine.model_name,
@@ -684,6 +714,10 @@ class ChatHearth(BaseChatModel):
         if prepared.constraint is not None and prepared.fixed is None:
             enforced = self.engine.enforces(prepared.constraint)
             meta["constraint"] = "enforced" if enforced else "not enforced"
+        if top_logprobs is not None:  # a backend that streams text gives no ids: its text's
+            ids = outcome.token_ids or self.engine.tokenize("".join(outcome.text))
+            scored = outcome.scored if len(outcome.scored) == len(ids) else None
+            meta["logprobs"] = reply_logprobs(self, prepared.prompt_ids, ids, top_logprobs, scored)
         return meta
 
     # -- tools and structured output ---------------------------------------------------------
@@ -755,19 +789,28 @@ def _pieces(
     sampling: SamplingConfig,
     stop: list[str] | None,
     max_tokens: int,
+    top_logprobs: int | None = None,
 ) -> Generator[Piece, None, None]:
     """The reply as text pieces: a remote backend streams them, a local one yields token ids,
-    detokenized here one token a piece."""
+    detokenized here one token a piece (with its log-probability, when ``top_logprobs`` asks
+    and the backend tells it as it samples)."""
     if engine.streams_text:
         yield from engine.generate_text(
             prepared.prompt_ids, sampling, prepared.constraint, stop, max_tokens
         )
         return
     detokenizer = IncrementalDetokenizer(engine.decode)
-    tokens = engine.generate(prepared.prompt_ids, sampling, prepared.constraint)
+    ids, constraint = prepared.prompt_ids, prepared.constraint
+    recorded = top_logprobs is not None and engine.logprobs_while_generating
+    tokens: Iterator[Any] = (
+        engine.generate_logprobs(ids, sampling, constraint, top_logprobs or 0)
+        if recorded
+        else engine.generate(ids, sampling, constraint)
+    )
     try:
-        for token in tokens:
-            yield Piece(detokenizer.push(token))
+        for item in tokens:
+            token, scored = item if recorded else (item, None)
+            yield Piece(detokenizer.push(token), ids=(token,), scored=(scored,) if scored else ())
     finally:
         close = getattr(tokens, "close", None)
         if close:

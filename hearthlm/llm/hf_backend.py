@@ -20,8 +20,9 @@ from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
 from hearthlm.files import atomic_folder
 from hearthlm.llm.adapters import is_bottleneck_folder, load_bottleneck_adapters
-from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache
+from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache, Scored
 from hearthlm.llm.grammar import json_schema_gbnf
+from hearthlm.llm.scoring import scored_token
 from hearthlm.llm.sources import (
     ModelSource,
     conversion_key,
@@ -103,6 +104,7 @@ class TransformersBackend(Backend):
     """Runs a causal LM with PyTorch, on CUDA when present, float32 or bfloat16."""
 
     name = "transformers"
+    logprobs_while_generating = True
 
     def __init__(self, model: Any, tokenizer: Any, source: ModelSource, device: str) -> None:
         super().__init__()
@@ -182,6 +184,28 @@ class TransformersBackend(Backend):
         sampling: SamplingConfig,
         constraint: Constraint | None = None,
     ) -> Iterator[int]:
+        for token, _ in self._generate(prompt_ids, sampling, constraint, None):
+            yield token
+
+    def generate_logprobs(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None,
+        top: int,
+    ) -> Iterator[tuple[int, Scored]]:
+        for token, scored in self._generate(prompt_ids, sampling, constraint, top):
+            if scored is not None:  # always, with top given
+                yield token, scored
+
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None,
+        top: int | None,
+    ) -> Iterator[tuple[int, Scored | None]]:
+        """Each token, and with ``top`` its record (:meth:`generate_logprobs`)."""
         import torch
         from transformers import DynamicCache
 
@@ -196,6 +220,7 @@ class TransformersBackend(Backend):
             cache = DynamicCache()
             logits = self._prefill(ids, cache)  # (1, vocab)
             while True:
+                raw = None if top is None else logits[0].float().cpu().numpy()  # (vocab,)
                 if matcher is not None:
                     logits = matcher.mask(logits)
                 scores = processors(ids, logits.float())
@@ -206,7 +231,7 @@ class TransformersBackend(Backend):
                     token = int(torch.multinomial(probs, 1, generator=generator))
                 if token in self.stop_token_ids:
                     return
-                yield token
+                yield token, None if raw is None else scored_token(raw, token, top or 0)
                 if matcher is not None and matcher.accept(token):
                     return
                 step = torch.tensor([[token]], device=self.device)

@@ -3,9 +3,12 @@
 Batched decoding needs what the high-level ``Llama`` class does not offer: one context holding
 several sequences, a batch that mixes their tokens, per-sequence memory removal, and a sampler
 chain per request. Those names have changed twice upstream (``llama_kv_cache_seq_*`` became
-``llama_kv_self_seq_*`` and then ``llama_memory_seq_*``), so every call lives here,
-:func:`check_bindings` names any that is missing when the engine starts, and ``pyproject.toml``
-pins the range these were written against.
+``llama_kv_self_seq_*`` and then ``llama_memory_seq_*``), so every call lives here (and every
+reach into a ``Llama``'s private model), :func:`check_bindings` names any function or context
+setting that is missing when the engine starts, and ``pyproject.toml`` pins the range these
+were written against. A missing struct field matters as much as a missing function: ctypes
+accepts an assignment to a field a structure does not have, so flash attention or the
+per-sequence cache would be dropped without a word.
 
 ctypes releases the GIL for the length of each foreign call, so ``llama_decode`` on the
 scheduler thread leaves the rest of the process (an HTTP event loop, say) free to run.
@@ -29,13 +32,17 @@ REQUIRED = (
     "llama_n_ctx_seq",
     "llama_get_memory",
     "llama_memory_seq_rm",
+    "llama_memory_seq_cp",
     "llama_memory_clear",
     "llama_batch_init",
     "llama_batch_free",
     "llama_decode",
     "llama_get_logits_ith",
+    "llama_get_logits",
     "llama_model_get_vocab",
+    "llama_model_n_ctx_train",
     "llama_vocab_n_tokens",
+    "llama_vocab_is_eog",
     "llama_sampler_chain_default_params",
     "llama_sampler_chain_init",
     "llama_sampler_chain_add",
@@ -51,6 +58,18 @@ REQUIRED = (
     "llama_sampler_clone",
     "llama_sampler_sample",
     "llama_sampler_free",
+)
+# Every field of llama_context_params that BatchContext sets.
+CONTEXT_FIELDS = (
+    "n_ctx",
+    "n_batch",
+    "n_ubatch",
+    "n_seq_max",
+    "n_threads",
+    "n_threads_batch",
+    "kv_unified",
+    "flash_attn_type",
+    "no_perf",
 )
 SUPPORTED = "llama-cpp-python >=0.3.17,<0.4"
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a seed
@@ -71,11 +90,39 @@ def check_bindings() -> None:
     """
     lib = _lib()
     missing = [name for name in REQUIRED if not hasattr(lib, name)]
+    params = getattr(lib, "llama_context_params", None)
+    fields = {name for name, *_ in getattr(params, "_fields_", ())}
+    missing += [f"llama_context_params.{name}" for name in CONTEXT_FIELDS if name not in fields]
     if missing:
         raise ModelLoadError(
             f"llama-cpp-python {getattr(lib, '__version__', '?')} lacks {', '.join(missing)}, "
             f"which batched decoding needs. Install {SUPPORTED}, or set llm.parallel = 1."
         )
+
+
+def model_of(llm: Any) -> Any:
+    """The ``llama_model`` pointer inside a loaded ``llama_cpp.Llama``."""
+    return llm._model.model
+
+
+def trained_context(llm: Any) -> int:
+    """The context length a loaded ``llama_cpp.Llama``'s model was trained with."""
+    return int(_lib().llama_model_n_ctx_train(model_of(llm)))
+
+
+def last_logits(llm: Any) -> np.ndarray:
+    """A copy of the logits a loaded ``llama_cpp.Llama`` computed last (its last evaluated
+    position, which it samples from): (n_vocab,)."""
+    pointer = _lib().llama_get_logits(llm._ctx.ctx)
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+
+def end_of_generation_ids(llm: Any) -> frozenset[int]:
+    """The token ids that end a generation (end of turn, end of text) in a loaded
+    ``llama_cpp.Llama``'s vocabulary."""
+    lib = _lib()
+    vocab = lib.llama_model_get_vocab(model_of(llm))
+    return frozenset(t for t in range(llm.n_vocab()) if lib.llama_vocab_is_eog(vocab, t))
 
 
 class BatchContext:
@@ -151,6 +198,17 @@ class BatchContext:
     def forget(self, seq: int, start: int = 0) -> None:
         """Drop sequence ``seq``'s cells from position ``start`` on."""
         _lib().llama_memory_seq_rm(self._memory, seq, start, -1)
+
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Give sequence ``target`` the cells of ``source``'s first ``length`` positions, in
+        place of its own. Each sequence has a stream of its own, and llama.cpp copies across
+        streams whole, on the next ``decode``: the copy costs about as much however short the
+        prefix (on the 2-core machine of the benchmarks, as long as evaluating 12 tokens, for
+        streams of 8,192 cells)."""
+        lib = _lib()
+        lib.llama_memory_seq_rm(self._memory, target, 0, -1)
+        lib.llama_memory_seq_cp(self._memory, source, target, 0, -1)
+        lib.llama_memory_seq_rm(self._memory, target, length, -1)
 
     def close(self) -> None:
         lib = _lib()
@@ -228,4 +286,12 @@ class Sampler:
             self.close()
 
 
-__all__ = ["BatchContext", "Sampler", "check_bindings"]
+__all__ = [
+    "BatchContext",
+    "Sampler",
+    "check_bindings",
+    "end_of_generation_ids",
+    "last_logits",
+    "model_of",
+    "trained_context",
+]

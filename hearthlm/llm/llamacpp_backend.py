@@ -13,17 +13,24 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ContextWindowError, ModelLoadError
-from hearthlm.llm.backend import Backend, Constraint, GrammarCache
+from hearthlm.llm.backend import Backend, Constraint, GrammarCache, Scored
 from hearthlm.llm.grammar import constraint_gbnf
+from hearthlm.llm.llama_batch import (
+    end_of_generation_ids,
+    last_logits,
+    model_of,
+    trained_context,
+)
 from hearthlm.llm.scoring import (
     SCORING_WINDOW,
     log_softmax,
     score_continuations,
+    scored_token,
     token_logprobs,
 )
 from hearthlm.llm.sources import ModelSource, resolve_adapter, resolve_model
@@ -40,6 +47,7 @@ class LlamaCppBackend(Backend):
     """A GGUF model run by ``llama_cpp.Llama``; ``device='cuda'`` offloads every layer."""
 
     name = "llamacpp"
+    logprobs_while_generating = True
 
     def __init__(self, llm: Any, source: ModelSource, batched: Any = None) -> None:
         super().__init__()
@@ -57,7 +65,7 @@ class LlamaCppBackend(Backend):
         self.context_size = min(int(llm.n_ctx()), len(llm.input_ids))
         if batched is not None:
             self.context_size = batched.context_size
-        self.stop_token_ids = _stop_ids(llm)
+        self.stop_token_ids = end_of_generation_ids(llm)
         self._grammars = GrammarCache()
         self._scorer: Any = None  # a second context that keeps every position's logits
 
@@ -104,9 +112,9 @@ class LlamaCppBackend(Backend):
         if batched:
             from hearthlm.llm.batching import BatchedEngine
 
-            stops = _stop_ids(llm)
-            size = config.context_size or int(llm._model.n_ctx_train())
-            engine = BatchedEngine(llm._model.model, stops, config, size)
+            stops = end_of_generation_ids(llm)
+            size = config.context_size or trained_context(llm)
+            engine = BatchedEngine(model_of(llm), stops, config, size)
             _BATCHED.add(engine)
         backend = cls(llm, source, engine)
         if lora is not None:
@@ -128,6 +136,31 @@ class LlamaCppBackend(Backend):
         if self.batched is not None:
             yield from self.batched.generate(prompt_ids, sampling, constraint)
             return
+        yield from self._generate(prompt_ids, sampling, constraint)
+
+    def generate_logprobs(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None,
+        top: int,
+    ) -> Iterator[tuple[int, Scored]]:
+        if self.batched is not None:
+            yield from self.batched.generate(prompt_ids, sampling, constraint, top)
+            return
+        tokens = self._generate(prompt_ids, sampling, constraint)
+        try:
+            for token in tokens:  # the logits it was sampled from are the context's last
+                yield token, scored_token(last_logits(self.llm), token, top)
+        finally:
+            tokens.close()
+
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        constraint: Constraint | None = None,
+    ) -> Generator[int, None, None]:
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
         grammar = self._grammar(constraint) if constraint else None
@@ -323,13 +356,6 @@ def _check_window(ids: list[int], window: int) -> None:
             f"the text to score is {len(ids)} tokens; scoring reads at most {window}. "
             "Score a shorter text."
         )
-
-
-def _stop_ids(llm: Any) -> frozenset[int]:
-    import llama_cpp
-
-    vocab = llm._model.vocab
-    return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
 def token_text(llm: Any, token: int) -> str:

@@ -78,3 +78,12 @@ def token_logprobs(rows: Any, targets: list[int], top: int) -> list[tuple[float,
             best = {int(i): float(row[i]) for i in sorted(ids, key=lambda i: -row[i])}
         out.append((float(row[target]), best))
     return out
+
+
+def scored_token(logits: Any, token: int, top: int) -> tuple[float, dict[int, float]]:
+    """``token``'s log-probability under one position's raw ``logits`` (n_vocab,), and the
+    ``top`` likeliest tokens there with theirs."""
+    import numpy as np
+
+    row = log_softmax(np.asarray(logits, dtype=np.float64)[None, :])
+    return token_logprobs(row, [token], top)[0]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -335,6 +335,28 @@ class ServeConfig(StrictModel):
         None, description="The base model's id in /v1/models; None: its file name."
     )
     ui: bool = Field(True, description="Serve the web chat at /.")
+    shutdown_grace: int = Field(
+        10,
+        ge=0,
+        description="Seconds SIGTERM or Ctrl-C waits for the requests in flight to finish "
+        "before it cancels them and closes the engines, the indexes and the session store.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> ServeConfig:
+        """Each key's name owns its chat sessions, so two keys may share neither a name nor a
+        secret."""
+        names = [k.name or f"key-{i + 1}" for i, k in enumerate(self.api_keys)]
+        secrets = [k.key.get_secret_value() for k in self.api_keys]
+        twins = sorted({n for n in names if names.count(n) > 1})
+        if twins:
+            raise ValueError(
+                f"serve.api_keys: the name(s) {twins} are given to more than one key; each "
+                "key's name owns its chat sessions, so give every key its own name."
+            )
+        if len(set(secrets)) < len(secrets):
+            raise ValueError("serve.api_keys: two keys have the same secret; give each its own.")
+        return self
 
 
 class HearthConfig(StrictModel):

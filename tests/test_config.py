@@ -130,3 +130,16 @@ def test_config_show_names_where_each_value_came_from(tmp_path: Path):
     }
     assert "a-long-secret-key" not in shown.output  # secrets are masked
     assert printed["serve.api_keys"]["source"] == str(toml)
+
+
+def test_two_keys_may_share_neither_a_name_nor_a_secret():
+    """A key's name owns its chat sessions: two keys of one name would read each other's."""
+    keys = [{"key": "first-secret-1", "name": "team"}, {"key": "second-secret", "name": "team"}]
+    with pytest.raises(ConfigError, match=r"the name\(s\) \['team'\]"):
+        load_config(environ={}, overrides={"serve": {"api_keys": keys}})
+    unnamed = [{"key": "first-secret-1"}, {"key": "second-secret", "name": "key-1"}]
+    with pytest.raises(ConfigError, match="key-1"):
+        load_config(environ={}, overrides={"serve": {"api_keys": unnamed}})
+    same = [{"key": "first-secret-1", "name": "a"}, {"key": "first-secret-1", "name": "b"}]
+    with pytest.raises(ConfigError, match="same secret"):
+        load_config(environ={}, overrides={"serve": {"api_keys": same}})

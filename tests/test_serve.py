@@ -264,7 +264,8 @@ def test_langchain_clients_run_through_the_server(server):
 
 def test_eight_clients_at_once_get_the_replies_each_gets_alone(client, http, server):
     """Three greedy requests from each of 8 clients at once: each reply is the reply to the
-    same request alone, token for token, or first differs where two tokens nearly tie."""
+    same request alone, token for token, or first differs where the two likeliest tokens of
+    the reply alone are those two and nearly tie (within 0.05)."""
     prompts = [
         "Write a short poem about the sea.",
         "List three fruits.",
@@ -275,14 +276,22 @@ def test_eight_clients_at_once_get_the_replies_each_gets_alone(client, http, ser
         "Why is the sky blue?",
         "Give me a tip for sleeping well.",
     ]
-    alone = {p: ask(client, p, max_tokens=32).choices[0].message.content for p in prompts}
-    got: dict[tuple[int, int], str] = {}
+
+    def tokens(prompt: str, top: int = 0) -> list:
+        """The reply's tokens as generated, each with its top alternatives."""
+        reply = ask(client, prompt, max_tokens=32, logprobs=True, top_logprobs=top)
+        content = reply.choices[0].logprobs.content
+        assert "".join(t.token for t in content) == reply.choices[0].message.content
+        return content
+
+    alone = {p: tokens(p, top=2) for p in prompts}
+    got: dict[tuple[int, int], list] = {}
     errors: list[Exception] = []
 
     def run(i: int) -> None:
         try:
             for round_ in range(3):
-                got[i, round_] = ask(client, prompts[i], max_tokens=32).choices[0].message.content
+                got[i, round_] = tokens(prompts[i])
         except Exception as exc:  # collected, then failed below
             errors.append(exc)
 
@@ -296,25 +305,37 @@ def test_eight_clients_at_once_get_the_replies_each_gets_alone(client, http, ser
     assert len(got) == 24
     steps = engine_stats(http)["steps"] - before
     assert steps < 24 * 32 / 2  # decoded together: far fewer steps than tokens
-    for (i, _), text in got.items():
-        if text != alone[prompts[i]]:
-            assert _near_tie(http, prompts[i], alone[prompts[i]], text), (prompts[i], text)
+    for (i, _), batched in got.items():
+        expected = [t.token for t in alone[prompts[i]]]
+        produced = [t.token for t in batched]
+        if produced == expected:
+            continue
+        k = next(
+            (j for j, (a, b) in enumerate(zip(expected, produced, strict=False)) if a != b),
+            len(produced),  # the batched reply ended first: its end-of-turn token reads ""
+        )
+        assert k < len(expected), (prompts[i], produced)  # longer than alone: no tie to read
+        produced.append("")
+        top = {t.token: t.logprob for t in alone[prompts[i]][k].top_logprobs}
+        assert {expected[k], produced[k]} <= set(top), (prompts[i], k, top)
+        assert abs(top[expected[k]] - top[produced[k]]) <= 0.05, (prompts[i], k, top)
 
 
-def _near_tie(http: httpx.Client, prompt: str, expected: str, got: str) -> bool:
-    """Whether the first token where ``got`` leaves ``expected`` is one of two tokens whose
-    log-probabilities there are within 0.05 of each other."""
-    messages = [{"role": "user", "content": prompt}]
-    ids = http.post("/tokenize", json={"messages": messages}).json()["tokens"]
-    a = http.post("/tokenize", json={"prompt": expected}).json()["tokens"]
-    b = http.post("/tokenize", json={"prompt": got}).json()["tokens"]
-    k = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-    scored = http.post(
-        "/v1/completions",
-        json={"prompt": ids + a[: k + 1], "max_tokens": 0, "echo": True, "logprobs": 2},
-    ).json()["choices"][0]["logprobs"]["top_logprobs"][-1]
-    top = sorted(scored.values(), reverse=True)
-    return len(top) == 2 and top[0] - top[1] <= 0.05
+def test_chat_logprobs_give_each_generated_token_and_its_alternatives(client):
+    reply = ask(client, "Name a colour.", max_tokens=12, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == reply.choices[0].message.content
+    assert len(content) == reply.usage.completion_tokens
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        best = [t.logprob for t in token.top_logprobs]
+        assert best == sorted(best, reverse=True) and token.logprob <= best[0] + 1e-6
+        assert bytes(token.bytes).decode() == token.token
+    streamed = list(
+        ask(client, "Name a colour.", max_tokens=12, stream=True, logprobs=True, top_logprobs=3)
+    )
+    logprobs = [c.choices[0].logprobs for c in streamed if c.choices and c.choices[0].logprobs]
+    assert [t.token for lp in logprobs for t in lp.content] == [t.token for t in content]
 
 
 def test_a_client_that_disconnects_stops_its_generation(server, http):
@@ -336,7 +357,8 @@ def test_a_client_that_disconnects_stops_its_generation(server, http):
         for n, _ in enumerate(response.iter_lines()):
             if n > 10:
                 break
-    at_close = engine_stats(http)["generated_tokens"]
+        # read while the stream is still open: every token after this one counts
+        at_close = engine_stats(http)["generated_tokens"]
     time.sleep(1.5)
     settled = engine_stats(http)
     assert settled["generated_tokens"] - at_close <= 5
@@ -351,14 +373,23 @@ def test_a_full_server_answers_429_and_never_hangs(server, llama_chat, tmp_path)
     config = serve_config(tmp_path, parallel=1, max_queue=0, retry_after=3)
     chat = ChatHearth.from_backend(server.state.models.base.engine)
     with Served(create_app(config, chat=chat), free_port(), tmp_path) as small:
-        story = [{"role": "user", "content": "Tell me a long story."}]
-        body = {"messages": story, "max_tokens": 200, "stream": True}
+        story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+        body = {"messages": story, "max_tokens": 400, "stream": True}  # 400 tokens: 5 s
+        official = openai.OpenAI(base_url=f"{small.url}/v1", api_key="-", max_retries=0)
         with httpx.Client(base_url=small.url, timeout=60) as c:
             with c.stream("POST", "/v1/chat/completions", json=body) as first:
                 next(first.iter_lines())
                 busy = c.post("/v1/chat/completions", json=body)
                 assert busy.status_code == 429 and busy.headers["retry-after"] == "3"
                 assert busy.json()["error"]["type"] == "rate_limit_error"
+                with pytest.raises(openai.RateLimitError) as caught:
+                    official.chat.completions.create(model=MODEL, messages=story, max_tokens=4)
+                assert caught.value.response.headers["retry-after"] == "3"
+                with pytest.raises(openai.APIStatusError) as caught:  # 413 has no class of its own
+                    official.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "x" * 5_000_000}]
+                    )
+                assert caught.value.status_code == 413
             time.sleep(0.5)
             again = c.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4})
             assert again.status_code == 200
@@ -367,36 +398,25 @@ def test_a_full_server_answers_429_and_never_hangs(server, llama_chat, tmp_path)
 def test_bad_input_is_answered_in_openai_shape_and_the_server_keeps_serving(server, client):
     url = f"{server.url}/v1/chat/completions"
     auth = {"Authorization": f"Bearer {ALPHA}"}
+
+    def still_serving() -> None:
+        reply = ask(client, "Say hello.", max_tokens=2)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+
+    def chat(**body) -> bytes:
+        return json.dumps({"model": MODEL, **body}).encode()
+
+    user = [{"role": "user", "content": "x"}]
     cases = [
         (b"{not json", 400),
-        (json.dumps({"model": MODEL, "messages": "hello"}).encode(), 400),
-        (json.dumps({"model": MODEL, "messages": []}).encode(), 400),
-        (
-            json.dumps({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}).encode(),
-            400,
-        ),
-        (
-            json.dumps(
-                {
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": "x"}],
-                    "temperature": "hot",
-                }
-            ).encode(),
-            400,
-        ),
-        (
-            json.dumps(
-                {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 3}
-            ).encode(),
-            400,
-        ),
-        (
-            json.dumps(
-                {"model": MODEL, "messages": [{"role": "user", "content": "x" * 5_000_000}]}
-            ).encode(),
-            413,
-        ),
+        (chat(messages="hello"), 400),
+        (chat(messages=[]), 400),
+        (chat(messages=[{"role": "user", "content": ""}]), 400),
+        (chat(messages=[{"role": "system", "content": " "}, {"role": "user", "content": ""}]), 400),
+        (chat(messages=[{"role": "robot", "content": "x"}]), 400),
+        (chat(messages=user, temperature="hot"), 400),
+        (chat(messages=user, n=3), 400),
+        (chat(messages=[{"role": "user", "content": "x" * 5_000_000}]), 413),
     ]
     for raw, status in cases:
         response = httpx.post(
@@ -408,28 +428,42 @@ def test_bad_input_is_answered_in_openai_shape_and_the_server_keeps_serving(serv
             set(error) == {"message", "type", "param", "code"}
             and "Traceback" not in error["message"]
         )
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(
-            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
-        )
-    with pytest.raises(openai.BadRequestError) as caught:
-        ask(client, "word " * 40_000)  # 200,000 characters
-    assert caught.value.body["code"] == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError):
-        ask(
-            client,
-            "hi",
-            tools=[{"type": "function", "function": {"name": "x", "parameters": {"type": 12}}}],
-        )
-    with pytest.raises(openai.BadRequestError):
-        ask(client, "hi", tools=[{"type": "function", "function": {"name": "bad name!"}}])
+        still_serving()
+
+    def tool(**function) -> dict:
+        return {"tools": [{"type": "function", "function": function}]}
+
+    impossible = {"type": "integer", "minimum": 5, "maximum": 1}  # no value satisfies it
+    refused = [
+        (openai.NotFoundError, {"model": "no-such-model"}),
+        (openai.BadRequestError, {"text": "word " * 40_000}),  # 200,000 characters
+        (openai.BadRequestError, tool(name="x", parameters={"type": 12})),
+        (openai.BadRequestError, tool(name="bad name!")),
+        (
+            openai.BadRequestError,
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": impossible},
+                }
+            },
+        ),
+    ]
+    for error_type, options in refused:
+        text = options.pop("text", "hi")
+        with pytest.raises(error_type) as caught:
+            ask(client, text, **options)
+        if "word" in text:
+            assert caught.value.body["code"] == "context_length_exceeded"
+        still_serving()
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(
             base_url=f"{server.url}/v1", api_key="wrong-key-123", max_retries=0
         ).models.list()
+    still_serving()
     missing = httpx.get(f"{server.url}/v1/models")
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
-    assert ask(client, "Say hello.", max_tokens=4).choices[0].message.content  # still serving
+    still_serving()
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 
 

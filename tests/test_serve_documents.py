@@ -113,6 +113,9 @@ def test_docs_chat_keeps_its_session_and_cites(kettle, alpha, beta):
     ).json()
     assert "two-year" in first["choices"][0]["message"]["content"]
     assert first["citations"][0]["file"] == "warranty.html" and len(first["session_id"]) >= 16
+    usage = first["usage"]  # the sources and question read, the answer's own tokens
+    assert usage["prompt_tokens"] > 2 * usage["completion_tokens"] > 20
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     session = first["session_id"]
     second = alpha.post(
         "/v1/chat/completions",
@@ -121,15 +124,27 @@ def test_docs_chat_keeps_its_session_and_cites(kettle, alpha, beta):
             "collection": "alpha",
             "session_id": session,
             "stream": True,
+            "stream_options": {"include_usage": True},
         },
     )
     lines = [
         json.loads(line[6:]) for line in second.text.splitlines() if line.startswith("data: {")
     ]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in lines).startswith(
-        "Emberline"
-    )
-    assert lines[-1]["session_id"] == session and lines[-1]["citations"]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in lines if c["choices"])
+    assert text.startswith("Emberline")
+    assert lines[-2]["session_id"] == session and lines[-2]["citations"]
+    assert lines[-2]["choices"][0]["finish_reason"] == "stop"
+    assert lines[-1]["choices"] == [] and lines[-1]["usage"]["completion_tokens"] > 10
+    shaped = alpha.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "How long is the warranty?"}],
+            "collection": "alpha",
+            "response_format": {"type": "json_object"},
+        },
+    )  # a docs chat's reply is a cited answer: a format cannot apply, and is not ignored
+    assert shaped.status_code == 400
+    assert shaped.json()["error"]["param"] == "response_format"
     missing = alpha.post(
         "/v1/chat/completions",
         json={
@@ -233,6 +248,18 @@ def test_deleting_a_file_takes_its_chunks_out_of_the_index(alpha, tmp_path):
         "/v1/collections/shared/ask", json={"question": "How do bees tell where flowers are?"}
     ).json()
     assert all(c["file"] != "bees.txt" for c in answer["citations"])
+    # deleted while the background indexer may still be reading it: it leaves the index
+    # with the run that follows the deletion, never to come back from the run before it
+    lines = "\n".join(f"Line {i}: the lighthouse keeper counts ships." for i in range(400))
+    alpha.post(
+        "/v1/collections/shared/files",
+        files=[("files", ("ships.txt", lines.encode())), ("files", ("gulls.txt", b"Gulls."))],
+    )
+    assert alpha.delete("/v1/collections/shared/files/ships.txt").status_code == 200
+    state = wait_indexed(alpha, "shared")
+    files = {f["file"]: f for f in state["files"]}
+    assert "ships.txt" not in files and files["gulls.txt"]["indexed"]
+    assert state["chunks"] == before - 1 + files["gulls.txt"]["chunks"]
     assert alpha.delete("/v1/collections/shared/files/bees.txt").status_code == 404
 
 

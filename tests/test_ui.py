@@ -92,6 +92,17 @@ def test_upload_ask_cite_and_stop_in_the_browser(server, page, tmp_path):
 
         page.click("#mode-chat")
         page.fill("#question", "Tell me a very long story about a dragon and a knight.")
+        # every length the reply's text takes on screen, to see it come in pieces
+        page.evaluate(
+            """() => {
+                window.lengths = [];
+                new MutationObserver(() => {
+                    const text = [...document.querySelectorAll('.message.assistant .text')].pop();
+                    window.lengths.push(text ? text.textContent.length : 0);
+                }).observe(document.getElementById('messages'),
+                           {subtree: true, childList: true, characterData: true});
+            }"""
+        )
         page.press("#question", "Enter")
         reply = page.locator(".message.assistant .text").last
         page.wait_for_function(
@@ -99,11 +110,14 @@ def test_upload_ask_cite_and_stop_in_the_browser(server, page, tmp_path):
             ".pop().textContent.length > 40",
             timeout=60_000,
         )
+        stats = lambda: httpx.get(f"{ui.url}/v1/server").json()["engine"]  # noqa: E731
+        at_stop = stats()["generated_tokens"]  # read before the click: every later token counts
         page.click("#stop")
         page.locator(".message.assistant.stopped").wait_for(timeout=10_000)
-        stats = lambda: httpx.get(f"{ui.url}/v1/server").json()["engine"]  # noqa: E731
-        shown, at_stop = reply.inner_text(), stats()["generated_tokens"]
+        shown = reply.inner_text()
         time.sleep(1.5)
+        lengths = page.evaluate("window.lengths")
+        assert len({n for n in lengths if n > 0}) >= 5  # streamed: the text grew piece by piece
         assert reply.inner_text() == shown  # the page stopped
         assert (
             stats()["generated_tokens"] - at_stop <= 5 and stats()["running"] == 0
@@ -112,3 +126,4 @@ def test_upload_ask_cite_and_stop_in_the_browser(server, page, tmp_path):
         page.screenshot(path=str(tmp_path / "stopped.png"))
     assert outside == []  # nothing from a CDN or any other host
     assert (tmp_path / "cited-answer.png").stat().st_size > 10_000
+    print(f"screenshots: {tmp_path / 'cited-answer.png'}, {tmp_path / 'stopped.png'}")

@@ -3,6 +3,7 @@ the server build :class:`DocsQA` and :class:`DocsChat` here."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -41,13 +42,14 @@ def build_docs_chat(
     config: HearthConfig,
     session_id: str | None = None,
     qa: DocsQA | None = None,
-    history: str | None = None,
+    history: Path | str | Any = None,
     **options: Any,
 ) -> DocsChat:
     """A :class:`DocsChat` session over :func:`build_docs_qa`'s chatbot (or ``qa``), its
-    history in ``history`` (an SQLAlchemy URL; default: ``retrieval.history_path``)."""
+    history in ``history`` (an SQLite file, an SQLAlchemy URL or engine; default:
+    ``retrieval.history_path``)."""
     return DocsChat(
         qa or build_docs_qa(config, **options),
-        history or config.retrieval.history_path,
+        history if history is not None else config.retrieval.history_path,
         session_id=session_id,
     )

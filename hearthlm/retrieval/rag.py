@@ -345,10 +345,10 @@ class DocsQA(Chain[str | QAInput, Answer]):
         window = getattr(model, "context_window", None)
         budget = window - int(getattr(model, "max_new_tokens", 0)) if window else None
         sources: list[Source] = []
-        messages = _messages([], question, history)
+        messages = prompt_messages([], question, history)
         for hit in hits:
             candidate = Source.from_hit(len(sources) + 1, hit)
-            trial = _messages([*sources, candidate], question, history)
+            trial = prompt_messages([*sources, candidate], question, history)
             if budget is not None and model.get_num_tokens_from_messages(trial) > budget:
                 continue  # a later, shorter chunk may still fit
             sources.append(candidate)
@@ -356,9 +356,11 @@ class DocsQA(Chain[str | QAInput, Answer]):
         return sources, messages
 
 
-def _messages(
-    sources: Sequence[Source], question: str, history: Sequence[BaseMessage]
+def prompt_messages(
+    sources: Sequence[Source], question: str, history: Sequence[BaseMessage] = ()
 ) -> list[BaseMessage]:
+    """The messages a written answer's model reads: the instructions, ``history``, then the
+    numbered sources and the question."""
     block = "\n\n".join(f"Source [{s.number}]: {s.snippet}" for s in sources)
     return [SystemMessage(SYSTEM), *history, HumanMessage(f"{block}\n\nQuestion: {question}")]
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -70,14 +70,20 @@ async def run_agent(
     then a ``result`` event with the answer, why the run ended, and its totals."""
     state = state_of(request)
     limits = state.config.agents
-    agent = ReActAgent(
-        state.models.get(body.model),
-        _tools(state, body, who),
-        max_steps=body.max_steps or limits.max_steps,
-        max_seconds=body.max_seconds or limits.max_seconds,
-        max_tokens=body.max_tokens or limits.max_tokens,
-    )
-    work = Work(state, lambda: agent.stream(body.question), request)
+    chat = await state.models.aget(body.model)
+
+    def produce() -> Iterator[AgentResult]:
+        """On a worker thread: a docs tool opens its collection's index here."""
+        agent = ReActAgent(
+            chat,
+            _tools(state, body, who),
+            max_steps=body.max_steps or limits.max_steps,
+            max_seconds=body.max_seconds or limits.max_seconds,
+            max_tokens=body.max_tokens or limits.max_tokens,
+        )
+        return agent.stream(body.question)
+
+    work = Work(state, produce, request)
     if not body.stream:
         return JSONResponse(add_up(await collect(work)).as_dict())
     return event_stream(_events(await opened(work)))

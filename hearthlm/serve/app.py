@@ -264,8 +264,8 @@ def _version() -> str:
 
 def run(config: HearthConfig, tools: Sequence[BaseTool | Callable[..., Any]] = ()) -> None:
     """Serve ``config``'s app with uvicorn until SIGTERM or Ctrl-C, which finish the requests
-    in flight (cancelling those still running after ``graceful`` seconds), then close the
-    engines, the indexes and the session store.
+    in flight (cancelling those still running after ``serve.shutdown_grace`` seconds), then
+    close the engines, the indexes and the session store.
 
     Raises:
         ConfigError: a non-loopback address without an API key (see ``serve.insecure``).
@@ -279,6 +279,6 @@ def run(config: HearthConfig, tools: Sequence[BaseTool | Callable[..., Any]] = (
         host=serve.host,
         port=serve.port,
         log_level="info",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=serve.shutdown_grace,
         server_header=False,
     )

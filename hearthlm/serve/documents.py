@@ -9,13 +9,14 @@ link can write outside the folder; the indexer does not follow links either.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,14 @@ from hearthlm.files import write_atomic
 from hearthlm.llm import ChatHearth
 from hearthlm.retrieval import (
     Answer,
-    DocsChat,
     DocsQA,
     DocumentIndex,
     HearthEmbeddings,
+    build_docs_chat,
     build_docs_qa,
 )
 from hearthlm.retrieval.loaders import SUPPORTED, LoaderOptions, LoadError, load_file
+from hearthlm.retrieval.rag import prompt_messages
 from hearthlm.serve.errors import APIError, from_library
 from hearthlm.serve.formats import chat_chunk, to_messages
 from hearthlm.serve.schemas import AskRequest
@@ -46,6 +48,8 @@ from hearthlm.serve.streaming import DONE, Work, add_up, collect, event_stream, 
 router = APIRouter()
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,61}[A-Za-z0-9]$")  # Chroma accepts these
 TEXT_TYPES = frozenset(SUPPORTED) - {".pdf"}
+# A progress file not written for this long is left from a server that died mid-run.
+STALE_PROGRESS_S = 300
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 
 
@@ -90,8 +94,10 @@ class Collections:
         self._indexes: dict[str, DocumentIndex] = {}
         self._qa: dict[str, DocsQA] = {}
         self._states: dict[str, IndexState] = {}
+        self._runs: dict[str, threading.Lock] = {}  # one index run at a time per collection
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
 
     # -- names and folders --------------------------------------------------------------------
 
@@ -126,18 +132,22 @@ class Collections:
                 self._indexes[name] = DocumentIndex(retrieval, self.embeddings)
             return self._indexes[name]
 
-    def qa(self, name: str, chat: ChatHearth) -> DocsQA:
-        """The collection's chatbot on ``chat`` (kept for the base model)."""
+    def qa(self, name: str, chat: Any) -> DocsQA:
+        """The collection's chatbot on ``chat`` (kept for the base model). The first call
+        opens the collection's index: call it on a worker thread."""
+        index = self.index(name)
         if chat is not self.chat:
-            return build_docs_qa(self.config, chat, self.index(name))
-        if name not in self._qa:
-            self._qa[name] = build_docs_qa(self.config, chat, self.index(name))
-        return self._qa[name]
+            return build_docs_qa(self.config, chat, index)
+        with self._lock:
+            if name not in self._qa:
+                self._qa[name] = build_docs_qa(self.config, chat, index)
+            return self._qa[name]
 
     # -- uploads ------------------------------------------------------------------------------
 
-    async def save(self, folder: Path, upload: UploadFile) -> dict[str, Any]:
-        """Write one uploaded file into ``folder``; returns its entry.
+    def save(self, folder: Path, upload: UploadFile) -> dict[str, Any]:
+        """Write one uploaded file into ``folder``; returns its entry. It reads and writes
+        files: call it on a worker thread.
 
         Raises:
             APIError: 400 (bad name, empty, binary), 413 (too large), 415 (a type the loaders
@@ -150,9 +160,10 @@ class Collections:
         head = b""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         handle = os.fdopen(os.open(temporary, flags, 0o600), "wb")
+        upload.file.seek(0)
         try:
             with handle:
-                while block := await upload.read(1 << 20):
+                while block := upload.file.read(1 << 20):
                     size += len(block)
                     if size > limit:
                         raise APIError(
@@ -193,21 +204,42 @@ class Collections:
             except HearthError as exc:
                 state.error = str(exc)
             with self._lock:
-                if not state.again:
+                if not state.again or self._closing.is_set():
                     state.running = False
                     return
                 state.again = False
 
     def reindex(self, name: str, folder: Path, state: IndexState | None = None) -> None:
-        """Bring the index up to date with the folder, now (``hearth index`` on it)."""
+        """Bring the index up to date with the folder, now (``hearth index`` on it), after
+        any run of the same collection in progress: a file deleted while the background
+        indexer reads the folder leaves the index with the run that follows the deletion.
+
+        Raises:
+            IndexingStopped: the server is shutting down; the next run completes the rest.
+        """
         state = state or self._states.setdefault(name, IndexState())
+        progress = folder.parent / f".{name}.progress.json"
+        shown = 0.0
 
         def observe(stage: str, done: int, total: int) -> None:
+            nonlocal shown
+            if self._closing.is_set():
+                raise IndexingStopped(f"indexing {name} stopped: the server is shutting down.")
             state.stage, state.done, state.total = stage, done, total
+            if time.monotonic() - shown > 0.5 or done == total:  # for the other servers
+                shown = time.monotonic()
+                shared = {**state.as_dict(), "running": True, "updated": time.time()}
+                write_atomic(progress, json.dumps(shared))
 
-        report = self.index(name).index_path(
-            folder, progress=False, observe=observe, follow_links=False
-        )
+        with self._lock:
+            run = self._runs.setdefault(name, threading.Lock())
+        with run:
+            try:
+                report = self.index(name).index_path(
+                    folder, progress=False, observe=observe, follow_links=False
+                )
+            finally:
+                progress.unlink(missing_ok=True)
         last = report.as_dict()
         last["skipped"] = [
             {"file": _relative(s["path"], folder), "reason": s["reason"]} for s in last["skipped"]
@@ -224,7 +256,12 @@ class Collections:
         index = self.index(name)
         known = index.store.files()
         state = self._states.get(name) or IndexState()
-        last = state.last or _saved_run(folder.parent / f".{name}.last-run.json")
+        last = state.last or _saved_json(folder.parent / f".{name}.last-run.json")
+        # a run on another server that shares serve.data_dir reports its progress there
+        indexing = state.as_dict() if state.running else None
+        shared = _saved_json(folder.parent / f".{name}.progress.json")
+        if indexing is None and time.time() - shared.get("updated", 0) < STALE_PROGRESS_S:
+            indexing = {k: v for k, v in shared.items() if k != "updated"}
         skipped = {s["file"]: s["reason"] for s in last.get("skipped", [])}
         files = []
         for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
@@ -242,16 +279,23 @@ class Collections:
             "name": name,
             "files": files,
             "chunks": index.count,
-            "indexing": state.as_dict(),
+            "indexing": indexing or state.as_dict(),
             "skipped": [{"file": f, "reason": r} for f, r in skipped.items()],
             "last_run": {k: v for k, v in last.items() if k not in ("skipped", "warnings")},
         }
 
     def close(self) -> None:
+        """Stop the indexers after the file each is on (the next run completes the rest),
+        then close every index."""
+        self._closing.set()
         for thread in self._threads:
             thread.join(timeout=60)
         for index in self._indexes.values():
             index.close()
+
+
+class IndexingStopped(HearthError):
+    """An index run stopped because the server is shutting down."""
 
 
 def safe_name(given: str) -> str:
@@ -302,7 +346,7 @@ def _relative(path: str, folder: Path) -> str:
         return Path(path).name
 
 
-def _saved_run(path: Path) -> dict[str, Any]:
+def _saved_json(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
@@ -382,7 +426,7 @@ async def upload_files(
     for upload in files:  # every name is checked before any file is written
         safe_name(upload.filename or "")
     folder = collections.folder(name, who, create=True)
-    saved = [await collections.save(folder, upload) for upload in files]
+    saved = [await asyncio.to_thread(collections.save, folder, upload) for upload in files]
     collections.start_indexing(name, folder)
     return {"collection": name, "files": saved, "indexing": True}
 
@@ -471,8 +515,8 @@ async def ask(
     ``delta`` events as the text is made, then one ``answer`` event."""
     state = state_of(request)
     folder = state.collections.folder(name, who)
-    qa = state.collections.qa(name, state.models.get(body.model))
-    work = Work(state, lambda: qa.stream(body.question), request)
+    chat = await state.models.aget(body.model)
+    work = Work(state, lambda: state.collections.qa(name, chat).stream(body.question), request)
     if not body.stream:
         return JSONResponse(answer_body(add_up(await collect(work)), folder))
     return event_stream(_answer_events(await opened(work), folder))
@@ -497,24 +541,47 @@ async def docs_chat_completion(
 ) -> Response:
     """``/v1/chat/completions`` with ``collection``: the last user message is asked of the
     collection in a chat session (``session_id``, else a new one seeded with the request's
-    earlier turns); the reply carries ``citations`` and ``session_id``."""
+    earlier turns); the reply carries ``citations`` and ``session_id``. Sampling fields apply
+    to the text the reader writes (a quote answer is chosen whole); fields that would shape the
+    reply otherwise (tools, formats, logprobs) are refused, since the reply is a cited answer."""
+    refused = body.shaping_fields()
+    if refused:
+        raise APIError(
+            400,
+            f"a docs chat (collection) replies with a cited answer; {', '.join(refused)} "
+            "cannot apply to it. Send them without collection.",
+            code="unsupported_parameter",
+            param=refused[0],
+        )
     name = body.collection
     folder = state.collections.folder(name, who)
     messages = to_messages(body.messages)
     if not isinstance(messages[-1], HumanMessage) or not messages[-1].text.strip():
         raise APIError(400, "a docs chat needs a user message last.", param="messages")
     question = messages[-1].text
+    earlier = [type(m)(m.text) for m in messages[:-1] if isinstance(m, HumanMessage | AIMessage)]
     session = body.session_id or secrets.token_urlsafe(16)
-    stored = f"{who.name}:{session}"  # a key never reads another key's sessions
-    docs_chat = DocsChat(state.collections.qa(name, chat), state.sessions, session_id=stored)
-    if body.session_id is not None and not docs_chat.messages:
-        raise APIError(404, f"no session {body.session_id!r}.", code="session_not_found")
-    if body.session_id is None:
-        earlier = [m for m in messages[:-1] if isinstance(m, HumanMessage | AIMessage)]
-        docs_chat.history.add_messages([type(m)(m.text) for m in earlier])
+    options = body.chat_options()
+    reader = chat.bind(stop=body.stops(), **options) if options or body.stop else chat
+
+    def produce() -> Iterator[Answer]:
+        """On a worker thread: the session store and the index are read here, not on the
+        event loop."""
+        docs_chat = build_docs_chat(
+            state.config,
+            f"{who.name}:{session}",  # a key never reads another key's sessions
+            qa=state.collections.qa(name, reader),
+            history=state.sessions,
+        )
+        if body.session_id is not None and not docs_chat.messages:
+            raise APIError(404, f"no session {body.session_id!r}.", code="session_not_found")
+        if body.session_id is None and earlier:
+            docs_chat.history.add_messages(earlier)
+        return docs_chat.stream(question)
+
     model_id = body.model or state.models.base_id
     reply_id = f"chatcmpl-{secrets.token_hex(12)}"
-    work = Work(state, lambda: docs_chat.stream(question), request)
+    work = Work(state, produce, request)
     if not body.stream:
         answer = add_up(await collect(work))
         reply = {
@@ -530,12 +597,13 @@ async def docs_chat_completion(
                     "logprobs": None,
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "usage": answer_usage(chat, answer),
             "citations": citations(answer, folder),
             "session_id": session,
         }
         return JSONResponse(reply)
     chunks = await opened(work)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     async def events() -> AsyncIterator[str]:
         yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
@@ -549,8 +617,26 @@ async def docs_chat_completion(
             yield sse(from_library(exc).body())
             yield DONE
             return
-        cited = citations(add_up(parts), folder) if parts else []
+        answer = add_up(parts) if parts else None
+        cited = citations(answer, folder) if answer else []
         yield sse(chat_chunk(reply_id, model_id, {}, "stop", citations=cited, session_id=session))
+        if include_usage and answer is not None:
+            usage = answer_usage(chat, answer)
+            yield sse({**chat_chunk(reply_id, model_id, {}), "choices": [], "usage": usage})
         yield DONE
 
     return event_stream(events())
+
+
+def answer_usage(chat: ChatHearth, answer: Answer) -> dict[str, int]:
+    """A cited answer's token usage: the prompt the reader read (the packed sources and the
+    question, as a written answer's prompt holds them; a quote answer's model scores the same
+    text) and the answer's own tokens."""
+    question = answer.standalone_question or answer.question
+    prompt = chat.get_num_tokens_from_messages(prompt_messages(answer.sources, question))
+    completion = chat.get_num_tokens(answer.text) if answer.text else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

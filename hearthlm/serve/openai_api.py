@@ -38,7 +38,6 @@ from hearthlm.serve.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
-    Sampling,
     ScoreRequest,
     TokenizeRequest,
 )
@@ -88,15 +87,17 @@ async def chat_completions(
     chat over that collection's documents, its ``citations`` beside the message, kept in
     the session ``session_id`` names (a new one when absent)."""
     state = state_of(request)
-    chat = state.models.get(body.model)
+    chat = await state.models.aget(body.model)
     if body.collection is not None:
         return await documents.docs_chat_completion(state, chat, body, request, who)
     messages = to_messages(body.messages)
     options = {
-        **sampling_options(body),
+        **body.chat_options(),
         **_tool_options(body),
         **request_options(body, body.response_format),
     }
+    if body.logprobs:
+        options.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     model_id = body.model or state.models.base_id
     reply_id = f"chatcmpl-{secrets.token_hex(12)}"
     if not body.stream:
@@ -107,25 +108,6 @@ async def chat_completions(
     chunks = await opened(work)
     usage = bool(body.stream_options and body.stream_options.include_usage)
     return event_stream(_chat_events(reply_id, model_id, chunks, usage))
-
-
-def sampling_options(body: Sampling, max_tokens: int | None = None) -> dict[str, Any]:
-    """The ChatHearth per-call options a request's sampling fields give."""
-    options: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "seed", "repetition_penalty"):
-        value = getattr(body, name)
-        if value is not None:
-            options[name] = value
-    if body.top_k is not None:
-        options["top_k"] = max(body.top_k, 0)  # vLLM's -1 is "off", ChatHearth's 0
-    limit = max_tokens if max_tokens is not None else body.max_tokens
-    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
-        limit = body.max_completion_tokens
-    if limit is not None:
-        if limit < 1:
-            raise APIError(400, "max_tokens must be at least 1.", param="max_tokens")
-        options["max_new_tokens"] = limit
-    return options
 
 
 def _tool_options(body: ChatCompletionRequest) -> dict[str, Any]:
@@ -211,7 +193,7 @@ def _chat_response(reply_id: str, model_id: str, message: AIMessage) -> dict[str
                 "message": body,
                 "finish_reason": finish,
                 "stop_reason": stop_reason,
-                "logprobs": None,
+                "logprobs": message.response_metadata.get("logprobs"),
             }
         ],
         "usage": _usage(message),
@@ -240,7 +222,10 @@ async def _chat_events(
     if calls:
         yield sse(chat_chunk(reply_id, model_id, {"tool_calls": calls}))
     finish, stop_reason = _finish(str(total.response_metadata.get("finish_reason", "stop")))
-    yield sse(chat_chunk(reply_id, model_id, {}, finish, stop_reason=stop_reason))
+    last = chat_chunk(reply_id, model_id, {}, finish, stop_reason=stop_reason)
+    # logprobs are read once the reply is made (hearthlm.llm.logprobs): all with the last chunk
+    last["choices"][0]["logprobs"] = total.response_metadata.get("logprobs")
+    yield sse(last)
     if usage:
         yield sse(
             {
@@ -266,13 +251,13 @@ async def completions(
     comes back too, and with ``logprobs`` every token's log-probability (the prompt's too,
     with ``echo``) and the ``logprobs`` likeliest tokens at each position."""
     state = state_of(request)
-    chat = state.models.get(body.model)
+    chat = await state.models.aget(body.model)
     prompts = _prompts(body.prompt)
     if len(prompts) != 1:
         raise APIError(400, "send one prompt per request.", param="prompt")
     prompt = prompts[0]
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    options = {**sampling_options(body, max(max_tokens, 1)), **request_options(body)}
+    options = {**body.chat_options(max(max_tokens, 1)), **request_options(body)}
     model_id = body.model or state.models.base_id
     reply_id = f"cmpl-{secrets.token_hex(12)}"
     if body.stream:
@@ -312,12 +297,14 @@ def _completion(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     engine = chat.engine
     ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    text, finish, generated = "", "length", 0
+    text, finish, produced, generated = "", "length", [], 0
     if max_tokens > 0:
         completion = chat.complete(ids, stop=body.stops(), **options)
         text = "".join(completion)
         finish, _ = _finish(completion.finish_reason)
         generated = completion.output_tokens
+        # the tokens generated; a backend that streams text (a remote engine) gives none
+        produced = completion.token_ids or (engine.tokenize(text) if text else [])
     prompt_text = engine.decode(ids)
     choice: dict[str, Any] = {
         "index": 0,
@@ -326,7 +313,6 @@ def _completion(
         "logprobs": None,
     }
     if body.logprobs is not None:
-        produced = engine.tokenize(text) if text else []
         choice["logprobs"] = _logprobs(chat, ids, produced, body.echo, body.logprobs)
     usage = {"prompt_tokens": len(ids), "completion_tokens": generated}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -410,7 +396,7 @@ async def loglikelihoods(
     server="hearth")``. With ``best_only``, continuations that cannot score highest come back
     as ``null`` (the best one is exact)."""
     state = state_of(request)
-    chat = state.models.get(body.model)
+    chat = await state.models.aget(body.model)
     engine = chat.engine
 
     def ids(text: str | list[int]) -> list[int]:
@@ -503,7 +489,7 @@ def tokenize(
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give prompt or messages, not both.", param="prompt")
     if body.messages is not None:
-        text = chat.prompt(to_messages(body.messages))
+        text = chat.prompt(to_messages(body.messages), body.add_generation_prompt)
     else:
         text = body.prompt or ""
     ids = engine.tokenize(text)

@@ -178,6 +178,29 @@ class Sampling(_Body):
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def chat_options(self, max_tokens: int | None = None) -> dict[str, Any]:
+        """The ChatHearth per-call options the sampling fields give (``max_tokens``: the
+        caller's reply cap, in place of the request's).
+
+        Raises:
+            APIError: 400, a reply cap below 1.
+        """
+        options: dict[str, Any] = {}
+        for name in ("temperature", "top_p", "seed", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value
+        if self.top_k is not None:
+            options["top_k"] = max(self.top_k, 0)  # vLLM's -1 is "off", ChatHearth's 0
+        limit = max_tokens if max_tokens is not None else self.max_tokens
+        if isinstance(self, ChatCompletionRequest) and self.max_completion_tokens is not None:
+            limit = self.max_completion_tokens
+        if limit is not None:
+            if limit < 1:
+                raise APIError(400, "max_tokens must be at least 1.", param="max_tokens")
+            options["max_new_tokens"] = limit
+        return options
+
 
 class ChatCompletionRequest(Sampling):
     """``POST /v1/chat/completions``; ``collection`` and ``session_id`` make it a docs chat."""
@@ -189,19 +212,30 @@ class ChatCompletionRequest(Sampling):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     collection: str | None = None
     session_id: str | None = None
 
     @model_validator(mode="after")
     def _chat_supported(self) -> ChatCompletionRequest:
-        if self.logprobs:
+        if not any(m.text().strip() or m.tool_calls for m in self.messages):
             raise APIError(
-                400,
-                "logprobs are served by /v1/completions (echo and logprobs), not chat.",
-                code="unsupported_parameter",
-                param="logprobs",
+                400, "every message is empty: send some text to reply to.", param="messages"
             )
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(
+                400, "top_logprobs needs logprobs: true.", param="top_logprobs"
+            )  # fmt: skip
         return self
+
+    def shaping_fields(self) -> list[str]:
+        """The fields given that shape the reply beyond its sampling: a docs chat, whose reply
+        is a cited answer, cannot honour them."""
+        shaping = ("tools", "response_format", "structured_outputs", "grammar", "json_schema")
+        given = [name for name in shaping if getattr(self, name)]
+        if self.tool_choice not in (None, "none", "auto"):
+            given.append("tool_choice")
+        return given + ["logprobs"] * self.logprobs
 
 
 class CompletionRequest(Sampling):
@@ -241,6 +275,8 @@ class TokenizeRequest(BaseModel):
     prompt: str | None = None
     messages: list[Message] | None = None
     add_generation_prompt: bool = True
+    # hearthlm adds no special token to a raw prompt (nor does /v1/completions when it reads
+    # one), and the chat template writes its own: either value gives the ids the model reads.
     add_special_tokens: bool = True
     return_token_strs: bool = False
 

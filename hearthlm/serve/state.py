@@ -4,6 +4,7 @@ behind one load balancer once the model and the index live on shared engines."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -168,9 +169,34 @@ class Models:
         Raises:
             APIError: 404, no model has that id.
         """
+        self.check(model_id)
         if not model_id:
             return self.base
-        if model_id not in self.ids:
+        with self._lock:
+            if model_id not in self._loaded:
+                self._loaded[model_id] = self._load_adapter(self._adapters[model_id])
+            return self._loaded[model_id]
+
+    async def aget(self, model_id: str | None) -> ChatHearth:
+        """:meth:`get` for a route on the event loop: an adapter not loaded yet loads on a
+        worker thread, so the streams in flight do not stall behind it.
+
+        Raises:
+            APIError: 404, no model has that id.
+        """
+        self.check(model_id)
+        loaded = self._loaded.get(model_id or self.base_id)
+        if loaded is not None:
+            return loaded
+        return await asyncio.to_thread(self.get, model_id)
+
+    def check(self, model_id: str | None) -> None:
+        """Raise unless ``model_id`` names a model this server offers (None or "": the base).
+
+        Raises:
+            APIError: 404, no model has that id.
+        """
+        if model_id and model_id not in self.ids:
             raise APIError(
                 404,
                 f"the model {model_id!r} does not exist; GET /v1/models lists: "
@@ -178,10 +204,6 @@ class Models:
                 code="model_not_found",
                 param="model",
             )
-        with self._lock:
-            if model_id not in self._loaded:
-                self._loaded[model_id] = self._load_adapter(self._adapters[model_id])
-            return self._loaded[model_id]
 
     def _load_adapter(self, path: str) -> ChatHearth:
         """A PEFT folder runs on the transformers backend over the base model; a GGUF file is
@@ -247,11 +269,14 @@ class ServerState:
         return self.collections.embeddings
 
     def close(self) -> None:
-        """Finish: stop the engines, close every index and the session store."""
-        self.collections.close()
+        """Finish, once the requests in flight ended or were cancelled: stop the engines (a
+        request still decoding ends at once), let the request threads end (a docs chat saves
+        its turn), stop the indexers after their current file, then close every index and
+        the session store."""
         self.models.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.collections.close()
         self.sessions.dispose()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def now() -> int:

@@ -36,10 +36,10 @@ def batch_order(
     backend: Any, prompts: list[list[int]], threads: int, flash: bool, tokens: int, rounds: int
 ) -> dict:
     from hearthlm.config import SamplingConfig
-    from hearthlm.llm.llama_batch import BatchContext, Sampler
+    from hearthlm.llm.llama_batch import BatchContext, Sampler, model_of
 
     context = BatchContext(
-        backend.llm._model.model,
+        model_of(backend.llm),
         n_seq=8,
         n_ctx_seq=2048,
         n_batch=512,

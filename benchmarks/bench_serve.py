@@ -39,15 +39,38 @@ from typing import Any
 import httpx
 from _common import emit, parser
 
-PROMPTS = [
-    "Write a long story about a lighthouse keeper.",
-    "Explain in detail how a steam engine works.",
-    "Describe a walk through a busy market.",
-    "Write a long letter to a friend about your holiday.",
-    "Tell the story of a ship lost at sea.",
-    "Describe the seasons of the year in detail.",
-    "Write a long story about a dragon who loves books.",
-    "Explain how bread is made, step by step.",
+# Every stream of a run gets a prompt that no server has seen before in it (a task and a
+# subject no earlier request had together), so that no server answers from a prompt its cache
+# already holds: each first token costs the evaluation of a new prompt.
+TASKS = [
+    "Write a long story about {}.",
+    "Explain in detail how {} works.",
+    "Describe {} to someone who has never seen it.",
+    "Write a long letter to a friend about {}.",
+    "List the good and bad sides of {}, with reasons.",
+    "Write a poem about {}.",
+]
+SUBJECTS = [
+    "a lighthouse keeper",
+    "a steam engine",
+    "a busy market",
+    "a holiday by the sea",
+    "a ship lost at sea",
+    "the seasons of the year",
+    "a dragon who loves books",
+    "a bakery at dawn",
+    "a mountain railway",
+    "a clock tower",
+    "a river delta",
+    "a night train",
+    "a beehive",
+    "a library in the rain",
+    "a lost glove",
+    "a desert oasis",
+    "a windmill",
+    "a village school",
+    "a telescope",
+    "a coral reef",
 ]
 LLAMA_CPP_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("HEARTH_BENCH_CACHE", Path.home() / ".cache" / "hearthlm" / "bench"))
@@ -179,21 +202,29 @@ async def one_stream(
     }
 
 
+# Eight prompts for the benchmarks that send the same ones again (bench_engine, bench_remote).
+PROMPTS = [TASKS[i % len(TASKS)].format(SUBJECTS[i]) for i in range(8)]
+
+
+def prompt(n: int) -> str:
+    """The ``n``-th prompt of a run: each a task and a subject that no earlier one combined."""
+    return TASKS[n % len(TASKS)].format(SUBJECTS[n // len(TASKS) % len(SUBJECTS)])
+
+
 async def warm(url: str) -> str:
     """The server's model id, after one short request (model pages, caches)."""
     async with httpx.AsyncClient(timeout=600) as client:
         model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
-        await one_stream(client, url, model, PROMPTS[0], 8)
+        await one_stream(client, url, model, "Say hello.", 8)
     return str(model)
 
 
 async def one_round(
-    url: str, model: str, clients: int, tokens: int, r: int
+    url: str, model: str, prompts: list[str], tokens: int
 ) -> tuple[list[dict[str, Any]], float]:
-    """Round ``r`` of ``clients`` streams at once: each stream's figures, and the wall time."""
-    limits = httpx.Limits(max_connections=clients + 2)
+    """One stream per prompt, all at once: each stream's figures, and the wall time."""
+    limits = httpx.Limits(max_connections=len(prompts) + 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
         start = time.perf_counter()
         streams = (one_stream(client, url, model, p, tokens) for p in prompts)
         results = await asyncio.gather(*streams)
@@ -243,7 +274,7 @@ def servers(
 
     cores = [str(threads)] * 2
     python_server = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
-    python_server += ["--port", "{port}", "--n_ctx", "8192"]
+    python_server += ["--port", "{port}", "--n_ctx", "8192", "--flash_attn", "true"]
     python_server += ["--n_threads", cores[0], "--n_threads_batch", cores[1]]
     found = [
         ("hearth serve", hearth(flash=True), "/health"),
@@ -280,11 +311,14 @@ def main() -> None:
             started[name] = (up[-1], asyncio.run(warm(up[-1].url)))
         # Rounds take turns across the servers (all up, the others idle), so that a slower or
         # faster spell of the machine falls on every server alike.
+        used = 0  # prompts handed out so far: every round's are new to every server
         for n in counts:
             runs: dict[str, tuple[list[dict[str, Any]], float]] = {k: ([], 0.0) for k in started}
-            for r in range(rounds):
+            for _ in range(rounds):
+                prompts = [prompt(used + i) for i in range(n)]
+                used += n
                 for name, (server, model) in started.items():
-                    results, wall = asyncio.run(one_round(server.url, model, n, tokens, r))
+                    results, wall = asyncio.run(one_round(server.url, model, prompts, tokens))
                     runs[name] = (runs[name][0] + results, runs[name][1] + wall)
             for name, (results, wall) in runs.items():
                 figures.setdefault(name, {})[str(n)] = summary(n, results, wall)

@@ -10,7 +10,7 @@ from typing import Literal
 import jsonschema
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from hearthlm.llm.calls import choose_arguments, mentions
+from hearthlm.llm.calls import choose_arguments, choose_tool, mentions, value_spans
 from hearthlm.llm.spans import text_spans
 from hearthlm.llm.tools import strict_schema
 
@@ -151,6 +151,11 @@ def book_room(room: str, weekday: str) -> str:
     return f"{room} is booked on {weekday}."
 
 
+def rename_file(old_name: str, new_name: str) -> str:
+    """Rename a file."""
+    return f"{old_name} is now {new_name}."
+
+
 def exchange_money(amount: float, from_currency: str, to_currency: str) -> str:
     """Exchange money between two currencies."""
     return f"{amount} {from_currency} in {to_currency}."
@@ -232,3 +237,47 @@ def test_a_conversion_goes_the_way_the_request_says(llama_chat):
     }.items():
         args = bound.invoke(request).tool_calls[0]["args"]
         assert (args["from_currency"], args["to_currency"]) == (source, target), request
+
+
+def test_values_are_names_codes_and_quoted_text_not_the_words_around_them():
+    def values(text: str) -> list[str]:
+        return [text[a:b] for a, b in value_spans(text)]
+
+    assert values("Rename notes.txt to ideas.txt.") == ["notes.txt", "ideas.txt"]
+    assert values("Arrange to meet Dr. Kim in Lisbon.") == ["Dr", "Kim", "Lisbon"]
+    assert values("I want to turn 300 INR into BRL. Thanks!") == ["300", "INR", "BRL"]
+    assert values("Please put Jonas on 'review the contract'.") == [
+        "Jonas",
+        "'review the contract'",
+    ]
+    assert values("Put Anna's birthday in the calendar on 2025-12-01.") == [
+        "Anna's",
+        "2025-12-01",
+    ]
+    assert values("Book a room. Tomorrow I fly.") == []  # sentences open with capitals
+
+
+def test_a_value_the_tool_s_description_happens_to_favour_counts_half_in_the_choice():
+    """The request's framing fits rename_file; its two file names are likelier under the
+    room-booking description (by 5.6 nats here, as the packaged model scored them), which
+    decided the choice when every token counted fully."""
+    request = " Rename notes.txt to ideas.txt."
+    pieces = [" R", "ename", " notes", ".", "txt", " to", " ideas", ".", "txt", "."]
+    scores = {
+        "book_room": [-8.2, -1.5, -10.7, -2.3, -3.6, -0.2, -9.8, -0.1, -0.3, -0.8],
+        "rename_file": [-5.8, -0.1, -13.2, -1.8, -3.6, -0.4, -12.9, -0.1, -1.0, -0.6],
+    }
+    per_tool = {name: list(zip(pieces, lps, strict=True)) for name, lps in scores.items()}
+    assert "".join(p for p, _ in per_tool["book_room"]) == request
+
+    def per_token(context: str, continuation: str) -> list[tuple[str, float]]:
+        assert continuation == request
+        return per_tool[context.split(":")[1].strip()]
+
+    def totals(context: str, continuations: Sequence[str]) -> list[float]:
+        return [sum(lp for _, lp in per_token(context, c)) for c in continuations]
+
+    tools = [convert_to_openai_tool(t) for t in (book_room, rename_file)]
+    assert choose_tool(totals, tools, request, optional=False)["function"]["name"] == "book_room"
+    chosen = choose_tool(totals, tools, request, optional=False, per_token=per_token)
+    assert chosen["function"]["name"] == "rename_file"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.tools import resolve_tools
 from hearthlm.llm.backend import Constraint
-from hearthlm.llm.calls import best_scorer, choose_call, choose_tool
+from hearthlm.llm.calls import best_scorer, choose_call, choose_tool, token_scorer
 from hearthlm.llm.chain import (
     Chain,
     QuestionInput,
@@ -273,7 +273,9 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
             score = best_scorer(model)
-            tool = choose_tool(score, specs, question, optional=False)
+            tool = choose_tool(
+                score, specs, question, optional=False, per_token=token_scorer(model)
+            )
             assert tool is not None  # a call is required, so a tool is always chosen
             _, fixed = choose_call(score, model.prompt(messages), tool, [question])
             return Constraint(json_schema=call_schema([fixed]))

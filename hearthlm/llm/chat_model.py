@@ -60,7 +60,13 @@ from hearthlm.llm.call_options import (
     json_schema_of,
     template_message,
 )
-from hearthlm.llm.calls import best_scorer, choose_arguments, choose_call, choose_tool
+from hearthlm.llm.calls import (
+    best_scorer,
+    choose_arguments,
+    choose_call,
+    choose_tool,
+    token_scorer,
+)
 from hearthlm.llm.logprobs import reply_logprobs, requested_logprobs
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
 from hearthlm.llm.spans import copy_schema
@@ -555,7 +561,13 @@ class ChatHearth(BaseChatModel):
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
         choosing = self.decision_mode == "choose" and request is not None and explicit is None
         if choosing and tools and (tools_optional or len(tools) > 1):
-            chosen = choose_tool(best_scorer(self), tools, str(request), optional=tools_optional)
+            chosen = choose_tool(
+                best_scorer(self),
+                tools,
+                str(request),
+                optional=tools_optional,
+                per_token=token_scorer(self),
+            )
             tools, tools_optional, text_only = (
                 ([chosen], False, False) if chosen else ([], True, True)
             )

@@ -221,14 +221,8 @@ class LlamaCppBackend(Backend):
         scorer = self._scoring_context()
         room = int(scorer.n_ctx()) - max((len(c) for c in continuations), default=0)
         context = context[-room:]
-        # The context is evaluated once (and only past the prefix it shares with the last
-        # one); each continuation is then evaluated from the context's end.
-        kept = scorer.input_ids[: scorer.n_tokens].tolist()
-        shared = 0
-        while shared < min(len(kept), len(context) - 1) and kept[shared] == context[shared]:
-            shared += 1
-        scorer.n_tokens = shared
-        scorer.eval(context[shared:])
+        # The context is evaluated once; each continuation is then evaluated from its end.
+        _evaluate_past_shared(scorer, context)
         end = len(context)
         first = log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
 
@@ -249,8 +243,7 @@ class LlamaCppBackend(Backend):
         else:
             scorer = self._scoring_context()
             _check_window(ids, int(scorer.n_ctx()))
-            scorer.reset()
-            scorer.eval(ids)
+            _evaluate_past_shared(scorer, ids)
             rows = np.asarray(scorer.scores[: len(ids) - 1], dtype=np.float64)
         return token_logprobs(log_softmax(rows), ids[1:], top)
 
@@ -348,6 +341,18 @@ def _build_grammar(constraint: Constraint) -> Any:
     from llama_cpp import LlamaGrammar
 
     return LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
+
+
+def _evaluate_past_shared(scorer: Any, ids: list[int]) -> None:
+    """Have the scoring context hold ``ids`` and every position's logits, evaluating only
+    past the prefix it shares with what it last read (its earlier rows stay valid); at least
+    the last token is evaluated again."""
+    kept = scorer.input_ids[: scorer.n_tokens].tolist()
+    shared = 0
+    while shared < min(len(kept), len(ids) - 1) and kept[shared] == ids[shared]:
+        shared += 1
+    scorer.n_tokens = shared
+    scorer.eval(ids[shared:])
 
 
 def _check_window(ids: list[int], window: int) -> None:

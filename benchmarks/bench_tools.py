@@ -7,17 +7,21 @@ numbers, enums and optional fields, and 10 that need no tool) run through four p
 ``create_agent`` with ``call_tools_then_answer``. Each variant runs in its own process, side by
 side with the others:
 
-- ``baseline``: hearthlm as of commit 3083c62 (extracted with ``git archive``), before calls were
-  strict JSON and before arguments were copied;
+- ``langchain``: what a LangChain user would run on the same GGUF instead, langchain-community's
+  ``ChatLlamaCpp`` with llama-cpp-python's ``chatml-function-calling`` format. Its
+  ``bind_tools`` takes no ``tool_choice="any"``, so both ``bind`` paths let it choose, and
+  ``create_agent`` runs without hearthlm's middleware;
+- ``copy``: this tree as shipped (the tool and its arguments chosen by likelihood);
 - ``write``: this tree with ``tool_arguments="write"`` (strict grammar, free arguments);
-- ``copy``: this tree as shipped (arguments are spans and numbers of the request).
+- ``commit:REF``: hearthlm as of a commit of this repository (extracted with ``git archive``;
+  a clone with its history), to measure a change against the code before it.
 
 Metrics per path: ``parse`` (share of attempted calls that parse), ``tool_accuracy`` (gold tool
 called), ``exact_args`` (arguments equal to the gold ones, defaults filled in), ``no_tool_rate``
 (auto only: share of the 10 no-tool requests answered in text), ``looping_answers`` (agents: final
 answers that repeat a phrase three times or hit their length cap) and ``seconds_per_request``.
 
-    python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants baseline,copy]
+    python benchmarks/bench_tools.py [--quick] [--save] [--threads N] [--variants langchain,copy]
         [--agent-requests N] [--max-new-tokens N] [--heldout] [--no-agents]
 
 ``--heldout`` runs a second set, written before any run on it: 34 requests over 7 other tools
@@ -48,7 +52,6 @@ from _common import chat_options, emit, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "tool_requests.jsonl"
-BASELINE_COMMIT = "3083c62"
 PATHS = ("bind_any", "bind_auto", "react", "create_agent")
 JOINT_PATHS = ("bind_any", "react", "create_agent")  # the paths the argument targets are on
 
@@ -279,19 +282,25 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
     from hearthlm.agents.react import ReActAgent
     from hearthlm.llm import ChatHearth
 
-    options: dict[str, Any] = {
-        **chat_options(),
-        "threads": args.threads,
-        "max_new_tokens": args.max_new_tokens,
-    }
-    if variant != "baseline":
-        options["tool_arguments"] = variant
-    chat = ChatHearth(**options).load()
+    if variant == "langchain":
+        chat: Any = langchain_chat(args)
+        any_bound = chat.bind_tools(TOOLS)  # no tool_choice="any": ChatLlamaCpp takes a name
+        auto_bound = chat.bind_tools(TOOLS)
+        agent = create_agent(chat, tools=TOOLS)
+    else:
+        options: dict[str, Any] = {
+            **chat_options(),
+            "threads": args.threads,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        if not variant.startswith("commit:"):
+            options["tool_arguments"] = variant
+        chat = ChatHearth(**options).load()
+        any_bound = chat.bind_tools(TOOLS, tool_choice="any")
+        auto_bound = chat.bind_tools(TOOLS, tool_choice="auto")
+        agent = create_agent(chat, tools=TOOLS, middleware=[call_tools_then_answer])
     records: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-    any_bound = chat.bind_tools(TOOLS, tool_choice="any")
-    auto_bound = chat.bind_tools(TOOLS, tool_choice="auto")
     react = ReActAgent(chat, TOOLS)
-    agent = create_agent(chat, tools=TOOLS, middleware=[call_tools_then_answer])
 
     def reply_record(message: Any, seconds: float) -> dict[str, Any]:
         calls = [{"name": c["name"], "args": c["args"]} for c in message.tool_calls]
@@ -425,9 +434,37 @@ def score(
     return out
 
 
-def baseline_tree(commit: str) -> Path:
+def langchain_chat(args: Any) -> Any:
+    """langchain-community's ChatLlamaCpp on the packaged GGUF, greedy, with llama-cpp-python's
+    function-calling chat format: the tool calling LangChain itself offers for this model."""
+    import os as _os
+
+    from langchain_community.chat_models import ChatLlamaCpp
+
+    from hearthlm.llm.sources import packaged_model_path
+
+    return ChatLlamaCpp(
+        model_path=str(packaged_model_path()),
+        chat_format="chatml-function-calling",
+        temperature=0.0,
+        max_tokens=args.max_new_tokens,
+        n_ctx=8192,
+        n_threads=args.threads or _os.cpu_count(),
+        verbose=False,
+    )
+
+
+def commit_tree(commit: str) -> Path:
     """hearthlm as of ``commit``, extracted from this repository's history."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-tools-baseline-"))
+    folder = Path(tempfile.mkdtemp(prefix="bench-tools-commit-"))
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+    )
+    if found.returncode != 0:
+        raise SystemExit(
+            f"commit {commit} is not in this clone (a shallow clone has no history): fetch it "
+            "(git fetch --unshallow), or leave the commit: variant out."
+        )
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", commit, "hearthlm"], capture_output=True, check=True
     ).stdout
@@ -438,7 +475,7 @@ def baseline_tree(commit: str) -> Path:
 
 def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
     """Start one variant in its own process; its progress goes to a log file beside the run."""
-    source = baseline_tree(args.baseline_commit) if variant == "baseline" else ROOT
+    source = commit_tree(variant.removeprefix("commit:")) if variant.startswith("commit:") else ROOT
     env = {**os.environ, "PYTHONPATH": str(source)}
     command = [sys.executable, __file__, "--child", variant]
     command += ["--quick"] * args.quick + (["--threads", str(args.threads)] if args.threads else [])
@@ -446,13 +483,19 @@ def start_child(variant: str, args: Any) -> tuple[subprocess.Popen[str], Path]:
     command += ["--max-new-tokens", str(args.max_new_tokens)] + ["--heldout"] * args.heldout
     command += ["--pairs"] * args.pairs
     command += ["--no-agents"] * args.no_agents
-    log = Path(tempfile.gettempdir()) / f"bench_tools_{variant}.log"
+    log = Path(tempfile.gettempdir()) / f"bench_tools_{variant.replace(':', '_')}.log"
     print(f"{variant}: progress in {log}", file=sys.stderr)
     with log.open("w") as err:
         child = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=source
         )
     return child, log
+
+
+def label(variant: str) -> str:
+    """A variant's name in the figures: ``commit`` for ``commit:REF`` (the ref is recorded
+    beside them)."""
+    return "commit" if variant.startswith("commit:") else variant
 
 
 def child_result(variant: str, child: subprocess.Popen[str], log: Path) -> dict[str, Any]:
@@ -466,8 +509,11 @@ def child_result(variant: str, child: subprocess.Popen[str], log: Path) -> dict[
 
 def main() -> None:
     p = parser(__doc__ or "", threads=True)
-    p.add_argument("--variants", default="baseline,copy", help="comma-separated; also: write")
-    p.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    p.add_argument(
+        "--variants",
+        default="langchain,copy",
+        help="comma-separated: langchain, copy, write, commit:REF",
+    )
     p.add_argument(
         "--agent-requests",
         type=int,
@@ -513,18 +559,22 @@ def main() -> None:
         "tool_requests": sum(r["tool"] is not None for r in rows),
         "tools": len(TOOLS),
         "threads": args.threads or os.cpu_count(),
-        "baseline_commit": args.baseline_commit,
         "agent_requests": len(agent_rows(rows, args.agent_requests)),
         "max_new_tokens": args.max_new_tokens,
     }
     # The variants run side by side, one process each (pass --threads 1 to share two cores).
     variants = args.variants.split(",")
+    commits = [v.removeprefix("commit:") for v in variants if v.startswith("commit:")]
+    if len(commits) > 1:
+        raise SystemExit("give one commit: variant at most")
+    if commits:
+        figures["commit"] = commits[0]
     children = {variant: start_child(variant, args) for variant in variants}
     raw = {}
     for variant in variants:
         raw[variant] = child_result(variant, *children[variant])["records"]
         for key, value in score(raw[variant], rows, args.agent_requests).items():
-            figures[f"{variant}_{key}"] = value
+            figures[f"{label(variant)}_{key}"] = value
     if "copy" in raw and not args.no_agents and (args.heldout or args.pairs):
         figures["targets_met"] = {
             "exact_args_0.85": all(figures[f"copy_{p}_exact_args"] >= 0.85 for p in JOINT_PATHS),
@@ -533,6 +583,12 @@ def main() -> None:
             ),
             "any_tool_accuracy_0.92": figures["copy_bind_any_tool_accuracy"] >= 0.92,
         }
+        if commits:  # seconds per request against the code before the change
+            figures["targets_met"]["seconds_1.3x"] = all(
+                figures[f"copy_{p}_seconds_per_request"]
+                <= 1.3 * figures[f"commit_{p}_seconds_per_request"]
+                for p in JOINT_PATHS
+            )
     elif "copy" in raw and not args.no_agents:
         figures["targets_met"] = {
             "parse_100": all(figures[f"copy_{p}_parse"] == 1.0 for p in PATHS),

@@ -42,6 +42,34 @@ def test_a_user_function_plugs_in_with_one_line(llama_chat):
     assert "delivered on Monday" in result.steps[0].observation
 
 
+@pytest.mark.slow
+def test_react_runs_on_a_chat_model_that_takes_no_tool_choice_any():
+    """langchain-community's ChatLlamaCpp refuses tool_choice="any" with a ValueError: the
+    agent then binds its tools with the model's own default, and the run goes on."""
+    from langchain_community.chat_models import ChatLlamaCpp
+
+    from hearthlm.llm.sources import packaged_model_path
+
+    chat = ChatLlamaCpp(
+        model_path=str(packaged_model_path()),
+        chat_format="chatml-function-calling",
+        temperature=0.0,
+        max_tokens=96,
+        n_ctx=4096,
+        verbose=False,
+    )
+    with pytest.raises(ValueError, match="any"):
+        chat.bind_tools([calculator_tool()], tool_choice="any")
+    result = ReActAgent(chat, [calculator_tool()], max_steps=2).invoke("What is 12 * 3?")
+    # it ran (it raised before), and ended as a run ends, whatever the 135M model wrote
+    assert result.steps and result.stopped_reason in (
+        "final_answer",
+        "max_steps",
+        "repeated_action",
+    )
+    assert all(s.tool in ("calculator", "final_answer") or not s.valid for s in result.steps)
+
+
 def test_steps_stream_and_callbacks_fire(llama_chat):
     class Events(BaseCallbackHandler):
         def __init__(self) -> None:

@@ -128,11 +128,27 @@ class Action(BaseModel):
     arguments: dict[str, Any] = Field(description="The tool's arguments")
 
 
+def _tool_caller(chat: Any, specs: list[dict[str, Any]]) -> Any:
+    """``chat`` bound to call one of ``specs``: with ``tool_choice="any"`` where the
+    integration takes it, else with its own default (langchain-community's ChatLlamaCpp takes
+    only a tool's name, and refuses "any" with a ValueError); None for a chat model without
+    native tool calling (then JSON mode, then a parsed reply)."""
+    for options in ({"tool_choice": "any"}, {}):
+        try:
+            return chat.bind_tools(specs, **options)
+        except NotImplementedError:
+            return None
+        except ValueError:
+            continue
+    return None
+
+
 class ReActAgent(Chain[str | QuestionInput, AgentResult]):
     """A ReAct agent over any chat model and LangChain tools.
 
     On ChatHearth each action is decoded under the tools' JSON-schema grammar. Another chat model
-    gives its action by native tool calling (``bind_tools`` with ``tool_choice="any"``), else by
+    gives its action by native tool calling (``bind_tools`` with ``tool_choice="any"``, or its
+    own default where it takes no "any"), else by
     JSON mode, else as a parsed reply retried once (:func:`hearthlm.llm.chain.structured_reply`).
     The thought is prefilled as a continuation of the assistant turn (``Thought:``), which a
     remote chat API may read as a finished turn instead.
@@ -247,10 +263,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
             reply = self.chat.invoke(messages, config, constraint=constraint)
             return str(reply.content), _tokens(reply)
         specs = self._specs if steps else self._first_specs
-        try:
-            caller = self.chat.bind_tools(specs, tool_choice="any")
-        except NotImplementedError:
-            caller = None  # no native tool calling: JSON mode, then a parsed reply
+        caller = _tool_caller(self.chat, specs)
         if caller is not None:
             reply = caller.invoke(messages, config)
             calls = getattr(reply, "tool_calls", None) or []

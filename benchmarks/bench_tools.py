@@ -9,8 +9,9 @@ side with the others:
 
 - ``langchain``: what a LangChain user would run on the same GGUF instead, langchain-community's
   ``ChatLlamaCpp`` with llama-cpp-python's ``chatml-function-calling`` format. Its
-  ``bind_tools`` takes no ``tool_choice="any"``, so both ``bind`` paths let it choose, and
-  ``create_agent`` runs without hearthlm's middleware;
+  ``bind_tools`` takes neither ``"any"`` nor ``"auto"``, so both ``bind`` paths bind the tools
+  with ``tool_choice="auto"`` directly (the model picks a function or a message under a
+  grammar), and ``create_agent`` runs as LangChain runs it, without hearthlm's middleware;
 - ``copy``: this tree as shipped (the tool and its arguments chosen by likelihood);
 - ``write``: this tree with ``tool_arguments="write"`` (strict grammar, free arguments);
 - ``commit:REF``: hearthlm as of a commit of this repository (extracted with ``git archive``;
@@ -283,9 +284,14 @@ def run_variant(variant: str, rows: list[dict[str, Any]], args: Any) -> dict[str
     from hearthlm.llm import ChatHearth
 
     if variant == "langchain":
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
         chat: Any = langchain_chat(args)
-        any_bound = chat.bind_tools(TOOLS)  # no tool_choice="any": ChatLlamaCpp takes a name
-        auto_bound = chat.bind_tools(TOOLS)
+        # ChatLlamaCpp.bind_tools takes a tool's name for tool_choice, neither "any" nor
+        # "auto", and without one llama-cpp-python leaves the tools out of the prompt: bound
+        # here with "auto" (the model picks a function or a message, under a grammar).
+        specs = [convert_to_openai_tool(t) for t in TOOLS]
+        any_bound = auto_bound = chat.bind(tools=specs, tool_choice="auto")
         agent = create_agent(chat, tools=TOOLS)
     else:
         options: dict[str, Any] = {

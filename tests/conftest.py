@@ -166,6 +166,23 @@ def install_distribution(
     monkeypatch.syspath_prepend(str(folder))
 
 
+def shared_data(relative: str) -> Path:
+    """A file of the public datasets (``$HEARTH_DATA``, else ``../shared/data`` beside the
+    checkout), which the repository references and never copies. Missing, the test is skipped
+    with the reason in the summary, or fails where ``HEARTH_REQUIRE_DATA`` is set (a machine
+    that is meant to have the data)."""
+    root = Path(
+        os.environ.get("HEARTH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    path = root / relative
+    if not path.exists():
+        reason = f"{path} is not here: set HEARTH_DATA to the public datasets' folder"
+        if os.environ.get("HEARTH_REQUIRE_DATA"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
 ALPHA, BETA = "alpha-key-0123456789", "beta-key-0123456789"
 
 

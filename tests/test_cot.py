@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 
@@ -79,13 +79,35 @@ def test_one_parser_reads_a_solution_for_exemplars_traces_and_grading():
     assert parse_solution("no working at all").steps == []
 
 
-def test_shared_gsm8k_exemplars_load():
+def test_gsm8k_exemplars_compose_their_steps_into_one_expression(tmp_path):
+    """Rows in GSM8K's format (written here, not copied from the dataset): each exemplar's
+    calculator steps compose into one expression whose value is the answer; a row whose
+    steps do not lead to its answer is passed over."""
     from hearthlm.agents.cot import gsm8k_examples
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
-    if not path.exists():
-        pytest.skip("shared GSM8K data not present")
+    rows = [
+        {"question": "A box holds 6 eggs. How many eggs are in 4 boxes and 3 loose eggs?",
+         "answer": "4 boxes hold 4*6 = <<4*6=24>>24 eggs.\nWith the loose ones: 24+3 = "
+                   "<<24+3=27>>27 eggs.\n#### 27"},
+        {"question": "No working.", "answer": "It is just known.\n#### 5"},
+        {"question": "Tom has 10 apples and gives half away. How many are left?",
+         "answer": "He gives 10/2 = <<10/2=5>>5 away.\n10-5 = <<10-5=5>>5 are left.\n#### 5"},
+    ]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     examples = gsm8k_examples(path, 3)
+    assert [e.answer for e in examples] == ["27", "5"]
+    assert examples[0].expression.replace(" ", "") == "(4*6)+3"
+    for example in examples:
+        assert normalise_number(str(evaluate(example.expression))) == example.answer
+
+
+def test_shared_gsm8k_exemplars_load():
+    from conftest import shared_data
+
+    from hearthlm.agents.cot import gsm8k_examples
+
+    examples = gsm8k_examples(shared_data("gsm8k/train.jsonl"), 3)
     assert len(examples) == 3
     for example in examples:
         assert normalise_number(str(evaluate(example.expression))) == example.answer

@@ -272,3 +272,19 @@ def test_one_check_finds_the_model_that_scores_text_under_any_bindings(llama_cha
     assert scorer_of(RunnableLambda(lambda x: x)) is None
     score = scorer_of(bound).loglikelihoods("The capital of France is", [" Paris", " a fish"])
     assert score[0] > score[1]
+
+
+def test_a_bound_chat_model_keeps_its_capabilities_in_every_check(llama_chat):
+    """The reader, ReAct and the agent middleware ask through one check that looks under
+    .bind(...): a bound ChatHearth still reads constraints and copies arguments (the
+    middleware read the binding's own attribute, and found none)."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from hearthlm.llm.chain import argument_mode, can_constrain, scorer_of
+
+    bound = llama_chat.bind(max_new_tokens=8).bind(temperature=0)
+    assert can_constrain(bound) and argument_mode(bound) == "copy"
+    assert scorer_of(bound) is llama_chat
+    other = FakeListChatModel(responses=["hi"])
+    assert not can_constrain(other) and argument_mode(other) == "write"
+    assert scorer_of(other) is None

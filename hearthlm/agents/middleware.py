@@ -23,6 +23,7 @@ from langchain.agents.middleware import ToolErrorMiddleware, wrap_model_call
 from langchain_core.messages import ToolMessage
 
 from hearthlm.llm.backend import Constraint
+from hearthlm.llm.chain import argument_mode
 from hearthlm.llm.grammar import choice_gbnf
 from hearthlm.llm.spans import text_spans
 
@@ -40,7 +41,7 @@ def call_tools_then_answer(request: Any, handler: Callable[[Any], Any]) -> Any:
         return handler(request.override(tool_choice="any"))
     settings = dict(request.model_settings)
     spans = text_spans(results)
-    if getattr(request.model, "argument_mode", None) == "copy" and spans:
+    if argument_mode(request.model) == "copy" and spans:
         settings["constraint"] = Constraint(grammar=choice_gbnf(spans))
     return handler(request.override(tool_choice="none", model_settings=settings))
 

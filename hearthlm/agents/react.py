@@ -28,12 +28,12 @@ from hearthlm.llm.calls import best_scorer, choose_call, choose_tool, token_scor
 from hearthlm.llm.chain import (
     Chain,
     QuestionInput,
+    argument_mode,
     call_options,
     can_constrain,
     question_text,
     scorer_of,
     structured_reply,
-    unwrap,
 )
 from hearthlm.llm.tools import call_schema
 
@@ -186,7 +186,7 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         self._first_specs = specs[:-1] if require_tool and len(specs) > 1 else specs
         # As in ChatHearth: copied arguments are spans of the question (tool arguments) and of
         # the observations (the final answer), so the answer cannot loop or drift.
-        self.tool_arguments = tool_arguments or getattr(unwrap(chat), "argument_mode", "write")
+        self.tool_arguments = tool_arguments or argument_mode(chat)
         listed = "\n".join(
             json.dumps(
                 {

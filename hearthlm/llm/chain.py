@@ -102,12 +102,28 @@ def scorer_of(chat: Any) -> ScoresText | None:
     return model if isinstance(model, ScoresText) and model.can_score else None
 
 
-def can_constrain(chat: Any) -> bool:
-    """Whether ``chat`` reads a ``constraint=`` (a grammar or JSON schema) with each call.
+@runtime_checkable
+class TakesConstraints(Protocol):
+    """A chat model that reads a ``constraint=`` (a grammar or JSON schema) with each call
+    (ChatHearth), and so can say how it decodes tool-call arguments (``argument_mode``:
+    "copy", spans of the request chosen by likelihood, or "write"). Only the flag is checked,
+    so that checking loads no model."""
 
-    A chat model class says so with ``accepts_constraints = True``; ChatHearth does.
-    """
-    return bool(getattr(unwrap(chat), "accepts_constraints", False))
+    accepts_constraints: bool
+
+
+def can_constrain(chat: Any) -> bool:
+    """Whether ``chat`` (under any ``.bind(...)`` layers) reads a ``constraint=`` with each
+    call (:class:`TakesConstraints`)."""
+    model = unwrap(chat)
+    return isinstance(model, TakesConstraints) and bool(model.accepts_constraints)
+
+
+def argument_mode(chat: Any) -> str:
+    """How ``chat`` (under any ``.bind(...)`` layers) decodes tool-call arguments: "copy" or
+    "write"; "write" for a chat model that reads no constraint (it writes them itself)."""
+    model = unwrap(chat)
+    return str(getattr(model, "argument_mode", "write")) if can_constrain(model) else "write"
 
 
 def call_options(chat: Any, **options: Any) -> dict[str, Any]:

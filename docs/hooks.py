@@ -45,8 +45,9 @@ def config_reference() -> str:
             continue
         parts.append(f"### `[{name}]`\n\n{_doc(model)}\n")
         parts.append(_fields_table(model))
-        for nested_name, nested in _nested_models(model):
-            parts.append(f"#### `[{name}.{nested_name}]` entries\n\n{_doc(nested)}\n")
+        for nested_name, nested, many in _nested_models(model):
+            title = f"`[{name}.{nested_name}]`" + (" entries" if many else "")
+            parts.append(f"#### {title}\n\n{_doc(nested)}\n")
             parts.append(_fields_table(nested))
     return "\n".join(parts)
 
@@ -60,12 +61,18 @@ def _fields_table(model: type[BaseModel]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+def _nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel], bool]]:
+    """The sections inside a section (``[finetune.train]``) and the models of its lists'
+    entries (``[[serve.api_keys]]``): (name, model, whether a list's)."""
     found = []
     for name, field in model.model_fields.items():
-        for arg in typing.get_args(field.annotation):
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.append((name, annotation, False))
+            continue
+        for arg in typing.get_args(annotation):
             if isinstance(arg, type) and issubclass(arg, BaseModel):
-                found.append((name, arg))
+                found.append((name, arg, True))
     return found
 
 
@@ -146,6 +153,8 @@ def _command(command: Any, path: str, parts: list[str], ctx: Any) -> None:
         else:
             name = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
         default = param.default
+        if isinstance(getattr(param, "show_default", None), str):
+            default = param.show_default  # a setting's own default; the option's is None
         shown = "" if default in (None, (), [], False) or param.required else f"`{default}`"
         helped = _text(getattr(param, "help", "") or "").replace("|", "\\|").replace("\n", " ")
         rows.append(f"| {name} | {shown} | {helped} |")

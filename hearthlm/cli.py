@@ -466,8 +466,10 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     values = cfg.model_dump(mode="json")
     rows = []
     for key, source in sources.items():
-        section, name = key.split(".")
-        rows.append((key, values[section][name], source))
+        value: Any = values
+        for part in key.split("."):
+            value = value[part]
+        rows.append((key, value, source))
     if as_json:
         print(json.dumps({key: {"value": v, "source": s} for key, v, s in rows}, indent=2))
         return

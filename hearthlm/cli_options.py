@@ -56,9 +56,14 @@ def overrides(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in SECTIONS}
 
 
-def cli_config(config: Path | None, **options: Any) -> HearthConfig:
-    """Load the layered config; CLI options left unset do not override lower layers."""
-    overrides = {f"{SECTIONS[k]}.{FIELD_NAMES.get(k, k)}": v for k, v in options.items()}
+def cli_config(
+    config: Path | None, settings: dict[str, Any] | None = None, **options: Any
+) -> HearthConfig:
+    """Load the layered config with a command's options on top: ``options`` by their name
+    (``model``, ``k``, ...), ``settings`` as dotted keys (``finetune.train.seed``). Options left
+    unset (None) do not override lower layers."""
+    overrides = dict(settings or {})
+    overrides.update({f"{SECTIONS[k]}.{FIELD_NAMES.get(k, k)}": v for k, v in options.items()})
     return load_config(config, overrides=overrides)
 
 

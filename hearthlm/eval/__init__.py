@@ -28,17 +28,20 @@ def evaluate(
     config: HearthConfig | None = None,
     *,
     suite: str | None = None,
-    batch_size: int = 8,
-    strict: bool = False,
+    batch_size: int | None = None,
+    strict: bool | None = None,
     progress: bool = True,
 ) -> RunResult:
     """Run ``tasks`` on the configured model (and adapter) into the run folder ``out``.
 
     Log-likelihood tasks run on the transformers backend (batched), or through the server on
     the ``openai`` backend where it can score; generation and chains use the configured backend
-    with the configured (greedy by default) sampling.
+    with the configured (greedy by default) sampling. ``batch_size`` and ``strict`` default to
+    the configuration's ``[eval]`` section.
     """
     config = config or HearthConfig()
+    batch_size = config.eval.batch_size if batch_size is None else batch_size
+    strict = config.eval.strict if strict is None else strict
     remote = config.llm.backend == "openai"
     chat = ChatHearth.from_config(config)
     engines = Engines(

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from hearthlm.cli_options import AdapterOpt, BackendOpt, ConfigOpt, ModelOpt, cli_config, overrides
+from hearthlm import cli_settings
+from hearthlm.cli_options import AdapterOpt, BackendOpt, ConfigOpt, ModelOpt, cli_config
+from hearthlm.config import EvalConfig, config_error_from
 from hearthlm.errors import EvalError
 from hearthlm.eval import evaluate
 from hearthlm.eval.compare import compare_runs
-from hearthlm.eval.tasks import DIALOGSUM_TEMPLATE, TaskSpec, load_task, make_task, mmlu_tasks
+from hearthlm.eval.tasks import MultipleChoiceSpec, TaskSpec, load_task, make_task, mmlu_tasks
+from hearthlm.eval.tasks.presets import preset
+from hearthlm.eval.tasks.spec import spec_class
 
 eval_app = typer.Typer(no_args_is_help=True, add_completion=False)  # help: hearthlm/cli.py
 console = Console()
@@ -23,26 +29,28 @@ OutOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Run folder; running again into it resumes. Default eval-runs/…"),
 ]
-BatchOpt = Annotated[int, typer.Option(help="Log-likelihood batch size (scores do not move).")]
-StrictOpt = Annotated[bool, typer.Option(help="Stop at the first malformed row.")]
-LimitOpt = Annotated[int | None, typer.Option(help="First N items (per subject/task).")]
-TaskOpt = Annotated[Path | None, typer.Option("--task", help="A YAML or TOML task file.")]
-DataOpt = Annotated[Path | None, typer.Option(help="Data file (CSV, JSONL or JSON).")]
-TemplateOpt = Annotated[str | None, typer.Option(help="Prompt template, e.g. 'Q: {question}'.")]
+TaskOpt = Annotated[
+    Path | None,
+    typer.Option("--task", help="A YAML or TOML task file; options given beside it win."),
+]
+PresetOpt = Annotated[str | None, typer.Option(help="A dataset shape's field values.")]
 
 
-def _run(
-    suite: str,
-    tasks: list[Any],
-    out: Path | None,
-    options: dict[str, Any],  # the command's locals(): config, backend, model, adapter
-    batch_size: int = 8,
-    strict: bool = False,
-) -> None:
-    model_options = {k: options.get(k) for k in ("backend", "model", "adapter")}
-    cfg = cli_config(options.get("config"), **overrides(model_options))
-    folder = out or Path("eval-runs") / f"{suite}-{datetime.now():%Y%m%d-%H%M%S}"
-    run = evaluate(tasks, folder, cfg, suite=suite, batch_size=batch_size, strict=strict)
+def _config(options: dict[str, Any]) -> Any:
+    """The layered configuration, this command's model, eval and ``--set`` options on top."""
+    settings = cli_settings.settings(options.get("set_values"))
+    given = cli_settings.given(EvalConfig, options)
+    settings.update({f"eval.{k}": v for k, v in given.items()})
+    models = {k: options.get(k) for k in ("backend", "model", "adapter")}
+    return cli_config(options.get("config"), settings, **models)
+
+
+def _run(suite: str, tasks: list[Any], out: Path | None, cfg: Any) -> None:
+    folder = out or cfg.eval.runs / f"{suite}-{datetime.now():%Y%m%d-%H%M%S}"
+    settings = cfg.eval
+    run = evaluate(
+        tasks, folder, cfg, suite=suite, batch_size=settings.batch_size, strict=settings.strict
+    )
     _print_scores(run.scores)
     if run.bad_rows:
         console.print(f"[yellow]{len(run.bad_rows)} malformed row(s) skipped:[/yellow]")
@@ -63,210 +71,124 @@ def _print_scores(scores: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _spec(task: Path | None, kind: str, **fields: Any) -> Any:
-    """A task from ``--task`` (it must be of ``kind``) or from the command's options."""
+def task_spec(
+    kind: str,
+    cfg: Any,
+    task: Path | None = None,
+    preset_name: str | None = None,
+    **options: Any,
+) -> TaskSpec:
+    """The spec of a ``kind`` task, its fields from (lowest first) the kind's defaults,
+    ``[eval.tasks.KIND]``, a preset, a task file and the options given.
+
+    Raises:
+        EvalError: the file holds another kind, or no data file is named.
+        ConfigError: a value that does not fit its field.
+    """
+    values: dict[str, Any] = dict(cfg.eval.tasks.get(kind, {}))
+    if preset_name is not None:
+        values.update(preset(kind, preset_name))
     if task is not None:
         spec = load_task(task)
         if spec.kind != kind:
             raise EvalError(f"{task} is a {spec.kind!r} task; this command runs {kind!r} tasks")
-        if fields.get("limit"):
-            spec = spec.model_copy(update={"limit": fields["limit"]})
-        return make_task(spec)
-    if fields.get("data") is None:
+        values.update(spec.model_dump(exclude_unset=True, exclude={"kind"}))
+    values.update(cli_settings.given(spec_class(kind), options))
+    if values.get("data") is None:
         raise EvalError(f"give --task FILE or --data FILE for the {kind} task")
-    values = {k: v for k, v in fields.items() if v is not None}
     values.setdefault("name", Path(values["data"]).stem)
-    return make_task(TaskSpec(kind=kind, **values))
+    try:
+        return TaskSpec(kind=kind, **values)
+    except ValidationError as exc:
+        raise config_error_from(exc, f"the {kind} task's settings") from None
 
 
-@eval_app.command()
-def mmlu(
+def _kind_command(kind: str, suite: Any = None, pick_preset: Any = None) -> Any:
+    """``hearth eval KIND``: its options are the fields of the kind's spec, and every one is
+    also a ``[eval.tasks.KIND]`` setting."""
+
+    def run(
+        task: TaskOpt = None,
+        out: OutOpt = None,
+        preset: PresetOpt = None,
+        config: ConfigOpt = None,
+        backend: BackendOpt = None,
+        model: ModelOpt = None,
+        adapter: AdapterOpt = None,
+        set_values: cli_settings.SetOpt = None,
+        **values: Any,
+    ) -> None:
+        cfg = _config(locals() | values)
+        name = preset or (pick_preset(values) if pick_preset else None)
+        spec = task_spec(kind, cfg, task, name, **values)
+        _run(suite(spec) if suite else spec.name, [make_task(spec)], out, cfg)
+
+    cls = spec_class(kind)
+    first = (cls.__doc__ or kind).strip().splitlines()[0]
+    run.__doc__ = f"{first}\n\nEvery option is an \\[eval.tasks.{kind}] setting of hearth.toml too."
+    extra = [
+        *cli_settings.options(cls, skip=("kind",)),
+        *cli_settings.options(EvalConfig, skip=("runs",)),
+    ]
+    return cli_settings.command(run, extra, name=kind)
+
+
+def _register_kinds() -> None:
+    eval_app.command("generate")(_kind_command("generate"))
+    eval_app.command("perplexity")(_kind_command("perplexity"))
+    eval_app.command("gsm8k")(_kind_command("gsm8k", suite=lambda s: f"gsm8k-{s.method}"))
+    # BEIR queries come with qrels; HotpotQA's rows with their gold answers
+    beir = lambda values: "beir" if values.get("qrels") else "hotpotqa"  # noqa: E731
+    eval_app.command("rag")(_kind_command("rag", pick_preset=beir))
+    eval_app.command("agent")(_kind_command("agent"))
+
+
+_register_kinds()
+
+
+def _mmlu(
     data: Annotated[Path | None, typer.Option(help="MMLU folder with test/ and dev/.")] = None,
     subjects: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
-    shots: Annotated[int, typer.Option(help="Worked examples from dev/.")] = 5,
-    score_by: Annotated[str, typer.Option(help="letter or text (the choice itself).")] = "letter",
     task: TaskOpt = None,
-    limit: LimitOpt = None,
     out: OutOpt = None,
-    batch_size: BatchOpt = 8,
-    strict: StrictOpt = False,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
+    set_values: cli_settings.SetOpt = None,
+    **values: Any,
 ) -> None:
-    """Multiple choice in the MMLU format, by log-likelihood; accuracy per subject and category."""
+    """Multiple choice in the MMLU format, by log-likelihood; accuracy per subject and
+    category. --shots and --score-by are \\[eval.tasks.multiple_choice] settings too."""
+    cfg = _config(locals() | values)
     if task is not None:
-        tasks = [_spec(task, "multiple_choice", limit=limit)]
+        tasks = [make_task(task_spec("multiple_choice", cfg, task, **values))]
     elif data is not None:
-        if score_by not in ("letter", "text"):
-            raise EvalError(f"--score-by is 'letter' or 'text', not {score_by!r}")
+        chosen = dict(cfg.eval.tasks.get("multiple_choice", {}))
+        chosen |= cli_settings.given(MultipleChoiceSpec, values)
         names = [s.strip() for s in subjects.split(",")] if subjects else None
-        tasks = mmlu_tasks(data, names, shots, score_by, limit)  # type: ignore[arg-type]
+        options = {k: chosen[k] for k in ("shots", "score_by", "limit") if k in chosen}
+        tasks = mmlu_tasks(data, names, **options)
     else:
         raise EvalError("give --data MMLU_FOLDER or --task FILE")
-    _run("mmlu", tasks, out, locals(), batch_size, strict)
+    _run("mmlu", tasks, out, cfg)
 
 
-@eval_app.command()
-def generate(
-    task: TaskOpt = None,
-    data: DataOpt = None,
-    template: TemplateOpt = None,
-    reference: Annotated[str | None, typer.Option(help="Column of the reference.")] = None,
-    metrics: Annotated[str | None, typer.Option(help="rouge,bleu,chrf,exact_match,f1")] = None,
-    preset: Annotated[str | None, typer.Option(help="dialogsum: its template and ROUGE.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Reply length cap.")] = None,
-    limit: LimitOpt = None,
-    out: OutOpt = None,
-    strict: StrictOpt = False,
-    config: ConfigOpt = None,
-    backend: BackendOpt = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-) -> None:
-    """Generation scored against references: summarisation (ROUGE) or QA (EM and F1)."""
-    fields: dict[str, Any] = {
-        "data": data,
-        "template": template,
-        "reference": reference,
-        "max_new_tokens": max_new_tokens,
-        "limit": limit,
-    }
-    if preset == "dialogsum":
-        fields = {
-            "template": DIALOGSUM_TEMPLATE,
-            "reference": "summary",
-            "metrics": ["rouge"],
-            "id": "fname",
-            "max_new_tokens": 96,
-            **{k: v for k, v in fields.items() if v},
-        }
-    elif preset is not None:
-        raise EvalError(f"unknown preset {preset!r}; available: dialogsum")
-    if metrics:
-        fields["metrics"] = [m.strip() for m in metrics.split(",")]
-    built = _spec(task, "generate", **fields)
-    _run(built.name, [built], out, locals(), strict=strict)
-
-
-@eval_app.command()
-def perplexity(
-    task: TaskOpt = None,
-    data: DataOpt = None,
-    template: TemplateOpt = None,
-    completion: Annotated[
-        str | None, typer.Option(help="Column of the completion; the template is its prompt.")
-    ] = None,
-    limit: LimitOpt = None,
-    out: OutOpt = None,
-    batch_size: BatchOpt = 8,
-    strict: StrictOpt = False,
-    config: ConfigOpt = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-) -> None:
-    """Cross-entropy and perplexity of texts, or of completions given prompts."""
-    built = _spec(
-        task,
-        "perplexity",
-        data=data,
-        template=template or "{text}",
-        completion=completion,
-        limit=limit,
+_MMLU_DEFAULTS = inspect.signature(mmlu_tasks).parameters
+eval_app.command("mmlu")(
+    cli_settings.command(
+        _mmlu,
+        [
+            *cli_settings.options(
+                MultipleChoiceSpec,
+                only=("shots", "score_by", "limit"),
+                defaults={k: _MMLU_DEFAULTS[k].default for k in ("shots", "score_by")},
+                notes={"shots": "Taken from dev/."},
+            ),
+            *cli_settings.options(EvalConfig, skip=("runs",)),
+        ],
+        name="mmlu",
     )
-    _run(built.name, [built], out, locals(), batch_size, strict)
-
-
-@eval_app.command()
-def gsm8k(
-    data: DataOpt = None,
-    method: Annotated[str, typer.Option(help="direct, cot or pal.")] = "cot",
-    fewshot: Annotated[Path | None, typer.Option(help="GSM8K train.jsonl for exemplars.")] = None,
-    shots: Annotated[int, typer.Option(help="Exemplars.")] = 4,
-    task: TaskOpt = None,
-    limit: LimitOpt = None,
-    out: OutOpt = None,
-    strict: StrictOpt = False,
-    config: ConfigOpt = None,
-    backend: BackendOpt = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-) -> None:
-    """Grade-school maths with numeric answer extraction."""
-    built = _spec(
-        task,
-        "gsm8k",
-        data=data,
-        method=method,
-        fewshot=fewshot,
-        shots=shots if fewshot else 0,
-        limit=limit,
-        reference="answer",
-    )
-    _run(f"gsm8k-{method}", [built], out, locals(), strict=strict)
-
-
-@eval_app.command()
-def rag(
-    task: TaskOpt = None,
-    data: Annotated[Path | None, typer.Option(help="Queries (BEIR) or HotpotQA rows.")] = None,
-    corpus: Annotated[Path | None, typer.Option(help="BEIR corpus.jsonl.")] = None,
-    qrels: Annotated[Path | None, typer.Option(help="BEIR qrels .tsv.")] = None,
-    k: Annotated[int, typer.Option("--k", help="Cut-off for recall, MRR and nDCG.")] = 10,
-    template: TemplateOpt = None,
-    limit: LimitOpt = None,
-    out: OutOpt = None,
-    strict: StrictOpt = False,
-    config: ConfigOpt = None,
-    backend: BackendOpt = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-) -> None:
-    """Retrieval (recall@k, MRR, nDCG@k) and, with gold answers, answers and citations."""
-    fields: dict[str, Any] = {
-        "data": data,
-        "corpus": corpus,
-        "qrels": qrels,
-        "k": k,
-        "limit": limit,
-        "template": template,
-    }
-    if qrels is not None:  # BEIR queries
-        fields.update(template=template or "{text}", id="_id")
-    else:  # HotpotQA rows
-        fields.update(
-            template=template or "{question_text}", reference="answers_objects", id="question_id"
-        )
-    built = _spec(task, "rag", **fields)
-    _run(built.name, [built], out, locals(), strict=strict)
-
-
-@eval_app.command()
-def agent(
-    task: TaskOpt = None,
-    data: DataOpt = None,
-    tools: Annotated[str, typer.Option(help="Comma-separated tool names.")] = "calculator",
-    max_steps: Annotated[int, typer.Option(help="Most Thought/Action cycles.")] = 6,
-    template: TemplateOpt = None,
-    limit: LimitOpt = None,
-    out: OutOpt = None,
-    strict: StrictOpt = False,
-    config: ConfigOpt = None,
-    backend: BackendOpt = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-) -> None:
-    """Task success, valid-action rate and steps of the ReAct agent over a question set."""
-    built = _spec(
-        task,
-        "agent",
-        data=data,
-        template=template,
-        tools=[t.strip() for t in tools.split(",")],
-        max_steps=max_steps,
-        limit=limit,
-    )
-    _run(built.name, [built], out, locals(), strict=strict)
+)
 
 
 @eval_app.command()

@@ -13,29 +13,22 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from hearthlm.config import StrictModel
+from hearthlm.config import DataDefaults
 from hearthlm.errors import TrainingError
 from hearthlm.rows import BadRows, Row, read_rows
 
 IGNORE = -100
-Shape = Literal["auto", "prompt_completion", "messages", "alpaca", "fields"]
 
 
-class DataSpec(StrictModel):
-    """One training dataset and how to read it."""
+class DataSpec(DataDefaults):
+    """One training dataset and how to read it (its reading settings as
+    :class:`~hearthlm.config.DataDefaults`)."""
 
     path: Path
-    shape: Shape = "auto"
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    template: str | None = Field(
-        None, description="A prompt template over the row's fields, e.g. 'Summarize: {dialogue}'."
-    )
-    system: str | None = None
     weight: float = Field(1.0, gt=0, description="Share of this dataset in a mixture.")
     limit: int | None = Field(None, ge=1)
 

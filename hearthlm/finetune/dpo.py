@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearthlm.config import LLMConfig
+from hearthlm.config import DPOSettings, LLMConfig
 from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.files import atomic_folder, write_atomic
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config, quiet_peft
@@ -69,12 +69,14 @@ def train_dpo(
     llm: LLMConfig | None = None,
     method: MethodConfig | None = None,
     train: TrainConfig | None = None,
-    beta: float = 0.1,
-    max_length: int = 384,
-    validation: float = 0.1,
+    beta: float | None = None,
+    max_length: int | None = None,
+    validation: float | None = None,
     limit: int | None = None,
 ) -> DPORun:
     """Train a LoRA adapter on the preference pairs in ``data`` into ``out/adapter``.
+    ``beta``, ``max_length`` and ``validation`` default to ``[finetune.dpo]``'s
+    (:class:`~hearthlm.config.DPOSettings`).
 
     Running again with the same ``out`` resumes from the last checkpoint in ``out/trl``.
 
@@ -85,6 +87,10 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    defaults = DPOSettings()
+    beta = defaults.beta if beta is None else beta
+    max_length = defaults.max_length if max_length is None else max_length
+    validation = defaults.validation if validation is None else validation
     llm = llm or LLMConfig()
     method = method or LoraConfig()
     train = train or TrainConfig()

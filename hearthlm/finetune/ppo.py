@@ -16,11 +16,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from hearthlm.config import LLMConfig, StrictModel
+from hearthlm.config import LLMConfig, PPOConfig
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_file, atomic_folder
 from hearthlm.finetune.checkpoints import (
@@ -39,35 +37,6 @@ from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows
 from hearthlm.runs import append_jsonl, claim_run, fingerprint
-
-
-class PPOConfig(StrictModel):
-    """PPO settings: iterations and prompts per iteration, the clipped-objective and value-loss
-    settings, the adaptive KL penalty toward the reference model, sampling, and the seed."""
-
-    iterations: int = Field(20, ge=1)
-    prompts_per_iteration: int = Field(8, ge=1)
-    minibatch_size: int = Field(4, ge=1)
-    ppo_epochs: int = Field(2, ge=1)
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    clip_range: float = Field(0.2, gt=0)
-    value_clip: float = Field(0.2, gt=0)
-    value_coef: float = Field(0.1, ge=0)
-    kl_coef: float = Field(0.05, ge=0, description="Initial β of the KL penalty.")
-    target_kl: float = Field(4.0, gt=0, description="Target KL to the reference per reply.")
-    kl_horizon: int = Field(
-        100, ge=1, description="Replies over which β may change by a factor of about e^±0.2."
-    )
-    max_update_kl: float = Field(0.05, gt=0, description="KL bound of one iteration's update.")
-    gamma: float = Field(1.0, gt=0, le=1)
-    lam: float = Field(0.95, gt=0, le=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="bf16 autocast: auto uses it where the device supports it."
-    )
-    seed: int = 0
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearthlm.config import LLMConfig
+from hearthlm.config import LLMConfig, PairTraining
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_folder, write_atomic
 from hearthlm.finetune.methods import (
@@ -161,13 +161,18 @@ def train_reward_model(
     llm: LLMConfig | None = None,
     method: MethodConfig | None = None,
     train: TrainConfig | None = None,
-    validation: float = 0.1,
-    max_length: int = 384,
+    validation: float | None = None,
+    max_length: int | None = None,
     limit: int | None = None,
     progress: bool = True,
     log: Any = print,
 ) -> RewardRun:
-    """Train on ``data`` (JSONL pairs) into ``out``; pairwise accuracy on the held-out part."""
+    """Train on ``data`` (JSONL pairs) into ``out``; pairwise accuracy on the held-out part.
+    ``validation`` and ``max_length`` default to ``[finetune.reward]``'s
+    (:class:`~hearthlm.config.PairTraining`)."""
+    defaults = PairTraining()
+    validation = defaults.validation if validation is None else validation
+    max_length = defaults.max_length if max_length is None else max_length
     llm = llm or LLMConfig()
     method = method or LoraConfig()
     train = (train or TrainConfig()).with_default_learning_rate(LEARNING_RATE)

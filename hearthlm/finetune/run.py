@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearthlm.config import LLMConfig
+from hearthlm.config import FinetuneConfig, LLMConfig
 from hearthlm.errors import TrainingError
 from hearthlm.files import write_atomic
 from hearthlm.finetune.data import DataSpec, build_dataset
@@ -68,9 +68,9 @@ def finetune(
     method: MethodConfig | None = None,
     train: TrainConfig | None = None,
     llm: LLMConfig | None = None,
-    max_length: int = 512,
-    validation: float = 0.1,
-    pack: bool = False,
+    max_length: int | None = None,
+    validation: float | None = None,
+    pack: bool | None = None,
     mix_total: int | None = None,
     progress: bool = True,
     log: Any = print,
@@ -86,6 +86,7 @@ def finetune(
     method = method or LoraConfig()
     train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
     llm = llm or LLMConfig()
+    max_length, validation, pack = _run_defaults(max_length, validation, pack)
     settings = {
         "method": method.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),
@@ -145,9 +146,9 @@ def estimate_finetune_memory(
     method: MethodConfig | None = None,
     train: TrainConfig | None = None,
     llm: LLMConfig | None = None,
-    max_length: int = 512,
-    validation: float = 0.1,
-    pack: bool = False,
+    max_length: int | None = None,
+    validation: float | None = None,
+    pack: bool | None = None,
     mix_total: int | None = None,
     log: Any = print,
 ) -> MemoryBreakdown:
@@ -160,11 +161,24 @@ def estimate_finetune_memory(
     """
     method, llm = method or LoraConfig(), llm or LLMConfig()
     train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
+    max_length, validation, pack = _run_defaults(max_length, validation, pack)
     with tempfile.TemporaryDirectory() as folder:
         setup = _set_up(
             data, Path(folder), method, train, llm, max_length, validation, pack, mix_total, log
         )
         return setup.trainer.estimate_memory()
+
+
+def _run_defaults(
+    max_length: int | None, validation: float | None, pack: bool | None
+) -> tuple[int, float, bool]:
+    """The arguments given, else ``[finetune]``'s defaults (:class:`FinetuneConfig`)."""
+    defaults = FinetuneConfig()
+    return (
+        defaults.max_length if max_length is None else max_length,
+        defaults.validation if validation is None else validation,
+        defaults.pack if pack is None else pack,
+    )
 
 
 @dataclass

@@ -16,11 +16,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pydantic import Field
-
-from hearthlm.config import StrictModel
+from hearthlm.config import TrainConfig
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_folder
 from hearthlm.finetune.checkpoints import (
@@ -43,66 +41,6 @@ from hearthlm.llm.hf_backend import pick_device
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.runs import append_jsonl
-
-
-class TrainConfig(StrictModel):
-    """How to train. Steps are optimizer steps (after gradient accumulation)."""
-
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    learning_rate: float | None = Field(
-        None,
-        gt=0,
-        description="Peak learning rate; None takes the method's own default (LoRA 2e-4, prompt "
-        "tuning 3e-3, full 2e-5, …: MethodConfig.learning_rate), or 2e-4 elsewhere.",
-    )
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="bfloat16 autocast; auto uses it where the hardware runs it natively."
-    )
-    activation_checkpointing: bool = Field(
-        False,
-        description="Recompute each layer's activations in the backward pass: slower steps, a "
-        "fraction of the activation memory (long sequences and big batches on small machines).",
-    )
-    eval_every: int = Field(50, ge=1)
-    early_stopping: int | None = Field(
-        None, ge=1, description="Stop after this many validations without improvement."
-    )
-    save_every: int = Field(50, ge=1)
-    measure_memory: bool = Field(
-        False,
-        description="Measure the training phase's memory peak by component (hooks on the saved "
-        "tensors and the gradients, removed when training ends) and reset the process's "
-        "resident-set peak when training starts (Linux), which the process cannot get back. "
-        "Off, a run records only the process's peak so far, loading included.",
-    )
-    return_freed_memory: bool = Field(
-        False,
-        description="On glibc, map the forward pass's buffers on their own so that the system gets "
-        "them back when the backward pass frees them: the same tensors, a lower resident peak "
-        "(LoRA at batch 4 x 384: 2.8 GB instead of 4.2 GB). It fixes malloc's thresholds for "
-        "the rest of the process: glibc cannot say what they were, so they are not restored.",
-    )
-    profile_memory: bool = Field(
-        False,
-        description="Run training under torch.profiler with profile_memory and write the memory "
-        "timeline by category to memory_timeline.json (slow: for diagnosis, a few steps).",
-    )
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def with_default_learning_rate(self, rate: float) -> TrainConfig:
-        """This config, with ``rate`` as its learning rate unless it sets one."""
-        if self.learning_rate is not None:
-            return self
-        return self.model_copy(update={"learning_rate": rate})
-
 
 DEFAULT_LEARNING_RATE = 2e-4  # when neither TrainConfig nor a method sets one
 

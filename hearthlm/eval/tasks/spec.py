@@ -61,12 +61,12 @@ class TaskSpec(StrictModel):
     keeps working. Templates are Python format strings over the row's fields.
     """
 
-    name: str
+    name: str = Field(description="The task's name in results; default: the data file's name.")
     kind: str
-    data: Path
+    data: Path = Field(description="The items: a CSV, JSONL or JSON file.")
     template: str = Field("{question}", description="The prompt, e.g. 'Q: {question}\\nA:'.")
     id: str | None = Field(None, description="Column with a stable item id; else file:line.")
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="First N items.")
     group: str | None = Field(None, description="Category for grouped scores (MMLU).")
 
     def __new__(cls, *args: Any, **data: Any) -> TaskSpec:
@@ -94,11 +94,15 @@ class MultipleChoiceSpec(TaskSpec):
     kind: Literal["multiple_choice"] = "multiple_choice"
     choices: list[str] = Field(default_factory=list, description="Columns with choice texts.")
     answer: str = Field("answer", description="Column of the gold answer (index or letter).")
-    labels: list[str] = Field(default_factory=lambda: list(string.ascii_uppercase[:4]))
-    score_by: Literal["letter", "text"] = "letter"
-    fewshot: Path | None = None
-    shots: int = Field(0, ge=0)
-    description: str = ""
+    labels: list[str] = Field(
+        default_factory=lambda: list(string.ascii_uppercase[:4]), description="Choice labels."
+    )
+    score_by: Literal["letter", "text"] = Field(
+        "letter", description="Score each choice's label, or its text."
+    )
+    fewshot: Path | None = Field(None, description="Rows to take worked examples from.")
+    shots: int = Field(0, ge=0, description="Worked examples before each question.")
+    description: str = Field("", description="A line before the questions.")
 
 
 class GenerateSpec(TaskSpec):
@@ -106,15 +110,16 @@ class GenerateSpec(TaskSpec):
 
     kind: Literal["generate"] = "generate"
     reference: str = Field("answer", description="Column of the reference answer or summary.")
-    metrics: list[Metric] = Field(default_factory=_default_metrics)
-    system: str | None = None
-    max_new_tokens: int = Field(128, ge=1)
+    metrics: list[Metric] = Field(default_factory=_default_metrics, description="Scores.")
+    system: str | None = Field(None, description="A system message before each prompt.")
+    max_new_tokens: int = Field(128, ge=1, description="Reply length cap.")
 
 
 class PerplexitySpec(TaskSpec):
     """Perplexity of each text, or of a completion column given the template as its prompt."""
 
     kind: Literal["perplexity"] = "perplexity"
+    template: str = Field("{text}", description="The text, or the completion's prompt.")
     completion: str | None = Field(
         None, description="Column of the completion (the template is the prompt)."
     )
@@ -125,11 +130,15 @@ class GSM8KSpec(TaskSpec):
 
     kind: Literal["gsm8k"] = "gsm8k"
     reference: str = Field("answer", description="Column of the solution ending '#### N'.")
-    method: Literal["direct", "cot", "pal"] = "cot"
-    fewshot: Path | None = None
-    shots: int = Field(0, ge=0)
-    system: str | None = None
-    max_new_tokens: int = Field(128, ge=1)
+    method: Literal["direct", "cot", "pal"] = Field(
+        "cot", description="direct answer, chain of thought, or program-aided."
+    )
+    fewshot: Path | None = Field(
+        None, description="GSM8K training rows to take worked exemplars from; None: none."
+    )
+    shots: int = Field(4, ge=0, description="Exemplars taken from fewshot.")
+    system: str | None = Field(None, description="A system message before each question.")
+    max_new_tokens: int = Field(128, ge=1, description="Reply length cap.")
 
 
 class RAGSpec(TaskSpec):
@@ -148,7 +157,7 @@ class AgentSpec(TaskSpec):
     kind: Literal["agent"] = "agent"
     reference: str = Field("answer", description="Column of the gold answer.")
     tools: list[str] = Field(default_factory=lambda: ["calculator"], description="agent tools")
-    max_steps: int = Field(6, ge=1)
+    max_steps: int = Field(6, ge=1, description="Most Thought/Action cycles.")
 
 
 def _task_of_kind(kind: str, task: Any) -> bool:

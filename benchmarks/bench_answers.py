@@ -2,7 +2,8 @@
 model and the hybrid retriever, on the example questions and on HotpotQA dev.
 
 Figures per mode and data set:
-- ``contains_gold``: the normalised gold answer appears in the answer text;
+- ``contains_gold``: the normalised gold answer appears in the answer text (``hearth eval rag``'s
+  ``contains_answer``, the same normaliser);
 - ``f1``: SQuAD token F1 of the answer text against the gold answer;
 - ``citation_precision``: of the answers that cite, the share whose cited source holds the gold;
 - ``ceiling``: the gold answer is somewhere in the packed sources (what any reader could reach);
@@ -18,11 +19,8 @@ documents would.
 
 from __future__ import annotations
 
-import collections
 import json
-import re
 import statistics
-import string
 import sys
 import tempfile
 import time
@@ -33,32 +31,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import chat_options, emit, parser
 
+from hearthlm.eval.metrics import abstention_scores, token_f1
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "docs"
 MODES = ("quote", "constrained", "free")
 
 
-def normalise(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, articles or extra spaces."""
-    text = re.sub(r"\[\d+(?:,\s*\d+)*\]", " ", text.lower())
-    text = "".join(" " if ch in string.punctuation or ch == "°" else ch for ch in text)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def f1(prediction: str, gold: str) -> float:
-    predicted, wanted = normalise(prediction).split(), normalise(gold).split()
-    common = collections.Counter(predicted) & collections.Counter(wanted)
-    same = sum(common.values())
-    if not same:
-        return 0.0
-    precision, recall = same / len(predicted), same / len(wanted)
-    return 2 * precision * recall / (precision + recall)
-
-
 def contains(text: str, golds: list[str]) -> bool:
-    haystack = f" {normalise(text)} "
-    return any(f" {normalise(g)} " in haystack for g in golds if normalise(g))
+    """The gold answer in the text, as ``hearth eval rag`` counts it (one normaliser)."""
+    from hearthlm.eval.metrics import contains_answer
+
+    return bool(contains_answer(text, golds))
 
 
 def score(answer: Any, golds: list[str], seconds: float) -> dict[str, Any]:
@@ -71,7 +55,7 @@ def score(answer: Any, golds: list[str], seconds: float) -> dict[str, Any]:
         "gold": golds,
         "known": known,
         "contains_gold": bool(golds) and known and contains(answer.text, golds),
-        "f1": max((f1(answer.text, g) for g in golds), default=0.0) if known else 0.0,
+        "f1": token_f1(answer.text, golds) if known and golds else 0.0,
         "cites": bool(cited),
         "cited_gold": bool(golds) and any(contains(c, golds) for c in cited),
         "ceiling": bool(golds) and any(contains(s.snippet, golds) for s in answer.sources),
@@ -98,9 +82,8 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     if written:
         out["ungrounded"] = _mean(r["grounded"] is False for r in written)
     if unanswerable:
-        idk = [r for r in records if not r["known"]]
-        out["idk_recall"] = _mean(not r["known"] for r in unanswerable)
-        out["idk_precision"] = _mean(not r["gold"] for r in idk) if idk else 0.0
+        idk = abstention_scores([r["known"] for r in records], [bool(r["gold"]) for r in records])
+        out |= {k: round(v, 4) for k, v in idk.items()}
         out["unanswerable"] = len(unanswerable)
     return out
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hearthlm.files import atomic_file
+
 __all__ = ["saved_figure"]
 
 
@@ -35,4 +37,5 @@ def saved_figure(
     yield figure, axes
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
+    with atomic_file(path) as staging:  # a reader never sees half a PNG
+        figure.savefig(staging, dpi=dpi, format=path.suffix.lstrip(".") or "png")

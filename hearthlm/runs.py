@@ -23,7 +23,16 @@ from typing import Any
 from hearthlm.errors import HearthError
 from hearthlm.files import write_atomic
 
-__all__ = ["MARKER", "append_jsonl", "claim_run", "file_digest", "fingerprint", "read_jsonl"]
+__all__ = [
+    "MARKER",
+    "append_jsonl",
+    "claim_run",
+    "contents_digest",
+    "file_digest",
+    "fingerprint",
+    "read_jsonl",
+    "run_identity",
+]
 
 MARKER = "run.json"
 
@@ -46,6 +55,27 @@ def file_digest(path: Path | str) -> str | None:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def contents_digest(path: Path | str) -> str | None:
+    """:func:`file_digest` of a file; of a folder, the SHA-256 over its files' relative paths
+    and bytes, in sorted order (a reward model, an adapter); None when nothing is there."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        digest.update((file_digest(file) or "").encode())
+    return digest.hexdigest()
+
+
+def run_identity(settings: dict[str, Any], inputs: Iterable[Path | str]) -> dict[str, Any]:
+    """What makes two runs one run: ``settings`` (the resolved configuration that shapes the
+    result) and the contents of every input file or folder (``contents``, by path), for
+    :func:`claim_run`. A rerun on an edited data file, or on another reward model, is then
+    another run, and its folder is refused naming what changed."""
+    return {**settings, "contents": {str(p): contents_digest(p) for p in inputs}}
 
 
 def claim_run(folder: Path, settings: dict[str, Any], refusal: HearthError) -> str:

@@ -89,6 +89,20 @@ def test_exact_match_and_f1_use_squad_normalisation():
     assert metrics.exact_match("Paris, France", "Paris") == 0.0
     assert metrics.token_f1("Paris, France", "Paris") == pytest.approx(2 / 3)
     assert metrics.token_f1("", "Paris") == 0.0
+    # a cited answer's markers are not words of it
+    assert metrics.exact_match("Paris [1].", "Paris") == 1.0
+    assert metrics.contains_answer("It is the Eiffel Tower [2], in Paris.", "eiffel tower") == 1.0
+    assert metrics.contains_answer("It is in Parisian style.", "Paris") == 0.0  # whole words
+
+
+def test_abstentions_are_scored_against_the_questions_nothing_answers():
+    answered = [True, False, False, True]
+    answerable = [True, False, True, False]
+    assert metrics.abstention_scores(answered, answerable) == {
+        "idk_precision": 0.5,  # two "I don't know", one of them on an unanswerable question
+        "idk_recall": 0.5,  # two unanswerable questions, one of them refused
+    }
+    assert metrics.abstention_scores([True], [True]) == {"idk_precision": 0.0, "idk_recall": 0.0}
 
 
 def test_retrieval_metrics_known_values():
@@ -355,6 +369,54 @@ def test_rag_task_scores_retrieval_against_qrels(tmp_path, hf_cache):
     scores = run.scores["tasks"]["mini"]
     assert json.loads(run.results_path.read_text())["items"] == 2  # q3 has no judgements
     assert scores["recall_at_2"] == 1.0 and scores["mrr"] == 1.0 and scores["ndcg_at_2"] == 1.0
+
+
+def test_rag_answers_come_from_the_reader_hearth_ask_uses_and_abstentions_are_scored(
+    tmp_path, hf_cache
+):
+    """Rows that bring their own paragraphs and gold answers (HotpotQA's shape), one with an
+    empty answer list: the documents do not answer it. The answers are the configured docs
+    chatbot's (a quote on the packaged model, as `hearth ask` gives), scored by whether they
+    hold the gold answer, and "I don't know" by its precision and recall."""
+
+    def row(number: int, question: str, answers: list[str], paragraphs: list[str]) -> dict:
+        contexts = [
+            {
+                "id": i,
+                "title": f"p{i}",
+                "paragraph_text": text,
+                "is_supporting": i == 0 and bool(answers),
+            }  # nothing supports an unanswerable one
+            for i, text in enumerate(paragraphs)
+        ]
+        return {"question_id": f"q{number}", "question_text": question, "contexts": contexts,
+                "answers_objects": [{"spans": answers}] if answers else []}  # fmt: skip
+
+    rows = [
+        row(1, "How long is the warranty on the kettle?",
+            ["two years"], ["The kettle comes with a warranty of two years.",
+                            "Bread needs flour, water and yeast."]),
+        row(2, "What colour is the router's reset button?",
+            ["red"], ["The reset button on the router is red.",
+                      "Trains leave every hour from platform four."]),
+        row(3, "Who painted the ceiling of the chapel?",
+            [], ["Tomatoes grow best in full sun.", "The library opens at nine."]),
+    ]  # fmt: skip
+    (tmp_path / "hotpot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from hearthlm.eval.tasks.presets import preset
+
+    spec = TaskSpec(
+        kind="rag", name="mini", data=tmp_path / "hotpot.jsonl", k=2, **preset("rag", "hotpotqa")
+    )
+    config = HearthConfig(llm=LLMConfig(cache_dir=hf_cache))
+    run = evaluate([make_task(spec)], tmp_path / "run", config, progress=False)
+    scores = run.scores["tasks"]["mini"]
+    assert scores["contains_answer"] == 1.0 and scores["recall_at_2"] == 1.0
+    assert scores["idk_precision"] == 1.0 and scores["idk_recall"] == 1.0
+    items = [json.loads(x) for x in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
+    answers = {r["id"]: r["answer"] for r in items}
+    assert answers["mini/q1"].startswith("The kettle comes with a warranty of two years.")
+    assert answers["mini/q3"].startswith("I don't know")
 
 
 def test_agent_task_reports_success_and_valid_actions(tmp_path, hf_cache):

@@ -531,6 +531,20 @@ def test_interrupted_ppo_resumes_and_ends_like_an_uninterrupted_run(tmp_path, re
     edited = [prompt + " Answer briefly." for prompt in prompts]  # as many prompts, other words
     with pytest.raises(TrainingError, match="Changed: prompts"):
         PPOTrainer(reward_model, config, llm=llm).train(edited, tmp_path / "resumed", False)
+    # another reward model in the same place: retrained, or edited
+    import shutil
+
+    from hearthlm.finetune.reward import RewardModel
+
+    folder = tmp_path / "rm"
+    shutil.copytree(reward_model.folder, folder)
+    judge = RewardModel(reward_model.model, reward_model.tokenizer, reward_model.max_length, folder)
+    once = PPOConfig(**{**config.model_dump(), "iterations": 1})
+    PPOTrainer(judge, once, llm=llm).train(prompts, tmp_path / "judged", False)
+    info = folder / "hearth_reward.json"
+    info.write_text(info.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    with pytest.raises(TrainingError, match=rf"reward model.*Changed: contents\.{folder}"):
+        PPOTrainer(judge, once, llm=llm).train(prompts, tmp_path / "judged", False)
 
 
 def test_an_option_the_method_does_not_take_is_refused_not_dropped(facts, tmp_path):
@@ -603,6 +617,12 @@ def test_dpo_through_trl_saves_an_adapter(tmp_path, llm):
     )
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
     assert [h["loss"] for h in run.history if "loss" in h]
+    # TRL resumes the checkpoints it finds: rerun on edited pairs, it would have gone on
+    # training the old run on the new data
+    write_jsonl(data, rows[:-1])
+    with pytest.raises(TrainingError, match=r"different DPO run.*Changed: contents"):
+        train_dpo(data, tmp_path / "dpo", llm=llm, max_length=128, validation=0,
+                  train=TrainConfig(max_steps=2, batch_size=2, learning_rate=1e-4))  # fmt: skip
 
 
 DPO_SCRIPT = """

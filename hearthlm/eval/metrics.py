@@ -46,12 +46,36 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+_CITATIONS = re.compile(r"\[\d+(?:,\s*\d+)*\]")  # "[1]", "[2, 3]": a cited answer's markers
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, drop punctuation and articles, collapse spaces."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
+    """SQuAD normalisation: lower case, drop punctuation and articles, collapse spaces; a
+    cited answer's markers ("[1]") go first, so that their numbers do not count as words."""
+    text = _CITATIONS.sub(" ", text.lower())
+    text = _ARTICLES.sub(" ", text.translate(_PUNCTUATION))
     return " ".join(text.split())
+
+
+def contains_answer(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when a normalised reference appears in the normalised prediction as whole words:
+    a cited answer quotes a sentence, so it holds its answer rather than equals it."""
+    refs = [references] if isinstance(references, str) else references
+    haystack = f" {normalize_answer(prediction)} "
+    return float(any(f" {w} " in haystack for r in refs if (w := normalize_answer(r))))
+
+
+def abstention_scores(answered: Sequence[bool], answerable: Sequence[bool]) -> dict[str, float]:
+    """How well "I don't know" is kept for the questions the documents do not answer:
+    ``idk_precision``, the share of abstentions that were on unanswerable questions, and
+    ``idk_recall``, the share of unanswerable questions abstained on (each 0.0 with nothing to
+    count)."""
+    pairs = list(zip(answered, answerable, strict=True))
+    abstained = [can for done, can in pairs if not done]
+    unanswerable = [done for done, can in pairs if not can]
+    precision = sum(not can for can in abstained) / len(abstained) if abstained else 0.0
+    recall = sum(not done for done in unanswerable) / len(unanswerable) if unanswerable else 0.0
+    return {"idk_precision": precision, "idk_recall": recall}
 
 
 def exact_match(prediction: str, references: str | Sequence[str]) -> float:

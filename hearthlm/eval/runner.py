@@ -25,7 +25,7 @@ from hearthlm.eval.tasks import Engines, Task
 from hearthlm.files import write_atomic
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows
-from hearthlm.runs import append_jsonl, claim_run, file_digest, read_jsonl
+from hearthlm.runs import append_jsonl, claim_run, read_jsonl, run_identity
 
 PACKAGES = (
     "hearthlm",
@@ -199,15 +199,11 @@ def markdown_report(result: dict[str, Any]) -> str:
 def _identity(suite: str, tasks: Sequence[Task], provenance: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run: tasks, templates, the contents of their files, model,
     adapter and settings."""
-    return {
+    settings = {
         "suite": suite,
         "tasks": [t.spec.model_dump(mode="json", exclude={"limit"}) for t in tasks],
-        "contents": {
-            str(value): file_digest(value)
-            for t in tasks
-            for _, value in t.spec
-            if isinstance(value, Path) and value.is_file()
-        },
         "model": provenance.get("model"),
         "settings": provenance.get("settings"),
     }
+    inputs = {v for t in tasks for _, v in t.spec if isinstance(v, Path) and v.is_file()}
+    return run_identity(settings, sorted(inputs))

@@ -25,7 +25,7 @@ from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config, qui
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.run import load_base
 from hearthlm.finetune.trainer import TrainConfig, plot_curve, use_bf16
-from hearthlm.runs import claim_run, fingerprint
+from hearthlm.runs import claim_run, fingerprint, run_identity
 
 LEARNING_RATE = 5e-5  # DPO's default peak learning rate, here and in the CLI
 # TrainConfig fields that TRL's trainer has no counterpart for here, and why.
@@ -113,7 +113,7 @@ def train_dpo(
     # Resume only the same run: TRL would resume any checkpoint it finds in out/trl.
     claim_run(
         out,
-        settings,
+        run_identity(settings, [data]),
         TrainingError(f"{out} holds a different DPO run; choose another --out or delete it."),
     )
     model, tokenizer, backend = load_base(llm)

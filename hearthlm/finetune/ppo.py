@@ -36,7 +36,7 @@ from hearthlm.finetune.trainer import use_bf16
 from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows
-from hearthlm.runs import append_jsonl, claim_run, fingerprint
+from hearthlm.runs import append_jsonl, claim_run, fingerprint, run_identity
 
 
 @dataclass
@@ -78,10 +78,11 @@ class PPOTrainer:
 
         self.config = config or PPOConfig()
         set_seed(self.config.seed)
-        model, tokenizer, backend = load_base(llm or LLMConfig())
+        self.llm, self.method = llm or LLMConfig(), method or LoraConfig()
+        model, tokenizer, backend = load_base(self.llm)
         self.tokenizer = tokenizer
         self.device = backend.device
-        self.policy = prepare(model, tokenizer, method or LoraConfig())
+        self.policy = prepare(model, tokenizer, self.method)
         hidden = model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1).to(self.device)
         torch.nn.init.zeros_(self.value_head.weight)
@@ -297,9 +298,16 @@ class PPOTrainer:
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
-        identity = {"config": self.config.model_dump(), "prompts": fingerprint(prompts)}
+        settings = {
+            "config": self.config.model_dump(),
+            "prompts": fingerprint(prompts),
+            "model": self.llm.model,
+            "method": self.method.model_dump(mode="json"),
+        }
+        reward = self.reward_model.folder
+        identity = run_identity(settings, [reward] if reward is not None else [])
         refusal = TrainingError(
-            f"{out} holds a PPO run with other settings or prompts; "
+            f"{out} holds a PPO run with other settings, prompts or reward model; "
             "give a new --out, or delete the folder to start again"
         )
         claim_run(out, identity, refusal)

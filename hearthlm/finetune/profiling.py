@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hearthlm.files import write_atomic
+
 TIMELINE = "memory_timeline.json"
 SNAPSHOT = "memory_snapshot.pickle"
 # The columns of torch's memory timeline: an unused first one, then its categories in this order.
@@ -59,9 +61,7 @@ def profiled(enabled: bool, folder: Path, device: str) -> Iterator[None]:
         prof.export_memory_timeline(str(target), device="cpu")
     times, sizes = json.loads(target.read_text(encoding="utf-8"))
     peak = peak_by_category(sizes)
-    target.write_text(
-        json.dumps({"peak_by_category_mb": peak, "times": times, "sizes": sizes}), encoding="utf-8"
-    )
+    write_atomic(target, json.dumps({"peak_by_category_mb": peak, "times": times, "sizes": sizes}))
 
 
 def peak_by_category(sizes: list[list[int]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.llm.hf_backend import cached_safetensors
 from hearthlm.llm.sources import resolve_model
-from hearthlm.runs import claim_run, file_digest
+from hearthlm.runs import claim_run, run_identity
 
 REWARD_FILE = "hearth_reward.json"
 LEARNING_RATE = 1e-4  # the reward model's default peak learning rate, here and in the CLI
@@ -182,18 +182,18 @@ def train_reward_model(
     model, tokenizer = load_reward_backbone(llm, method)
     pairs = read_pairs(data, tokenizer, max_length)[:limit]
     # Resume only the same run: the trainer resumes any checkpoint it finds in out.
+    settings = {
+        "model": llm.model,
+        "method": method.model_dump(mode="json"),
+        "train": train.model_dump(mode="json"),
+        "data": str(data.resolve()),
+        "validation": validation,
+        "max_length": max_length,
+        "limit": limit,
+    }
     claim_run(
         out,
-        {
-            "model": llm.model,
-            "method": method.model_dump(mode="json"),
-            "train": train.model_dump(mode="json"),
-            "data": str(data.resolve()),
-            "contents": file_digest(data),
-            "validation": validation,
-            "max_length": max_length,
-            "limit": limit,
-        },
+        run_identity(settings, [data]),
         TrainingError(f"{out} holds a different reward-model run; use another --out or delete it."),
     )
     random.Random(train.seed).shuffle(pairs)
@@ -247,11 +247,14 @@ def train_reward_model(
 class RewardModel:
     """A trained reward model, scoring chats: ``score([[{"role": …}, …], …]) -> [float, …]``."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int = 384) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, max_length: int = 384, folder: Path | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad = pad_id(tokenizer)
+        self.folder = folder  # where it was loaded from: part of a PPO run's identity
 
     @classmethod
     def load(cls, folder: Path, llm: LLMConfig | None = None) -> RewardModel:
@@ -264,7 +267,7 @@ class RewardModel:
         model, tokenizer = load_reward_backbone(llm or LLMConfig(), FullConfig())
         with quiet_peft():
             model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
-        return cls(model, tokenizer, int(info.get("max_length", 384)))
+        return cls(model, tokenizer, int(info.get("max_length", 384)), folder)
 
     def score(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:
         import torch

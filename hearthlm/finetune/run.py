@@ -17,7 +17,7 @@ from typing import Any
 
 from hearthlm.config import FinetuneConfig, LLMConfig
 from hearthlm.errors import TrainingError
-from hearthlm.files import write_atomic
+from hearthlm.files import atomic_folder, write_atomic
 from hearthlm.finetune.data import DataSpec, build_dataset
 from hearthlm.finetune.memory import MemoryBreakdown
 from hearthlm.finetune.methods import (
@@ -29,7 +29,7 @@ from hearthlm.finetune.methods import (
 )
 from hearthlm.finetune.trainer import TrainConfig, Trainer, TrainResult
 from hearthlm.llm.hf_backend import TransformersBackend
-from hearthlm.runs import claim_run, file_digest
+from hearthlm.runs import claim_run, run_identity
 
 SUMMARY = "hearth_finetune.json"
 
@@ -91,7 +91,6 @@ def finetune(
         "method": method.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),
         "data": [d.model_dump(mode="json") for d in data],
-        "contents": {str(d.path): file_digest(d.path) for d in data},
         "model": llm.model,
         "max_length": max_length,
         "validation": validation,
@@ -101,7 +100,7 @@ def finetune(
     # Resume only the same run: the same data, method and training settings.
     claim_run(
         out,
-        settings,
+        run_identity(settings, [d.path for d in data]),
         TrainingError(
             f"{out} holds a different fine-tuning run; choose another --out or delete it."
         ),
@@ -235,5 +234,8 @@ def _set_up(
 
 
 def save_output(model: Any, tokenizer: Any, method: MethodConfig, out: Path) -> None:
-    """The trained result in ``out/adapter`` or ``out/model``, as the method saves it."""
-    method.save(model, tokenizer, out / method.output)
+    """The trained result in ``out/adapter`` or ``out/model``, as the method saves it, written
+    into a staging folder that replaces the target whole (a kill mid-write leaves the last
+    complete result, or none)."""
+    with atomic_folder(out / method.output) as staging:
+        method.save(model, tokenizer, staging)

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hearthlm.config import RetrievalConfig
 from hearthlm.errors import EvalError
 from hearthlm.eval import metrics
 from hearthlm.eval.tasks.base import Engines, Item, Progress, Task, gold_answers
 from hearthlm.eval.tasks.spec import RAGSpec
+from hearthlm.files import write_atomic
 from hearthlm.rows import BadRows, Row, field_of
 
 __all__ = ["RAGTask", "doc_ranking"]
@@ -23,7 +23,10 @@ __all__ = ["RAGTask", "doc_ranking"]
 
 class RAGTask(Task[RAGSpec]):
     """Retrieval recall@k, MRR and nDCG@k against qrels or supporting paragraphs; with gold
-    answers, also the answer's exact match and F1 and the citations' precision."""
+    answers, the answers of the docs chatbot as ``hearth ask`` builds it from the configuration
+    (its reader, search settings and relevance gates): exact match, F1, the share that contains
+    a gold answer, the citations' precision, and, where rows have an empty answer list (the
+    documents do not answer them), "I don't know" precision and recall."""
 
     spec_class = RAGSpec
     chunk = 16
@@ -60,9 +63,10 @@ class RAGTask(Task[RAGSpec]):
             if key not in self._qrels:
                 return None  # a query without judgements is not scored (as in BEIR)
             data["relevant"] = self._qrels[key]
-        if self.spec.reference in row.values:
+        if self.spec.reference in row.values:  # an empty list: the documents do not answer it
             data["references"] = gold_answers(field_of(row, self.spec.reference, bad))
-        if not data["relevant"] and not data["references"]:
+            data["answered"] = True
+        if not data["relevant"] and not data.get("answered"):
             bad.add(row.path, row.line, "nothing to score: no relevance judgements, no answers")
             return None
         return self._item(row, data)
@@ -71,11 +75,12 @@ class RAGTask(Task[RAGSpec]):
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
         # lazy: the retrieval stack (~0.8 s) loads only for a rag task
-        from hearthlm.retrieval import DocsQA, HybridRetriever
+        from hearthlm.retrieval import HybridRetriever, build_docs_qa
 
         index = self._index(items, engines)
         retriever = HybridRetriever.from_index(index, k=self.spec.k, fetch_k=max(40, self.spec.k))
-        qa = DocsQA(engines.chat, retriever) if any(i.data["references"] for i in items) else None
+        asked = any(i.data.get("answered") for i in items)
+        qa = build_docs_qa(engines.config, engines.chat, index) if asked else None
         for item in items:
             record: dict[str, Any] = {"id": item.id, "task": self.name}
             relevant = item.data["relevant"]
@@ -87,15 +92,17 @@ class RAGTask(Task[RAGSpec]):
                 )
                 record["mrr"] = metrics.mrr(ranked, relevant)
                 record[f"ndcg_at_{self.spec.k}"] = metrics.ndcg_at_k(ranked, relevant, self.spec.k)
-            if qa is not None and item.data["references"]:
+            if qa is not None and item.data.get("answered"):
                 answer = qa.invoke(item.data["question"])
                 refs = item.data["references"]
-                record["answer"] = answer.text
-                record["exact_match"] = metrics.exact_match(answer.text, refs)
-                record["f1"] = metrics.token_f1(answer.text, refs)
-                record["citation_precision"] = metrics.citation_precision(
-                    [c.snippet for c in answer.citations], refs
-                )
+                record.update(answer=answer.text, known=answer.known, answerable=bool(refs))
+                if refs:
+                    record["exact_match"] = metrics.exact_match(answer.text, refs)
+                    record["f1"] = metrics.token_f1(answer.text, refs)
+                    record["contains_answer"] = metrics.contains_answer(answer.text, refs)
+                    record["citation_precision"] = metrics.citation_precision(
+                        [c.snippet for c in answer.citations], refs
+                    )
             progress(1)
             yield record
 
@@ -116,12 +123,16 @@ class RAGTask(Task[RAGSpec]):
                 raise EvalError(f"task {self.name!r} needs a 'corpus' or rows with 'contexts'")
             lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in seen.values())
             if not corpus.is_file() or corpus.read_text(encoding="utf-8") != lines:
-                corpus.write_text(lines, encoding="utf-8")
-        config = RetrievalConfig(
-            path=folder / "chroma",
-            collection="eval",
-            json_text_fields=["title", "text"],
-            json_id_field="_id",
+                write_atomic(corpus, lines)
+        # the configured search and answer settings, over an index of the task's own
+        config = engines.config.retrieval.model_copy(
+            update={
+                "path": folder / "chroma",
+                "server": None,
+                "collection": "eval",
+                "json_text_fields": ["title", "text"],
+                "json_id_field": "_id",
+            }
         )
         index = DocumentIndex(config)
         index.index_path(corpus, progress=True)  # incremental: a resumed run re-embeds nothing
@@ -134,13 +145,20 @@ class RAGTask(Task[RAGSpec]):
             f"ndcg_at_{self.spec.k}",
             "exact_match",
             "f1",
+            "contains_answer",
             "citation_precision",
         ]
-        return {
+        scores = {
             name: metrics.mean(float(r[name]) for r in records if name in r)
             for name in names
             if any(name in r for r in records)
         }
+        asked = [r for r in records if "known" in r]
+        if any(not r["answerable"] for r in asked):
+            scores |= metrics.abstention_scores(
+                [r["known"] for r in asked], [r["answerable"] for r in asked]
+            )
+        return scores
 
 
 def _read_qrels(path: Path, bad: BadRows) -> dict[str, dict[str, float]]:

@@ -6,8 +6,10 @@ goes through here: eval reports and logs, training checkpoints and weights, the 
 converted model cache, merged models and GGUF exports.
 
 Example:
-    >>> with atomic_folder(Path("runs/lora/checkpoint")) as staging:  # doctest: +SKIP
-    ...     torch.save(state, staging / "state.pt")
+    >>> with atomic_folder(Path("runs/lora/checkpoint")) as staging:
+    ...     _ = (staging / "state.json").write_text("{}")
+    >>> sorted(p.name for p in Path("runs/lora").iterdir())
+    ['checkpoint']
 """
 
 from __future__ import annotations

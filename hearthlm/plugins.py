@@ -17,7 +17,7 @@ package's entry points to them:
 
 Example:
     >>> from hearthlm.llm.backend import BACKENDS
-    >>> sorted(BACKENDS.names())  # doctest: +SKIP
+    >>> sorted(BACKENDS.names())
     ['llamacpp', 'openai', 'transformers']
 """
 

@@ -7,8 +7,15 @@ JSONL files appended line by line and synced (:func:`append_jsonl`); a kill can 
 and :func:`read_jsonl` drops it.
 
 Example:
-    >>> claim_run(out, {"method": "lora", "data": digest}, TrainingError("..."))  # doctest: +SKIP
-    >>> history = read_jsonl(out / "metrics.jsonl")  # doctest: +SKIP
+    >>> from hearthlm.errors import TrainingError
+    >>> out = Path("runs/lora")
+    >>> refusal = TrainingError("runs/lora holds another run")
+    >>> first = claim_run(out, run_identity({"method": "lora"}, []), refusal)
+    >>> claim_run(out, run_identity({"method": "lora"}, []), refusal) == first  # resumed
+    True
+    >>> append_jsonl(out / "metrics.jsonl", [{"step": 1, "loss": 2.5}])
+    >>> read_jsonl(out / "metrics.jsonl")
+    [{'step': 1, 'loss': 2.5}]
 """
 
 from __future__ import annotations

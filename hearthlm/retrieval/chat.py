@@ -73,7 +73,7 @@ class DocsChat(Chain[str | QuestionInput, Answer]):
     Example:
         >>> chat = DocsChat(qa, Path("history.sqlite"))  # doctest: +SKIP
         >>> chat.ask("How long is the warranty?").text  # doctest: +SKIP
-        >>> DocsChat(qa, Path("history.sqlite"), session_id=chat.session_id)  # resumes it
+        >>> DocsChat(qa, Path("history.sqlite"), session_id=chat.session_id)  # doctest: +SKIP
     """
 
     def __init__(self, qa: DocsQA, history: Path | str | Any, session_id: str | None = None):

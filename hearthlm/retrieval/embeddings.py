@@ -47,7 +47,7 @@ class HearthEmbeddings(Embeddings):
 
     Example:
         >>> emb = HearthEmbeddings()
-        >>> len(emb.embed_query("hello"))  # doctest: +SKIP
+        >>> len(emb.embed_query("hello"))
         384
     """
 

@@ -92,7 +92,7 @@ def main() -> None:
 
     llama = ChatHearth(backend="llamacpp")
     engine = llama.engine
-    prompt_ids = llama._prepare([HumanMessage(PROMPT)], {}).prompt_ids
+    prompt_ids = llama._planner.prepare([HumanMessage(PROMPT)], {}).prompt_ids
     chat = chat_figures(llama, n_tokens, engine.llm.reset, repeats)
     raw = raw_llamacpp(engine.llm, prompt_ids, n_tokens, repeats)
     figures |= {

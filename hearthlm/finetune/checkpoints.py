@@ -14,6 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hearthlm.files import atomic_folder, old_folder
 from hearthlm.runs import read_jsonl
 
@@ -31,7 +33,6 @@ def write_checkpoint(folder: Path, payload: dict[str, Any], state: dict[str, Any
     ``state.pt``, the JSON ``state`` beside them. A kill at any moment leaves the old or the new
     checkpoint whole."""
     import numpy as np
-    import torch
 
     rng = {
         "python": random.getstate(),
@@ -48,7 +49,6 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
     """The payload and state of ``folder/checkpoint`` with the random generators restored, or
     ``None`` when there is none."""
     import numpy as np
-    import torch
 
     target = folder / "checkpoint"
     if not (target / "state.json").is_file():
@@ -67,16 +67,15 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
     return payload, dict(state)
 
 
-def trainable_state(model: Any) -> dict[str, Any]:
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of ``model``'s trainable tensors, by parameter name."""
     return {
         name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad
     }
 
 
-def load_trainable(model: Any, weights: dict[str, Any]) -> None:
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable tensors into ``model``'s parameters of the same names."""
-    import torch
 
     own = dict(model.named_parameters())
     with torch.no_grad():

@@ -84,9 +84,6 @@ def train_dpo(
         ConfigError: ``method`` is not LoRA, or ``train`` sets a field DPO cannot honour.
         TrainingError: ``out`` holds a DPO run with other settings or pairs.
     """
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     defaults = DPOSettings()
     beta = defaults.beta if beta is None else beta
     max_length = defaults.max_length if max_length is None else max_length
@@ -118,7 +115,27 @@ def train_dpo(
     )
     model, tokenizer, backend = load_base(llm)
     cut = max(1, round(len(rows) * validation)) if validation and len(rows) > 1 else 0
-    args = DPOConfig(
+    args = _trl_arguments(out, train, beta, max_length, backend.device, validate=bool(cut))
+    trained, history = _train(model, tokenizer, args, method, rows, cut, out)
+    with atomic_folder(out / "adapter") as staging:
+        trained.save_pretrained(staging)
+    _write_history(history, out)
+    return DPORun(out, history)
+
+
+def _trl_arguments(
+    out: Path,
+    train: TrainConfig,
+    beta: float,
+    max_length: int,
+    device: str,
+    validate: bool,
+) -> Any:
+    """TRL's ``DPOConfig`` for ``train``'s settings: checkpoints in ``out/trl``, the last two
+    kept, every step logged."""
+    from trl import DPOConfig
+
+    return DPOConfig(
         output_dir=str(out / "trl"),
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
@@ -136,7 +153,7 @@ def train_dpo(
         beta=beta,
         max_length=max_length,
         logging_steps=1,
-        eval_strategy="steps" if cut else "no",
+        eval_strategy="steps" if validate else "no",
         eval_steps=train.eval_every,
         save_strategy="steps",
         save_steps=train.save_every,
@@ -144,10 +161,26 @@ def train_dpo(
         report_to=[],
         seed=train.seed,
         data_seed=train.seed,
-        use_cpu=backend.device == "cpu",
-        bf16=use_bf16(train.bf16, backend.device),
+        use_cpu=device == "cpu",
+        bf16=use_bf16(train.bf16, device),
         disable_tqdm=False,
     )
+
+
+def _train(
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    method: LoraConfig,
+    rows: list[dict[str, Any]],
+    cut: int,
+    out: Path,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Train (resuming the last whole checkpoint in ``out/trl``) on ``rows[cut:]``, validating
+    on ``rows[:cut]``: the trained model, and TRL's log history."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
     # TRL wraps the model with PEFT here, and its loss reads the deprecated property each step.
     with quiet_peft():
         trainer = DPOTrainer(
@@ -159,10 +192,11 @@ def train_dpo(
             peft_config=lora_config(method),
         )
         trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
-    trained: Any = trainer.model
-    with atomic_folder(out / "adapter") as staging:
-        trained.save_pretrained(staging)
-    history = [dict(h) for h in trainer.state.log_history]
+    return trainer.model, [dict(h) for h in trainer.state.log_history]
+
+
+def _write_history(history: list[dict[str, Any]], out: Path) -> None:
+    """``metrics.jsonl`` (TRL's log, whole, written atomically) and the loss curve."""
     write_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     evals = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
     curve = [
@@ -172,7 +206,6 @@ def train_dpo(
         if "loss" in h
     ]
     plot_curve(curve, out / "loss.png", ylabel="DPO loss")
-    return DPORun(out, history)
 
 
 def _refuse_unsupported(train: TrainConfig) -> None:

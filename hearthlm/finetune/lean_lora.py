@@ -20,6 +20,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import torch
 from torch.utils.checkpoint import checkpoint
 
 
@@ -45,7 +46,6 @@ def lighten(model: Any) -> int:
 def _single_adapter(layer: Any) -> str | None:
     """The one active plain-LoRA adapter of ``layer`` when training through it, else ``None``
     (merged or unloaded, disabled, several adapters, a variant such as DoRA, or no gradients)."""
-    import torch
 
     if not hasattr(layer, "lora_A"):  # merged and unloaded: a plain linear layer again
         return None

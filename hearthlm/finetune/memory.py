@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 MB = 2**20
 COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits", "other")
 # glibc mallopt parameters (malloc.h); 128 KiB is glibc's own starting mmap threshold
@@ -152,7 +154,6 @@ def tensor_bytes(tensors: Iterator[Any]) -> int:
 
 def optimizer_bytes(optimizer: Any) -> int:
     """Bytes of every tensor the optimizer keeps per parameter (AdamW: two moments and a step)."""
-    import torch
 
     return sum(
         value.numel() * value.element_size()
@@ -196,12 +197,9 @@ class MemoryMeter:
         """Reset the peak (resident set; CUDA's allocated peak on a GPU): what follows is the
         training phase."""
         if self.device == "cuda":
-            import torch
-
             torch.cuda.reset_peak_memory_stats()
             self.start_rss = torch.cuda.memory_allocated()
             return
-        import torch
 
         with torch.no_grad():  # page in weights that loading mapped from disk but never read
             for p in self._params:
@@ -214,8 +212,6 @@ class MemoryMeter:
 
     def _peak(self) -> int:
         if self.device == "cuda":
-            import torch
-
             return int(torch.cuda.max_memory_allocated())
         return peak_rss()
 
@@ -268,7 +264,6 @@ class MemoryMeter:
     @contextmanager
     def saving(self) -> Iterator[None]:
         """Count what autograd saves for the backward pass inside this block."""
-        import torch
 
         with torch.autograd.graph.saved_tensors_hooks(self._pack, _identity):
             yield

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hearthlm.config import LLMConfig, PPOConfig
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_file, atomic_folder
@@ -47,11 +49,11 @@ class Rollout:
     prompt: list[int]
     reply: list[int]
     score: float
-    logprobs: Any = None  # policy at sampling time, per reply token
-    ref_logprobs: Any = None
-    values: Any = None
-    advantages: Any = None
-    returns: Any = None
+    logprobs: torch.Tensor | None = None  # policy at sampling time, per reply token
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
 
 @dataclass
@@ -73,7 +75,6 @@ class PPOTrainer:
         llm: LLMConfig | None = None,
         method: MethodConfig | None = None,
     ) -> None:
-        import torch
         from transformers import set_seed
 
         self.config = config or PPOConfig()
@@ -98,7 +99,6 @@ class PPOTrainer:
         self.bf16 = use_bf16(self.config.bf16, self.device)
 
     def _autocast(self) -> Any:
-        import torch
 
         return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -116,7 +116,6 @@ class PPOTrainer:
     def generate_batch(self, prompts: Sequence[str], greedy: bool = False) -> list[list[int]]:
         """Replies to ``prompts``, sampled in one left-padded batch; each ends at its first stop
         token (kept) or at ``max_new_tokens``."""
-        import torch
 
         ids, mask = self._left_padded([self.prompt_ids(p) for p in prompts])
         self.policy.eval()
@@ -138,8 +137,7 @@ class PPOTrainer:
             replies.append(row[:end])
         return replies
 
-    def _left_padded(self, sequences: Sequence[list[int]]) -> tuple[Any, Any]:
-        import torch
+    def _left_padded(self, sequences: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
         width = max(map(len, sequences))
         ids = [[self.pad] * (width - len(s)) + s for s in sequences]
@@ -159,12 +157,13 @@ class PPOTrainer:
         ]
         return self.reward_model.score(chats)
 
-    def _forward(self, rollouts: Sequence[Rollout], with_values: bool) -> tuple[Any, Any, Any]:
+    def _forward(
+        self, rollouts: Sequence[Rollout], with_values: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-reply-token log-probs (and values), padded: (batch, reply_len) each, plus mask.
 
         Prompts are padded on the left and replies on the right, so every reply starts in the
         same column and only the reply positions go through the vocabulary projection."""
-        import torch
 
         prompt_ids, prompt_mask = self._left_padded([r.prompt for r in rollouts])
         longest = max(len(r.reply) for r in rollouts)
@@ -197,17 +196,47 @@ class PPOTrainer:
     # --- one iteration --------------------------------------------------------------------------
 
     def step(self, prompts: Sequence[str]) -> dict[str, Any]:
-        import torch
+        """One iteration: sample replies to ``prompts``, score them, then update the policy
+        and the value head for ``ppo_epochs`` passes (or until one update moves the policy
+        past ``max_update_kl``); returns the iteration's figures."""
+        rollouts = self._rollouts(prompts)
+        old_lp, old_values, mask, kl, advantages, returns = self._advantages(rollouts)
+        stats, epochs_run, stopped = self._update(rollouts, old_lp, old_values, advantages, returns)
+        kl_per_reply = float(kl.sum(1).mean())
+        self._adapt_kl(kl_per_reply, len(rollouts))
+        return {
+            "reward": sum(r.score for r in rollouts) / len(rollouts),
+            "kl_to_reference": kl_per_reply,
+            "kl_coef": self.kl_coef,
+            "update_kl": max(stats["update_kl"]),
+            "stopped_at_kl_bound": stopped,
+            "epochs": epochs_run,
+            "pg_loss": sum(stats["pg_loss"]) / len(stats["pg_loss"]),
+            "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
+            "clipfrac": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
+            "reply_tokens": float(mask.sum(1).float().mean()),
+        }
 
-        cfg = self.config
+    def _rollouts(self, prompts: Sequence[str]) -> list[Rollout]:
+        """A sampled reply to each prompt and its reward-model score (empty replies dropped).
+
+        Raises:
+            TrainingError: every reply was empty.
+        """
         replies = self.generate_batch(prompts)
         keep = [(p, r) for p, r in zip(prompts, replies, strict=True) if r]
         if not keep:
             raise TrainingError("the policy produced only empty replies")
         scores = self.score([p for p, _ in keep], [r for _, r in keep])
-        rollouts = [
-            Rollout(self.prompt_ids(p), r, s) for (p, r), s in zip(keep, scores, strict=True)
-        ]
+        return [Rollout(self.prompt_ids(p), r, s) for (p, r), s in zip(keep, scores, strict=True)]
+
+    def _advantages(self, rollouts: list[Rollout]) -> tuple[torch.Tensor, ...]:
+        """Before the update: the replies' log-probs, values and mask under the policy, the
+        per-token KL to the reference, and GAE advantages (whitened) and returns of the
+        rewards (the score at each reply's last token, minus β times the KL at every token).
+        Each tensor is (replies, reply tokens)."""
+
+        cfg = self.config
         with torch.no_grad():
             old_lp, old_values, mask = self._forward(rollouts, with_values=True)
             with self.policy.disable_adapter():
@@ -218,8 +247,19 @@ class PPOTrainer:
         for i, r in enumerate(rollouts):
             rewards[i, lengths[i] - 1] += r.score
         advantages, returns = _gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = _whiten(advantages, mask)
+        return old_lp, old_values, mask, kl, _whiten(advantages, mask), returns
 
+    def _update(
+        self,
+        rollouts: list[Rollout],
+        old_lp: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> tuple[dict[str, list[float]], int, bool]:
+        """The clipped-objective passes over shuffled minibatches: each minibatch's figures,
+        the epochs run, and whether the update stopped at ``max_update_kl``."""
+        cfg = self.config
         self.policy.train()
         stats: dict[str, list[float]] = {
             "pg_loss": [],
@@ -233,53 +273,62 @@ class PPOTrainer:
             random.shuffle(order)
             for start in range(0, len(order), cfg.minibatch_size):
                 idx = order[start : start + cfg.minibatch_size]
-                batch = [rollouts[i] for i in idx]
-                new_lp, values, m = self._forward(batch, with_values=True)
-                n = m.shape[1]
-                adv, ret = advantages[idx, :n], returns[idx, :n]
-                old, old_v = old_lp[idx, :n], old_values[idx, :n]
-                ratio = torch.exp(new_lp - old)
-                pg = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+                loss, figures = self._minibatch_loss(
+                    [rollouts[i] for i in idx], idx, old_lp, old_values, advantages, returns
                 )
-                v_clipped = old_v + (values - old_v).clamp(-cfg.value_clip, cfg.value_clip)
-                vf = 0.5 * torch.max((values - ret) ** 2, (v_clipped - ret) ** 2)
-                tokens = m.sum().clamp(min=1)
-                pg_loss, value_loss = (pg * m).sum() / tokens, (vf * m).sum() / tokens
-                loss = pg_loss + cfg.value_coef * value_loss
-                with torch.no_grad():
-                    log_ratio = new_lp - old
-                    update_kl = float((((ratio - 1) - log_ratio) * m).sum() / tokens)
-                    clipfrac = float((((ratio - 1).abs() > cfg.clip_range) * m).sum() / tokens)
-                stats["pg_loss"].append(float(pg_loss.detach()))
-                stats["value_loss"].append(float(value_loss.detach()))
-                stats["clipfrac"].append(clipfrac)
-                stats["update_kl"].append(update_kl)
-                if update_kl > cfg.max_update_kl:
+                for name, value in figures.items():
+                    stats[name].append(value)
+                if figures["update_kl"] > cfg.max_update_kl:
                     # The policy has moved as far as one iteration may: no further step.
                     stopped = True
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self._optimizer_step(loss)
             epochs_run += 1
             if stopped:
                 break
-        kl_per_reply = float(kl.sum(1).mean())
-        self._adapt_kl(kl_per_reply, len(rollouts))
-        return {
-            "reward": sum(r.score for r in rollouts) / len(rollouts),
-            "kl_to_reference": kl_per_reply,
-            "kl_coef": self.kl_coef,
-            "update_kl": max(stats["update_kl"]),
-            "stopped_at_kl_bound": stopped,
-            "epochs": epochs_run,
-            "pg_loss": sum(stats["pg_loss"]) / len(stats["pg_loss"]),
-            "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
-            "clipfrac": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
-            "reply_tokens": float(lengths.float().mean()),
+        return stats, epochs_run, stopped
+
+    def _minibatch_loss(
+        self,
+        batch: list[Rollout],
+        idx: list[int],
+        old_lp: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One minibatch's clipped policy loss plus its weighted, clipped value loss, token
+        weighted, and its figures (the KL of the update so far, the clipped share)."""
+
+        cfg = self.config
+        new_lp, values, m = self._forward(batch, with_values=True)
+        n = m.shape[1]
+        adv, ret = advantages[idx, :n], returns[idx, :n]
+        old, old_v = old_lp[idx, :n], old_values[idx, :n]
+        ratio = torch.exp(new_lp - old)
+        pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
+        v_clipped = old_v + (values - old_v).clamp(-cfg.value_clip, cfg.value_clip)
+        vf = 0.5 * torch.max((values - ret) ** 2, (v_clipped - ret) ** 2)
+        tokens = m.sum().clamp(min=1)
+        pg_loss, value_loss = (pg * m).sum() / tokens, (vf * m).sum() / tokens
+        with torch.no_grad():
+            log_ratio = new_lp - old
+            update_kl = float((((ratio - 1) - log_ratio) * m).sum() / tokens)
+            clipfrac = float((((ratio - 1).abs() > cfg.clip_range) * m).sum() / tokens)
+        figures = {
+            "pg_loss": float(pg_loss.detach()),
+            "value_loss": float(value_loss.detach()),
+            "clipfrac": clipfrac,
+            "update_kl": update_kl,
         }
+        return pg_loss + cfg.value_coef * value_loss, figures
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
 
     def _adapt_kl(self, kl: float, n: int) -> None:
         error = max(-0.2, min(0.2, kl / self.config.target_kl - 1))
@@ -294,7 +343,6 @@ class PPOTrainer:
         Every ``save_every`` iterations a checkpoint (policy, value head, optimizer, β, random
         generators, position in the prompts) is written atomically; running again into the same
         ``out`` after a kill resumes from it and ends where an uninterrupted run would."""
-        import torch
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
@@ -361,8 +409,9 @@ class PPOTrainer:
         return state
 
 
-def _gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tuple[Any, Any]:
-    import torch
+def _gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
 
     advantages = torch.zeros_like(rewards)
     last = torch.zeros(rewards.shape[0], device=rewards.device)
@@ -374,7 +423,7 @@ def _gae(rewards: Any, values: Any, mask: Any, gamma: float, lam: float) -> tupl
     return advantages, advantages + values
 
 
-def _whiten(x: Any, mask: Any) -> Any:
+def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum().clamp(min=1)
     mean = (x * mask).sum() / n
     var = (((x - mean) ** 2) * mask).sum() / n

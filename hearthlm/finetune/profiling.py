@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hearthlm.files import write_atomic
 
 TIMELINE = "memory_timeline.json"
@@ -40,7 +42,6 @@ def profiled(enabled: bool, folder: Path, device: str) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     if device == "cuda":

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hearthlm.config import LLMConfig, PairTraining
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_folder, write_atomic
@@ -86,8 +88,7 @@ class PairwiseObjective:
     def __init__(self, pad: int) -> None:
         self.pad = pad
 
-    def rewards(self, trainer: Trainer, sequences: list[list[int]]) -> Any:
-        import torch
+    def rewards(self, trainer: Trainer, sequences: list[list[int]]) -> torch.Tensor:
 
         width = max(map(len, sequences))
         ids = torch.tensor(
@@ -97,8 +98,7 @@ class PairwiseObjective:
         with torch.autocast(trainer.device, dtype=torch.bfloat16, enabled=trainer.bf16):
             return trainer.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
 
-    def loss(self, trainer: Trainer, pairs: list[Pair]) -> tuple[Any, int]:
-        import torch
+    def loss(self, trainer: Trainer, pairs: list[Pair]) -> tuple[torch.Tensor, int]:
 
         scores = self.rewards(trainer, [p.chosen for p in pairs] + [p.rejected for p in pairs])
         chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
@@ -215,33 +215,33 @@ def train_reward_model(
         objective=PairwiseObjective(pad),
     )
     result = trainer.fit()
-    # fit() validated at its last step; only weights restored from the best step need a new pass.
-    final = result.history[-1] if result.history and not result.stopped_early else {}
-    if "validation_accuracy" in final:
-        accuracy = final["validation_accuracy"]
-    else:
-        accuracy = trainer.evaluate().get("validation_accuracy")
+    accuracy = _final_accuracy(trainer, result)
     with atomic_folder(out / "adapter") as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    write_atomic(
-        out / REWARD_FILE,
-        json.dumps(
-            {
-                "base": str(base_folder(llm)),
-                "pad_id": pad,
-                "max_length": max_length,
-                "validation_accuracy": accuracy,
-                "train_pairs": len(train_pairs),
-                "validation_pairs": len(held_out),
-                "steps": result.steps,
-                "batch_size": train.batch_size,
-                "train_seconds": round(result.seconds, 1),
-            },
-            indent=2,
-        ),
-    )
+    summary = {
+        "base": str(base_folder(llm)),
+        "pad_id": pad,
+        "max_length": max_length,
+        "validation_accuracy": accuracy,
+        "train_pairs": len(train_pairs),
+        "validation_pairs": len(held_out),
+        "steps": result.steps,
+        "batch_size": train.batch_size,
+        "train_seconds": round(result.seconds, 1),
+    }
+    write_atomic(out / REWARD_FILE, json.dumps(summary, indent=2))
     return RewardRun(out, parameters, result, accuracy)
+
+
+def _final_accuracy(trainer: Trainer, result: TrainResult) -> float | None:
+    """The pairwise accuracy of the weights being saved: fit() validated at its last step, so
+    only weights restored from an earlier, better step need a new pass."""
+    final = result.history[-1] if result.history and not result.stopped_early else {}
+    if "validation_accuracy" in final:
+        return float(final["validation_accuracy"])
+    found = trainer.evaluate().get("validation_accuracy")
+    return None if found is None else float(found)
 
 
 class RewardModel:
@@ -270,7 +270,6 @@ class RewardModel:
         return cls(model, tokenizer, int(info.get("max_length", 384)), folder)
 
     def score(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:
-        import torch
 
         sequences = [render(self.tokenizer, list(c), self.max_length) for c in chats]
         width = max(map(len, sequences))

@@ -111,8 +111,18 @@ def finetune(
     estimate = setup.trainer.estimate_memory().megabytes() if estimate_memory else None
     result = setup.trainer.fit()
     save_output(setup.model, setup.tokenizer, method, out)
-    parameters, report = setup.parameters, setup.report
-    summary = {
+    summary = _summary(settings, setup, result, estimate)
+    write_atomic(out / SUMMARY, json.dumps(summary, indent=2))
+    return FinetuneResult(out, setup.parameters, setup.report, result, setup.model, estimate)
+
+
+def _summary(
+    settings: dict[str, Any], setup: _Setup, result: TrainResult, estimate: Any
+) -> dict[str, Any]:
+    """``hearth_finetune.json``: the run's settings, base model, trainable parameters, data
+    report, result and memory (measured, and estimated where asked)."""
+    parameters = setup.parameters
+    return {
         "settings": settings,
         "base_model": setup.backend.source.name,
         "base_model_path": str(setup.backend.source.path),
@@ -121,7 +131,7 @@ def finetune(
             "total": parameters.total,
             "percent": round(parameters.percent, 6),
         },
-        "data": report,
+        "data": setup.report,
         "result": {
             "steps": result.steps,
             "train_loss": result.train_loss,
@@ -135,8 +145,6 @@ def finetune(
         },
         "memory": {**result.memory, **({"estimate_mb": estimate} if estimate else {})},
     }
-    write_atomic(out / SUMMARY, json.dumps(summary, indent=2))
-    return FinetuneResult(out, parameters, report, result, setup.model, estimate)
 
 
 def estimate_finetune_memory(

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from hearthlm.config import TrainConfig
 from hearthlm.errors import TrainingError
 from hearthlm.files import atomic_folder
@@ -71,7 +73,7 @@ class TrainState:
 class Objective(Protocol):
     """A loss other than next-token cross-entropy, e.g. the reward model's pairwise loss."""
 
-    def loss(self, trainer: Trainer, examples: list[Any]) -> tuple[Any, int]:
+    def loss(self, trainer: Trainer, examples: list[Any]) -> tuple[torch.Tensor, int]:
         """The summed loss over ``examples`` (a tensor with grad) and how many terms it sums."""
         ...
 
@@ -109,13 +111,13 @@ def _length(example: Any) -> int:
         return 0
 
 
-def _virtual_tokens(model: Any) -> int:
+def _virtual_tokens(model: torch.nn.Module) -> int:
     """How many soft-prompt positions a PEFT prompt-learning model puts before the input."""
     config: Any = getattr(model, "active_peft_config", None)
     return int(config.num_virtual_tokens) if getattr(config, "is_prompt_learning", False) else 0
 
 
-def _vocab_size(model: Any) -> int:
+def _vocab_size(model: torch.nn.Module) -> int:
     return int(getattr(model.config, "vocab_size", 0) or 0)
 
 
@@ -127,7 +129,6 @@ def use_bf16(setting: str, device: str) -> bool:
 def bf16_supported(device: str) -> bool:
     """Whether ``device`` computes bf16 natively (a CUDA GPU that supports it, or a CPU with
     AVX512-BF16); elsewhere bf16 would be emulated and slower than float32."""
-    import torch
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
@@ -147,7 +148,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: Any,
+        model: torch.nn.Module,
         train: Sequence[Any],
         validation: Sequence[Any],
         config: TrainConfig,
@@ -157,7 +158,6 @@ class Trainer:
         progress: bool = True,
         objective: Objective | None = None,
     ) -> None:
-        import torch
 
         if not train:
             raise TrainingError("no training examples")
@@ -175,7 +175,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.bf16 = use_bf16(config.bf16, self.device)
         if config.activation_checkpointing:
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            # transformers' own API, on the model PEFT wraps where it wraps one
+            base: Any = getattr(model, "get_base_model", lambda: model)()
             base.activation_checkpointing_enable()
             base.config.use_cache = False
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -211,8 +212,7 @@ class Trainer:
                 [self.train_examples[i] for i in order[position : position + size]],
             )
 
-    def _collate(self, examples: list[Example]) -> dict[str, Any]:
-        import torch
+    def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
 
         width = max(map(len, examples))
         ids = [e.input_ids + [self.pad_id] * (width - len(e)) for e in examples]
@@ -224,9 +224,8 @@ class Trainer:
             "attention_mask": torch.tensor(mask, device=self.device),
         }
 
-    def _loss(self, examples: list[Any]) -> tuple[Any, int]:
+    def _loss(self, examples: list[Any]) -> tuple[torch.Tensor, int]:
         """Sum of token losses over completion tokens, and their count."""
-        import torch
 
         if self.objective is not None:
             loss, count = self.objective.loss(self, examples)
@@ -252,7 +251,6 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss per completion token (per pair for the reward model), and whatever
         else the objective measures (pairwise accuracy)."""
-        import torch
 
         if not self.validation:
             return {}
@@ -303,7 +301,6 @@ class Trainer:
         """Train to ``total_steps`` (or early stopping), resuming from the folder's checkpoint:
         each step logged to ``metrics.jsonl``, validated every ``eval_every`` steps (the best
         weights kept), checkpointed every ``save_every``."""
-        import torch
 
         state = self._resume() or TrainState()
         if state.step == 0:
@@ -331,13 +328,7 @@ class Trainer:
             self._stream = self._batches(state)
             while state.step < self.total_steps:
                 train_loss = self._step(state, meter)
-                record: dict[str, Any] = {
-                    "step": state.step,
-                    "train_loss": round(train_loss, 6),
-                    "learning_rate": self.scheduler.get_last_lr()[0],
-                    "tokens": state.tokens,
-                    "input_tokens": state.input_tokens,
-                }
+                record = self._record(state, train_loss)
                 last = state.step == self.total_steps
                 if state.step % self.config.eval_every == 0 or last:
                     self._validate(state, record)
@@ -353,6 +344,29 @@ class Trainer:
                     state.seconds = time.perf_counter() - started
                     self._checkpoint(state)
         memory = meter.report() if meter else unmeasured()
+        return self._finish(state, history, train_loss, stopped_early, started, memory)
+
+    def _record(self, state: TrainState, train_loss: float) -> dict[str, Any]:
+        """A step's line of ``metrics.jsonl`` (validation scores join it on evaluation steps)."""
+        return {
+            "step": state.step,
+            "train_loss": round(train_loss, 6),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "tokens": state.tokens,
+            "input_tokens": state.input_tokens,
+        }
+
+    def _finish(
+        self,
+        state: TrainState,
+        history: list[dict[str, Any]],
+        train_loss: float | None,
+        stopped_early: bool,
+        started: float,
+        memory: dict[str, Any],
+    ) -> TrainResult:
+        """The run's result: after early stopping, the best weights restored; the loss curve
+        drawn."""
         if stopped_early and (self.folder / "best").is_dir():
             self._load_weights(self.folder / "best")
         seconds = time.perf_counter() - started
@@ -373,7 +387,6 @@ class Trainer:
 
     def _step(self, state: TrainState, meter: MemoryMeter | None) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; returns its training loss."""
-        import torch
 
         loss_sum, token_sum = 0.0, 0
         losses = []
@@ -435,13 +448,11 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _save_weights(self, folder: Path) -> None:
-        import torch
 
         with atomic_folder(folder) as staging:
             torch.save(trainable_state(self.model), staging / "trainable.pt")
 
     def _load_weights(self, folder: Path) -> None:
-        import torch
 
         load_trainable(
             self.model, torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)

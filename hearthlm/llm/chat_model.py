@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from operator import itemgetter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,17 +14,12 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    HumanMessage,
-    SystemMessage,
     ToolCallChunk,
-    ToolMessage,
     UsageMetadata,
 )
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError
 
 from hearthlm.config import (
@@ -45,93 +38,27 @@ from hearthlm.errors import ConfigError, ContextWindowError
 from hearthlm.llm.backend import (
     BACKENDS,
     Backend,
-    Constraint,
-    Piece,
-    Scored,
-    cancelled,
     load_backend,
 )
 from hearthlm.llm.call_options import (
-    JSON_OBJECT,
-    TEXT_ONLY,
     distinct_tools,
     explicit_constraint,
-    json_mode_schema,
-    json_schema_of,
     template_message,
 )
-from hearthlm.llm.calls import (
-    best_scorer,
-    choose_arguments,
-    choose_call,
-    choose_tool,
-    token_scorer,
-)
+from hearthlm.llm.decoding import Completion, Outcome, reply_deltas
 from hearthlm.llm.logprobs import reply_logprobs, requested_logprobs
+from hearthlm.llm.planning import Planner, Prepared
 from hearthlm.llm.sources import DEFAULT_MODEL_NAME
-from hearthlm.llm.spans import copy_schema
-from hearthlm.llm.text import IncrementalDetokenizer, RepetitionGuard, StopScanner, render_chat
+from hearthlm.llm.structured import structured_output
+from hearthlm.llm.text import render_chat
 from hearthlm.llm.tools import (
-    call_schema,
     format_tools,
     parse_tool_call,
-    render_tool_call,
     select_tools,
-    strict_schema,
-    tools_instructions,
 )
 
 _SAMPLING_FIELDS = tuple(SamplingConfig.model_fields)
 _LLM_FIELDS = tuple(LLMConfig.model_fields)
-
-
-@dataclass
-class _Prepared:
-    """A request ready for a backend: prompt ids, grammar, and what was done to fit it."""
-
-    prompt_ids: list[int]
-    constraint: Constraint | None
-    tools_active: bool
-    dropped_messages: int
-    fixed: str | None = None  # the whole reply, chosen without generating (a tool call)
-
-
-@dataclass
-class _Outcome:
-    """Filled in while a reply streams; read once it ends."""
-
-    output_tokens: int = 0
-    finish_reason: str = "stop"
-    opening: str = ""  # first non-whitespace character of the reply; "{" means a tool call
-    text: list[str] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)  # from a backend that yields ids
-    scored: list[Scored] = field(default_factory=list)  # their log-probabilities, if asked
-
-
-@dataclass
-class Completion:
-    """A raw completion as it streams (:meth:`ChatHearth.complete`): iterate over it for text
-    deltas; once it ends, ``finish_reason`` and ``output_tokens`` say how."""
-
-    prompt_ids: list[int]
-    _deltas: Iterator[str]
-    _outcome: _Outcome
-
-    def __iter__(self) -> Iterator[str]:
-        return self._deltas
-
-    @property
-    def finish_reason(self) -> str:
-        return self._outcome.finish_reason
-
-    @property
-    def output_tokens(self) -> int:
-        return self._outcome.output_tokens
-
-    @property
-    def token_ids(self) -> list[int]:
-        """The ids of the tokens generated (empty from a backend that streams text)."""
-        return self._outcome.token_ids
 
 
 class ChatHearth(BaseChatModel):
@@ -220,6 +147,7 @@ class ChatHearth(BaseChatModel):
 
     _engine: Backend | None = PrivateAttr(default=None)
     _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _planner: Planner = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         if "max_tokens" in data:  # LangChain's standard name for the reply's token cap
@@ -233,6 +161,7 @@ class ChatHearth(BaseChatModel):
         if loaded is None and self.backend not in BACKENDS:
             BACKENDS.get(self.backend)  # the error that lists the known backends
         self._engine = loaded
+        self._planner = Planner(self)
 
     @classmethod
     def from_config(cls, config: HearthConfig) -> ChatHearth:
@@ -321,7 +250,8 @@ class ChatHearth(BaseChatModel):
     ) -> int:
         """Tokens of the full chat prompt, template and generation prompt included."""
         specs = [convert_to_openai_tool(t) for t in tools or []]
-        return len(self._prompt_ids(self._template_messages(messages, specs, None, True)))
+        planner = self._planner
+        return len(planner.prompt_ids(planner.template_messages(messages, specs, None, True)))
 
     # -- generation --------------------------------------------------------------------------
 
@@ -384,8 +314,8 @@ class ChatHearth(BaseChatModel):
                 f"the prompt is {len(ids)} tokens but the context window is "
                 f"{self.context_window}. Shorten the prompt."
             )
-        prepared = _Prepared(ids, explicit_constraint(kwargs), False, 0)
-        outcome = _Outcome()
+        prepared = Prepared(ids, explicit_constraint(kwargs), False, 0)
+        outcome = Outcome()
         return Completion(
             ids, self._deltas(prepared, self._sampling(kwargs), stop, outcome), outcome
         )
@@ -410,6 +340,27 @@ class ChatHearth(BaseChatModel):
         except ValidationError as exc:
             raise config_error_from(exc, "sampling") from None
 
+    def _deltas(
+        self,
+        prepared: Prepared,
+        sampling: SamplingConfig,
+        stop: list[str] | None,
+        outcome: Outcome,
+        top_logprobs: int | None = None,
+    ) -> Iterator[str]:
+        """:func:`~hearthlm.llm.decoding.reply_deltas` with this model's length and
+        repetition settings."""
+        return reply_deltas(
+            self.engine,
+            prepared,
+            sampling,
+            stop,
+            outcome,
+            max_structured_tokens=self.max_structured_tokens,
+            stop_repetition=self.stop_repetition,
+            top_logprobs=top_logprobs,
+        )
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -418,8 +369,8 @@ class ChatHearth(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         top = requested_logprobs(kwargs, self.can_score)
-        prepared = self._prepare(messages, kwargs)
-        outcome = _Outcome()
+        prepared = self._planner.prepare(messages, kwargs)
+        outcome = Outcome()
         held: list[str] = []  # text that may be the start of a tool call
         for delta in self._deltas(prepared, self._sampling(kwargs), stop, outcome, top):
             held.append(delta)
@@ -456,8 +407,8 @@ class ChatHearth(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         top = requested_logprobs(kwargs, self.can_score)
-        prepared = self._prepare(messages, kwargs)
-        outcome = _Outcome()
+        prepared = self._planner.prepare(messages, kwargs)
+        outcome = Outcome()
         for _ in self._deltas(prepared, self._sampling(kwargs), stop, outcome, top):
             pass
         text = "".join(outcome.text)
@@ -474,142 +425,7 @@ class ChatHearth(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
-    def _deltas(
-        self,
-        prepared: _Prepared,
-        sampling: SamplingConfig,
-        stop: list[str] | None,
-        outcome: _Outcome,
-        top_logprobs: int | None = None,
-    ) -> Iterator[str]:
-        """Text deltas of one reply; ``outcome`` records the token count and finish reason
-        (and, with ``top_logprobs``, each token's log-probability where the backend can tell
-        it as it samples)."""
-        engine = self.engine
-        room = engine.context_size - len(prepared.prompt_ids)
-        constraint = prepared.constraint
-        structured_budget = max(sampling.max_new_tokens, self.max_structured_tokens)
-        budget = min(sampling.max_new_tokens, room)
-        if (
-            constraint is not None
-            and constraint.json_schema is not None
-            and not constraint.allow_text
-        ):
-            budget = min(structured_budget, room)
-        scanner = StopScanner(stop)
-        # Free text stops once it loops; JSON is left to its grammar, which bounds every string.
-        free_text = constraint is None or constraint.allow_text or constraint.grammar == TEXT_ONLY
-        guard = RepetitionGuard() if self.stop_repetition and free_text else None
-        if prepared.fixed is not None:
-            outcome.token_ids = engine.tokenize(prepared.fixed)
-            outcome.output_tokens = len(outcome.token_ids)
-            outcome.opening = prepared.fixed[:1]
-            outcome.text.append(prepared.fixed)
-            yield prepared.fixed
-            return
-        with engine.lock:
-            # An optional tool call may grow to the structured budget once it opens with "{".
-            cap = structured_budget if constraint and constraint.allow_text else budget
-            pieces = _pieces(engine, prepared, sampling, stop, min(cap, room), top_logprobs)
-            try:
-                for piece in pieces:
-                    outcome.output_tokens += piece.tokens
-                    outcome.token_ids += piece.ids
-                    outcome.scored += piece.scored
-                    engine.generated_tokens += piece.tokens
-                    text = scanner.push(piece.text)
-                    if text:
-                        outcome.text.append(text)
-                        if not outcome.opening:
-                            outcome.opening = "".join(outcome.text).lstrip()[:1]
-                            if outcome.opening == "{" and constraint and constraint.allow_text:
-                                budget = min(structured_budget, room)  # it became a tool call
-                        yield text
-                    if scanner.stopped:
-                        break
-                    if cancelled():
-                        outcome.finish_reason = "cancelled"
-                        break
-                    if guard and outcome.opening != "{" and guard.push(text):
-                        outcome.finish_reason = "repetition"
-                        break
-                    if outcome.output_tokens >= budget:
-                        outcome.finish_reason = "length"
-                        break
-            finally:
-                pieces.close()
-        if cancelled():  # a batched backend may have ended the sequence itself
-            outcome.finish_reason = "cancelled"
-        tail = scanner.flush()
-        if tail:
-            outcome.text.append(tail)
-            yield tail
-
     # -- prompt building ---------------------------------------------------------------------
-
-    def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Prepared:
-        if kwargs.get("model") is not None:
-            raise ConfigError(
-                f"model={kwargs['model']!r} was passed with a call, but ChatHearth serves the one "
-                "model it loaded. Make another ChatHearth(model=...) for another model."
-            )
-        tools, tools_optional = select_tools(kwargs.get("tools") or [], kwargs.get("tool_choice"))
-        text_only = bool(kwargs.get("tools")) and kwargs.get("tool_choice") == "none"
-        response_format = kwargs.get("response_format")
-        explicit = explicit_constraint(kwargs)
-        fitted, ids, dropped = self._fit(messages, tools, response_format, tools_optional)
-        request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
-        choosing = self.decision_mode == "choose" and request is not None and explicit is None
-        if choosing and tools and (tools_optional or len(tools) > 1):
-            chosen = choose_tool(
-                best_scorer(self),
-                tools,
-                str(request),
-                optional=tools_optional,
-                per_token=token_scorer(self),
-            )
-            tools, tools_optional, text_only = (
-                ([chosen], False, False) if chosen else ([], True, True)
-            )
-            rendered = self._template_messages(fitted, tools, None, tools_optional or not tools)
-            ids = self._prompt_ids(rendered)
-        constraint = explicit
-        fixed = None
-        source = self._copy_source(messages)
-        if constraint is not None:
-            pass
-        elif tools and len(tools) == 1 and not tools_optional and source is not None:
-            schema, fixed = self._chosen_call(fitted, tools[0], source)
-            constraint = Constraint(schema)
-        elif tools:
-            constraint = Constraint(call_schema(tools, source), allow_text=tools_optional)
-        elif text_only:
-            constraint = Constraint(grammar=TEXT_ONLY)  # earlier calls in the chat are not copied
-        elif response_format == JSON_OBJECT:
-            constraint = Constraint(json_mode_schema(str(request or "")))
-        elif response_format is not None:
-            schema = strict_schema(json_schema_of(response_format))
-            if source is not None:  # fields chosen as a call's arguments are
-                rendered = self._template_messages(fitted, [], response_format, True)
-                opening = self._prompt_text(rendered) + "{"
-                chosen, schema = choose_arguments(best_scorer(self), opening, schema, source)
-                fields = schema.get("properties")
-                if isinstance(fields, dict) and fields and set(chosen) == set(fields):
-                    fixed = json.dumps(chosen, ensure_ascii=False)
-                schema = copy_schema(schema, source)
-            constraint = Constraint(schema)
-        return _Prepared(ids, constraint, bool(tools), dropped, fixed)
-
-    def _chosen_call(
-        self, messages: list[BaseMessage], tool: dict[str, Any], source: list[str]
-    ) -> tuple[dict[str, Any], str | None]:
-        """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
-        (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
-        prompt = self._prompt_text(self._template_messages(messages, [tool], None, False))
-        chosen, spec = choose_call(best_scorer(self), prompt, tool, source)
-        every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
-        name = tool["function"]["name"]
-        return call_schema([spec], source), render_tool_call(name, chosen) if every else None
 
     def prompt(self, messages: list[BaseMessage], add_generation_prompt: bool = True) -> str:
         """The prompt text the model reads for ``messages``, chat template applied. A final
@@ -617,7 +433,7 @@ class ChatHearth(BaseChatModel):
         ``add_generation_prompt``, the chat as the template closes it, no reply opened."""
         rendered = [template_message(m) for m in messages]
         if add_generation_prompt:
-            return self._prompt_text(rendered)
+            return self._planner.prompt_text(rendered)
         engine = self.engine
         return render_chat(
             engine.chat_template,
@@ -627,91 +443,12 @@ class ChatHearth(BaseChatModel):
             eos_token=engine.eos_token,
         )
 
-    def _fit(
-        self,
-        messages: list[BaseMessage],
-        tools: list[dict[str, Any]],
-        response_format: Any,
-        tools_optional: bool,
-    ) -> tuple[list[BaseMessage], list[int], int]:
-        """The messages that fit the context window, their prompt ids, and how many were
-        dropped (only with ``truncation="drop_oldest"``)."""
-        messages = list(messages)
-        dropped = 0
-        while True:
-            rendered = self._template_messages(
-                messages, tools, response_format, tools_optional or not tools
-            )
-            ids = self._prompt_ids(rendered)
-            if len(ids) < self.context_window:
-                return messages, ids, dropped
-            droppable = [i for i, m in enumerate(messages[:-1]) if not isinstance(m, SystemMessage)]
-            if self.truncation != "drop_oldest" or not droppable:
-                raise ContextWindowError(
-                    f"the prompt is {len(ids)} tokens but the context window is "
-                    f"{self.context_window}. Shorten the input, raise llm.context_size, or set "
-                    "llm.truncation = 'drop_oldest' to drop the oldest turns (reported)."
-                )
-            del messages[droppable[0]]
-            dropped += 1
-
-    def _copy_source(self, messages: list[BaseMessage]) -> list[str] | None:
-        """The texts that arguments are copied from (the user's messages and tool results), or
-        None when arguments are written."""
-        if self.argument_mode != "copy":
-            return None
-        kept = (m for m in messages if isinstance(m, HumanMessage | ToolMessage))
-        return [m.text if isinstance(m.text, str) else str(m.content) for m in kept]
-
-    def _template_messages(
-        self,
-        messages: list[BaseMessage],
-        tools: list[dict[str, Any]],
-        response_format: Any,
-        tools_optional: bool,
-    ) -> list[dict[str, str]]:
-        rendered = [template_message(m) for m in messages]
-        extra = ""
-        if tools:
-            extra = tools_instructions(tools, required=not tools_optional)
-        elif response_format == JSON_OBJECT:
-            extra = "Reply with only a JSON object."
-        elif response_format is not None:
-            schema = json.dumps(json_schema_of(response_format).get("properties", {}))
-            extra = f"Reply with only a JSON object with these fields: {schema}"
-        if extra:
-            if rendered and rendered[0]["role"] == "system":
-                rendered[0] = {"role": "system", "content": f"{rendered[0]['content']}\n\n{extra}"}
-            else:
-                rendered.insert(0, {"role": "system", "content": extra})
-        return rendered
-
-    def _prompt_ids(self, rendered: list[dict[str, str]]) -> list[int]:
-        """Token ids of the rendered chat (:meth:`_prompt_text`)."""
-        return self.engine.tokenize(self._prompt_text(rendered))
-
-    def _prompt_text(self, rendered: list[dict[str, str]]) -> str:
-        """The rendered chat as prompt text. A final assistant message is continued, not closed:
-        that is how a reply is prefilled (e.g. "Thought:" in ReAct)."""
-        engine = self.engine
-        prefill = rendered[-1]["content"] if rendered[-1]["role"] == "assistant" else ""
-        prompt = render_chat(
-            engine.chat_template,
-            rendered,
-            add_generation_prompt=not prefill,
-            bos_token=engine.bos_token,
-            eos_token=engine.eos_token,
-        )
-        if prefill:
-            prompt = prompt[: prompt.rindex(prefill) + len(prefill)]
-        return prompt
-
-    def _usage(self, prepared: _Prepared, outcome: _Outcome) -> UsageMetadata:
+    def _usage(self, prepared: Prepared, outcome: Outcome) -> UsageMetadata:
         n_in, n_out = len(prepared.prompt_ids), outcome.output_tokens
         return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
 
     def _metadata(
-        self, prepared: _Prepared, outcome: _Outcome, top_logprobs: int | None = None
+        self, prepared: Prepared, outcome: Outcome, top_logprobs: int | None = None
     ) -> dict[str, Any]:
         meta = {
             **self.engine.describe(),
@@ -766,64 +503,4 @@ class ChatHearth(BaseChatModel):
         forced call of a tool with that schema; ``json_mode`` constrains the reply to a JSON
         object of any shape (the prompt must say which keys), parsed into ``schema`` if given.
         """
-        if method not in ("json_schema", "function_calling", "json_mode"):
-            raise ConfigError(
-                f"unknown method {method!r}; use 'json_schema', 'function_calling' or 'json_mode'."
-            )
-        if schema is None and method != "json_mode":
-            raise ConfigError(f"method={method!r} needs a schema; pass one or use 'json_mode'.")
-        if method == "function_calling":
-            return super().with_structured_output(schema or {}, include_raw=include_raw, **kwargs)
-        traced = {"kwargs": {"method": method}}
-        if schema is not None:
-            traced["schema"] = convert_to_json_schema(schema)
-        response_format = JSON_OBJECT if method == "json_mode" else json_schema_of(schema)
-        llm = self.bind(response_format=response_format, ls_structured_output_format=traced)
-        parser: Runnable[Any, Any] = (
-            PydanticOutputParser(pydantic_object=schema)
-            if isinstance(schema, type) and is_basemodel_subclass(schema)
-            else JsonOutputParser()
-        )
-        if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
-        )
-        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks(
-            [fallback], exception_key="parsing_error"
-        )
-
-
-def _pieces(
-    engine: Backend,
-    prepared: _Prepared,
-    sampling: SamplingConfig,
-    stop: list[str] | None,
-    max_tokens: int,
-    top_logprobs: int | None = None,
-) -> Generator[Piece, None, None]:
-    """The reply as text pieces: a remote backend streams them, a local one yields token ids,
-    detokenized here one token a piece (with its log-probability, when ``top_logprobs`` asks
-    and the backend tells it as it samples)."""
-    if engine.streams_text:
-        yield from engine.generate_text(
-            prepared.prompt_ids, sampling, prepared.constraint, stop, max_tokens
-        )
-        return
-    detokenizer = IncrementalDetokenizer(engine.decode)
-    ids, constraint = prepared.prompt_ids, prepared.constraint
-    recorded = top_logprobs is not None and engine.logprobs_while_generating
-    tokens: Iterator[Any] = (
-        engine.generate_logprobs(ids, sampling, constraint, top_logprobs or 0)
-        if recorded
-        else engine.generate(ids, sampling, constraint)
-    )
-    try:
-        for item in tokens:
-            token, scored = item if recorded else (item, None)
-            yield Piece(detokenizer.push(token), ids=(token,), scored=(scored,) if scored else ())
-    finally:
-        close = getattr(tokens, "close", None)
-        if close:
-            close()
+        return structured_output(self, schema, include_raw=include_raw, method=method, **kwargs)

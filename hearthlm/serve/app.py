@@ -73,7 +73,23 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    serve = config.serve
+    _add_middleware(app, config.serve)
+    app.include_router(openai_api.router)
+    app.include_router(documents.router)
+    app.include_router(agent_runs.router)
+    _add_service_routes(app)
+    if config.serve.ui:
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _add_middleware(app: FastAPI, serve: Any) -> None:
+    """CORS where origins are configured (off otherwise), and the request-body limits."""
     if serve.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -86,18 +102,6 @@ def create_app(
         json_bytes=int(serve.max_body_mb * 2**20),
         upload_bytes=int(serve.max_upload_mb * 2**20) * serve.max_upload_files + 2**20,
     )
-    app.include_router(openai_api.router)
-    app.include_router(documents.router)
-    app.include_router(agent_runs.router)
-    _add_service_routes(app)
-    if serve.ui:
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-        @app.get("/", include_in_schema=False)
-        def index() -> FileResponse:
-            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    return app
 
 
 def _state(config: HearthConfig, tools: list[BaseTool], chat: ChatHearth | None) -> ServerState:

@@ -602,30 +602,40 @@ async def docs_chat_completion(
             "session_id": session,
         }
         return JSONResponse(reply)
+    usage = bool(body.stream_options and body.stream_options.include_usage)
     chunks = await opened(work)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return event_stream(_chat_events(chunks, (reply_id, model_id), chat, folder, session, usage))
 
-    async def events() -> AsyncIterator[str]:
-        yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
-        parts: list[Answer] = []
-        try:
-            async for chunk in chunks:
-                parts.append(chunk)
-                if chunk.text:
-                    yield sse(chat_chunk(reply_id, model_id, {"content": chunk.text}))
-        except HearthError as exc:
-            yield sse(from_library(exc).body())
-            yield DONE
-            return
-        answer = add_up(parts) if parts else None
-        cited = citations(answer, folder) if answer else []
-        yield sse(chat_chunk(reply_id, model_id, {}, "stop", citations=cited, session_id=session))
-        if include_usage and answer is not None:
-            usage = answer_usage(chat, answer)
-            yield sse({**chat_chunk(reply_id, model_id, {}), "choices": [], "usage": usage})
+
+async def _chat_events(
+    chunks: AsyncIterator[Answer],
+    names: tuple[str, str],
+    chat: ChatHearth,
+    folder: Path,
+    session: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """A docs chat's stream: the answer's text as ``chat.completion.chunk`` deltas, then a
+    last chunk with its citations and session, then the usage if asked."""
+    reply_id, model_id = names
+    yield sse(chat_chunk(reply_id, model_id, {"role": "assistant", "content": ""}))
+    parts: list[Answer] = []
+    try:
+        async for chunk in chunks:
+            parts.append(chunk)
+            if chunk.text:
+                yield sse(chat_chunk(reply_id, model_id, {"content": chunk.text}))
+    except HearthError as exc:
+        yield sse(from_library(exc).body())
         yield DONE
-
-    return event_stream(events())
+        return
+    answer = add_up(parts) if parts else None
+    cited = citations(answer, folder) if answer else []
+    yield sse(chat_chunk(reply_id, model_id, {}, "stop", citations=cited, session_id=session))
+    if include_usage and answer is not None:
+        usage = answer_usage(chat, answer)
+        yield sse({**chat_chunk(reply_id, model_id, {}), "choices": [], "usage": usage})
+    yield DONE
 
 
 def answer_usage(chat: ChatHearth, answer: Answer) -> dict[str, int]:

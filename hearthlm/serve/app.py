@@ -19,6 +19,7 @@ from langchain_core.tools import BaseTool
 from hearthlm.config import HearthConfig, load_config
 from hearthlm.llm import ChatHearth
 from hearthlm.serve import agent_runs, documents, errors, openai_api
+from hearthlm.serve.collections import Collections
 from hearthlm.serve.errors import error_body
 from hearthlm.serve.state import Admission, KeyRing, Models, ServerState, caller, check_bind
 
@@ -111,7 +112,7 @@ def _state(config: HearthConfig, tools: list[BaseTool], chat: ChatHearth | None)
 
     serve = config.serve
     models = Models(config, chat)
-    collections = documents.Collections(config, models.base)
+    collections = Collections(config, models.base)
     sessions = create_engine(history_url(serve.sessions or serve.data_dir / "sessions.sqlite"))
     limit = serve.parallel + serve.max_queue
     return ServerState(

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from langchain_core.tools import BaseTool
@@ -21,6 +21,9 @@ from hearthlm.config import APIKey, HearthConfig
 from hearthlm.errors import ConfigError, ModelLoadError
 from hearthlm.llm import ChatHearth
 from hearthlm.serve.errors import APIError
+
+if TYPE_CHECKING:
+    from hearthlm.serve.collections import Collections
 
 log = logging.getLogger("hearthlm.serve")
 ANONYMOUS = "local"  # the owner of sessions when no key is configured
@@ -259,7 +262,7 @@ class ServerState:
     admission: Admission
     executor: ThreadPoolExecutor
     tools: list[BaseTool]
-    collections: Any  # hearthlm.serve.documents.Collections
+    collections: Collections
     sessions: Any  # an SQLAlchemy engine
     started: float = 0.0
 

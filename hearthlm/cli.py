@@ -524,3 +524,7 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m hearthlm.cli: what torchrun and accelerate launch start
+    main()

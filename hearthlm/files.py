@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_file", "atomic_folder", "old_folder", "write_atomic"]
+__all__ = ["atomic_file", "atomic_folder", "old_folder", "staging_folder", "write_atomic"]
 
 
 @contextmanager
@@ -51,6 +51,12 @@ def old_folder(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
+def staging_folder(target: Path) -> Path:
+    """Where :func:`atomic_folder` stages ``target`` (without ``unique``): ``.<name>.tmp``
+    beside it, so that other processes can add their parts while it is open."""
+    return target.with_name(f".{target.name}.tmp")
+
+
 @contextmanager
 def atomic_folder(target: Path, *, unique: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; when the block ends without an error, it
@@ -68,7 +74,7 @@ def atomic_folder(target: Path, *, unique: bool = False) -> Iterator[Path]:
         )
         old = staging.with_suffix(".old")
     else:
-        staging, old = target.with_name(f".{target.name}.tmp"), old_folder(target)
+        staging, old = staging_folder(target), old_folder(target)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     try:

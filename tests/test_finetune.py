@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from finetune_helpers import FACTS, write_jsonl
 from typer.testing import CliRunner
 
 from hearthlm.config import LLMConfig
@@ -27,20 +28,6 @@ from hearthlm.finetune import (
     finetune,
 )
 from hearthlm.finetune.data import IGNORE, read_conversations, tokenize_chat
-
-FACTS = [
-    ("What colour is a ripe banana?", "A ripe banana is yellow."),
-    ("What do cows drink?", "Cows drink water."),
-    ("How many days are in a week?", "A week has seven days."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-    ("Where do fish live?", "Fish live in water."),
-    ("What season follows winter?", "Spring follows winter."),
-]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

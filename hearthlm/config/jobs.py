@@ -75,6 +75,12 @@ class TrainConfig(StrictModel):
         description="Run training under torch.profiler with profile_memory and write the memory "
         "timeline by category to memory_timeline.json (slow: for diagnosis, a few steps).",
     )
+    fsdp: bool = Field(
+        False,
+        description="On several processes, shard the weights, gradients and optimizer state "
+        "over them (FSDP2, each decoder layer) instead of a whole copy on each (DDP): for "
+        "full and selective fine-tuning of a model one device cannot hold with its optimizer.",
+    )
     seed: int = Field(0, description="Seed of the data order, the initialisation and dropout.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train; auto takes CUDA when present."

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from hearthlm.files import atomic_folder, old_folder
+from hearthlm.files import atomic_folder, old_folder, staging_folder
+from hearthlm.finetune.distributed import Cluster, full_tensor, set_full_tensor
 from hearthlm.runs import read_jsonl
 
 __all__ = [
@@ -28,59 +29,101 @@ __all__ = [
 ]
 
 
-def write_checkpoint(folder: Path, payload: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write ``folder/checkpoint`` atomically: tensors and every random generator to
-    ``state.pt``, the JSON ``state`` beside them. A kill at any moment leaves the old or the new
-    checkpoint whole."""
+def write_checkpoint(
+    folder: Path,
+    payload: dict[str, Any],
+    state: dict[str, Any],
+    own: dict[str, Any] | None = None,
+    cluster: Cluster | None = None,
+) -> None:
+    """Write ``folder/checkpoint`` atomically: ``payload``'s tensors and the JSON ``state``,
+    with ``own`` (this process's part: its optimizer state, under FSDP its shard of it) and
+    every random generator. On several processes each writes its own part
+    (``rank-N.pt``) into the staging folder rank 0 made, and rank 0 then puts the whole in
+    place. A kill at any moment leaves the old or the new checkpoint whole."""
+    cluster = cluster or Cluster()
+    mine = {**(own or {}), "rng": _rng_state()}
+    target = folder / "checkpoint"
+    if not cluster.distributed:
+        with atomic_folder(target) as staging:
+            torch.save({**payload, **mine}, staging / "state.pt")
+            (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        return
+    part = f"rank-{cluster.rank}.pt"
+    if cluster.is_main:
+        with atomic_folder(target) as staging:
+            cluster.barrier()  # the staging folder is there
+            torch.save(mine, staging / part)
+            cluster.barrier()  # every rank's part is written
+            torch.save(payload, staging / "state.pt")
+            (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    else:
+        cluster.barrier()
+        torch.save(mine, staging_folder(target) / part)
+        cluster.barrier()
+    cluster.barrier()  # in place
+
+
+def read_checkpoint(
+    folder: Path, cluster: Cluster | None = None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The payload (with this process's own part) and state of ``folder/checkpoint``, this
+    process's random generators restored, or ``None`` when there is none."""
+    cluster = cluster or Cluster()
+    target = folder / "checkpoint"
+    if cluster.is_main and not (target / "state.json").is_file():
+        old = old_folder(target)  # killed between the two renames of atomic_folder
+        if (old / "state.json").is_file():
+            old.rename(target)
+    cluster.barrier()
+    if not (target / "state.json").is_file():
+        return None
+    state = json.loads((target / "state.json").read_text(encoding="utf-8"))
+    payload = torch.load(target / "state.pt", map_location="cpu", weights_only=False)
+    part = target / f"rank-{cluster.rank}.pt"
+    if part.is_file():  # written by several processes
+        payload.update(torch.load(part, map_location="cpu", weights_only=False))
+    _restore_rng(payload.pop("rng"))
+    return payload, dict(state)
+
+
+def _rng_state() -> dict[str, Any]:
     import numpy as np
 
-    rng = {
+    return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    with atomic_folder(folder / "checkpoint") as staging:
-        torch.save({**payload, "rng": rng}, staging / "state.pt")
-        (staging / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
-def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The payload and state of ``folder/checkpoint`` with the random generators restored, or
-    ``None`` when there is none."""
+def _restore_rng(rng: dict[str, Any]) -> None:
     import numpy as np
 
-    target = folder / "checkpoint"
-    if not (target / "state.json").is_file():
-        old = old_folder(target)  # killed between the two renames of atomic_folder
-        if not (old / "state.json").is_file():
-            return None
-        old.rename(target)
-    state = json.loads((target / "state.json").read_text(encoding="utf-8"))
-    payload = torch.load(target / "state.pt", map_location="cpu", weights_only=False)
-    rng = payload.pop("rng")
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return payload, dict(state)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of ``model``'s trainable tensors, by parameter name."""
+    """CPU copies of ``model``'s trainable tensors, by parameter name (whole, under FSDP: a
+    collective, which every process calls)."""
     return {
-        name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad
+        name: full_tensor(p.detach()).cpu().clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad
     }
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable tensors into ``model``'s parameters of the same names."""
-
+    """Copy saved trainable tensors into ``model``'s parameters of the same names (into this
+    process's shard of each, under FSDP)."""
     own = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            own[name].copy_(value.to(own[name].device))
+    for name, value in weights.items():
+        set_full_tensor(own[name], value)
 
 
 def resume_history(path: Path, up_to: int) -> list[dict[str, Any]]:

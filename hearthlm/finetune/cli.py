@@ -4,6 +4,7 @@ export."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,25 @@ DataOpt = Annotated[
 PairsOpt = Annotated[Path, typer.Option("--data", help="Preference pairs (JSONL chosen/rejected).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder; running again resumes.")]
 LimitOpt = Annotated[int | None, typer.Option(help="First N rows of each dataset.")]
+ProcessesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-processes",
+        help="Train as N processes on this machine (one per GPU, or sharing the CPU cores), as "
+        "torchrun --nproc-per-node N would; the global batch is batch size x grad accum x N.",
+    ),
+]
+
+
+def _launched(processes: int | None) -> bool:
+    """Whether this command was started as ``processes`` processes (and they have finished);
+    ``False`` when this process trains (see :mod:`hearthlm.finetune.launch`)."""
+    from hearthlm.finetune.launch import launch, rank
+
+    if launch(processes, sys.argv[1:]):
+        return True
+    console.quiet = rank() != 0  # one report per run, from rank 0
+    return False
 
 
 def _validated(cls: Any, **values: Any) -> Any:
@@ -92,11 +112,14 @@ def _supervised(method: str) -> Any:
         estimate_memory: Annotated[
             bool, typer.Option(help="Print the peak memory by component and exit; no training.")
         ] = False,
+        num_processes: ProcessesOpt = None,
         config: ConfigOpt = None,
         model: ModelOpt = None,
         set_values: cli_settings.SetOpt = None,
         **values: Any,
     ) -> None:
+        if _launched(num_processes):
+            return
         own = method_class(method)
         fields = {f for c in available_methods().values() for f in c.model_fields} - {"method"}
         _refuse_foreign_options(method, {k: v for k, v in values.items() if k in fields})
@@ -129,9 +152,7 @@ def _supervised(method: str) -> Any:
             "log": console.print,
         }
         if estimate_memory:
-            peak = estimate_finetune_memory(specs, **options)
-            batch = settings.train.batch_size
-            console.print(peak.table(f"estimated training peak ({method}, batch {batch}):"))
+            _print_estimate(estimate_finetune_memory(specs, **options), method, settings.train)
             return
         _report(finetune(specs, out, **options), out)
 
@@ -144,6 +165,20 @@ def _supervised(method: str) -> Any:
     first = (method_class(method).__doc__ or method).strip().splitlines()[0]
     run.__doc__ = f"{first}\n\nEvery option is a \\[finetune] setting of hearth.toml too."
     return cli_settings.command(run, extra, name=method)
+
+
+def _print_estimate(peak: Any, method: str, train: TrainConfig) -> None:
+    """The estimated peak by component; on several processes, each process's, by rank 0."""
+    from hearthlm.finetune.distributed import Cluster
+
+    cluster = Cluster.from_environment()
+    title = f"estimated training peak ({method}, batch {train.batch_size}"
+    if not cluster.distributed:
+        console.print(peak.table(f"{title}):"))
+        return
+    for rank, own in enumerate(cluster.gather(peak)):
+        if cluster.is_main:
+            console.print(own.table(f"{title} per process, process {rank}):"))
 
 
 def _report(run: Any, out: Path) -> None:
@@ -194,6 +229,7 @@ def _reward(
     data: PairsOpt,
     out: OutOpt,
     limit: LimitOpt = None,
+    num_processes: ProcessesOpt = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     set_values: cli_settings.SetOpt = None,
@@ -203,6 +239,8 @@ def _reward(
 
     Every option is a \\[finetune] setting of hearth.toml too (\\[finetune.train],
     \\[finetune.reward])."""
+    if _launched(num_processes):
+        return
     cfg = _config(
         config,
         model,
@@ -256,6 +294,7 @@ def _dpo(
     data: PairsOpt,
     out: OutOpt,
     limit: LimitOpt = None,
+    num_processes: ProcessesOpt = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     set_values: cli_settings.SetOpt = None,
@@ -265,6 +304,8 @@ def _dpo(
 
     Every option is a \\[finetune] setting of hearth.toml too (\\[finetune.train],
     \\[finetune.dpo])."""
+    if _launched(num_processes):
+        return
     cfg = _config(
         config,
         model,

@@ -21,6 +21,7 @@ from typing import Any
 from hearthlm.config import DPOSettings, LLMConfig
 from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.files import atomic_folder, write_atomic
+from hearthlm.finetune.distributed import Cluster
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, lora_config, quiet_peft
 from hearthlm.finetune.pairs import read_preference_pairs
 from hearthlm.finetune.run import load_base
@@ -107,20 +108,27 @@ def train_dpo(
         "max_length": max_length,
         "validation": validation,
     }
-    # Resume only the same run: TRL would resume any checkpoint it finds in out/trl.
-    claim_run(
-        out,
-        run_identity(settings, [data]),
-        TrainingError(f"{out} holds a different DPO run; choose another --out or delete it."),
-    )
+    # Resume only the same run: TRL would resume any checkpoint it finds in out/trl. On
+    # several processes (TRL's trainer runs on accelerate, DDP) rank 0 claims and writes.
+    cluster = Cluster.from_environment(cpu=train.device == "cpu")
+    identity = run_identity(settings, [data])
+    refusal = TrainingError(f"{out} holds a different DPO run; choose another --out or delete it.")
+    cluster.on_main(lambda: claim_run(out, identity, refusal))
+    resume = cluster.on_main(lambda: last_whole_checkpoint(out / "trl"))
+    resume = cluster.gather(resume)[0]  # rank 0's choice, torn checkpoints removed
     model, tokenizer, backend = load_base(llm)
     cut = max(1, round(len(rows) * validation)) if validation and len(rows) > 1 else 0
     args = _trl_arguments(out, train, beta, max_length, backend.device, validate=bool(cut))
-    trained, history = _train(model, tokenizer, args, method, rows, cut, out)
+    trained, history = _train(model, tokenizer, args, method, rows, cut, resume)
+    cluster.on_main(lambda: _save(trained, history, out))
+    return DPORun(out, history)
+
+
+def _save(trained: Any, history: list[dict[str, Any]], out: Path) -> None:
+    """The adapter, ``metrics.jsonl`` and the loss curve."""
     with atomic_folder(out / "adapter") as staging:
         trained.save_pretrained(staging)
     _write_history(history, out)
-    return DPORun(out, history)
 
 
 def _trl_arguments(
@@ -174,10 +182,10 @@ def _train(
     method: LoraConfig,
     rows: list[dict[str, Any]],
     cut: int,
-    out: Path,
+    resume: str | None,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Train (resuming the last whole checkpoint in ``out/trl``) on ``rows[cut:]``, validating
-    on ``rows[:cut]``: the trained model, and TRL's log history."""
+    """Train (from the checkpoint ``resume``, where one is given) on ``rows[cut:]``,
+    validating on ``rows[:cut]``: the trained model, and TRL's log history."""
     from datasets import Dataset
     from trl import DPOTrainer
 
@@ -191,7 +199,7 @@ def _train(
             processing_class=tokenizer,
             peft_config=lora_config(method),
         )
-        trainer.train(resume_from_checkpoint=last_whole_checkpoint(out / "trl"))
+        trainer.train(resume_from_checkpoint=resume)
     return trainer.model, [dict(h) for h in trainer.state.log_history]
 
 

@@ -30,6 +30,7 @@ from hearthlm.finetune.checkpoints import (
     trainable_state,
     write_checkpoint,
 )
+from hearthlm.finetune.distributed import refuse_several
 from hearthlm.finetune.methods import LoraConfig, MethodConfig, count_parameters, prepare
 from hearthlm.finetune.pairs import transcript_messages
 from hearthlm.finetune.reward import RewardModel
@@ -39,6 +40,14 @@ from hearthlm.plots import saved_figure
 from hearthlm.progress import progress_bar
 from hearthlm.rows import BadRows, read_rows
 from hearthlm.runs import append_jsonl, claim_run, fingerprint, run_identity
+
+# Why PPO is not data-parallel here: an iteration is one batch of sampled replies, and what it
+# does with them (advantages whitened over the batch, the KL coefficient adapted to the batch's
+# KL, the update stopped once the KL passes its bound) are decisions over the whole batch.
+PPO_SINGLE_PROCESS = (
+    "an iteration is one batch of sampled replies whose advantage whitening, adaptive KL "
+    "coefficient and KL bound are decisions over the whole batch"
+)
 
 
 @dataclass
@@ -346,6 +355,7 @@ class PPOTrainer:
 
         if not prompts:
             raise TrainingError("PPO needs prompts")
+        refuse_several("PPO", PPO_SINGLE_PROCESS)
         settings = {
             "config": self.config.model_dump(),
             "prompts": fingerprint(prompts),

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from hearthlm.config import LLMConfig, PairTraining
-from hearthlm.errors import TrainingError
+from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.files import atomic_folder, write_atomic
+from hearthlm.finetune.distributed import Cluster, sharding
 from hearthlm.finetune.methods import (
     FullConfig,
     LoraConfig,
@@ -95,14 +96,18 @@ class PairwiseObjective:
             [s + [self.pad] * (width - len(s)) for s in sequences], device=trainer.device
         )
         mask = (ids != self.pad).long()
-        with torch.autocast(trainer.device, dtype=torch.bfloat16, enabled=trainer.bf16):
-            return trainer.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+        with torch.autocast(trainer.device_type, dtype=torch.bfloat16, enabled=trainer.bf16):
+            return trainer.net(input_ids=ids, attention_mask=mask).logits[:, 0].float()
 
     def loss(self, trainer: Trainer, pairs: list[Pair]) -> tuple[torch.Tensor, int]:
 
         scores = self.rewards(trainer, [p.chosen for p in pairs] + [p.rejected for p in pairs])
         chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
         return -torch.nn.functional.logsigmoid(chosen - rejected).sum(), len(pairs)
+
+    def count(self, pairs: list[Pair]) -> int:
+        """One loss term per pair."""
+        return len(pairs)
 
     def validate(self, trainer: Trainer, pairs: list[Pair]) -> dict[str, float]:
         wins = 0
@@ -191,14 +196,22 @@ def train_reward_model(
         "max_length": max_length,
         "limit": limit,
     }
-    claim_run(
-        out,
-        run_identity(settings, [data]),
-        TrainingError(f"{out} holds a different reward-model run; use another --out or delete it."),
+    if sharding(train.fsdp):
+        raise ConfigError(
+            "the reward model trains with DDP only: its adapter and score head are small "
+            "enough for every process to hold. Leave out --fsdp."
+        )
+    cluster = Cluster.from_environment(cpu=train.device == "cpu")
+    log = cluster.silenced(log)
+    identity = run_identity(settings, [data])
+    refusal = TrainingError(
+        f"{out} holds a different reward-model run; use another --out or delete it."
     )
+    cluster.on_main(lambda: claim_run(out, identity, refusal))
     random.Random(train.seed).shuffle(pairs)
     cut = max(1, round(len(pairs) * validation)) if validation else 0
     held_out, train_pairs = pairs[:cut], pairs[cut:]
+    cluster.check_divides(len(train_pairs), "training pairs", "--limit or --validation")
     parameters = count_parameters(model)
     log(f"reward model: {len(train_pairs)} train / {len(held_out)} validation pairs")
     log(str(parameters))
@@ -213,12 +226,11 @@ def train_reward_model(
         pad_id=pad,
         progress=progress,
         objective=PairwiseObjective(pad),
+        cluster=cluster,
     )
     result = trainer.fit()
     accuracy = _final_accuracy(trainer, result)
-    with atomic_folder(out / "adapter") as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    cluster.on_main(lambda: _save_adapter(model, tokenizer, out))
     summary = {
         "base": str(base_folder(llm)),
         "pad_id": pad,
@@ -230,8 +242,14 @@ def train_reward_model(
         "batch_size": train.batch_size,
         "train_seconds": round(result.seconds, 1),
     }
-    write_atomic(out / REWARD_FILE, json.dumps(summary, indent=2))
+    cluster.on_main(lambda: write_atomic(out / REWARD_FILE, json.dumps(summary, indent=2)))
     return RewardRun(out, parameters, result, accuracy)
+
+
+def _save_adapter(model: Any, tokenizer: Any, out: Path) -> None:
+    with atomic_folder(out / "adapter") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 def _final_accuracy(trainer: Trainer, result: TrainResult) -> float | None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hearthlm.config import FinetuneConfig, LLMConfig
-from hearthlm.errors import TrainingError
+from hearthlm.errors import ConfigError, TrainingError
 from hearthlm.files import atomic_folder, write_atomic
 from hearthlm.finetune.data import DataSpec, build_dataset
+from hearthlm.finetune.distributed import Cluster, full_state_dict, sharding
 from hearthlm.finetune.memory import MemoryBreakdown
 from hearthlm.finetune.methods import (
     LoraConfig,
@@ -87,6 +88,7 @@ def finetune(
     train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
     llm = llm or LLMConfig()
     max_length, validation, pack = _run_defaults(max_length, validation, pack)
+    _check_sharding(method, train)
     settings = {
         "method": method.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),
@@ -97,23 +99,36 @@ def finetune(
         "pack": pack,
         "mix_total": mix_total,
     }
+    cluster = Cluster.from_environment(cpu=train.device == "cpu")
+    log = cluster.silenced(log)
     # Resume only the same run: the same data, method and training settings.
-    claim_run(
-        out,
-        run_identity(settings, [d.path for d in data]),
-        TrainingError(
-            f"{out} holds a different fine-tuning run; choose another --out or delete it."
-        ),
+    identity = run_identity(settings, [d.path for d in data])
+    refusal = TrainingError(
+        f"{out} holds a different fine-tuning run; choose another --out or delete it."
     )
+    cluster.on_main(lambda: claim_run(out, identity, refusal))
     setup = _set_up(
         data, out, method, train, llm, max_length, validation, pack, mix_total, log, progress
     )
     estimate = setup.trainer.estimate_memory().megabytes() if estimate_memory else None
     result = setup.trainer.fit()
-    save_output(setup.model, setup.tokenizer, method, out)
+    model = _save_result(setup, method, llm, out)
     summary = _summary(settings, setup, result, estimate)
-    write_atomic(out / SUMMARY, json.dumps(summary, indent=2))
-    return FinetuneResult(out, setup.parameters, setup.report, result, setup.model, estimate)
+    cluster.on_main(lambda: write_atomic(out / SUMMARY, json.dumps(summary, indent=2)))
+    return FinetuneResult(out, setup.parameters, setup.report, result, model, estimate)
+
+
+def _save_result(setup: _Setup, method: MethodConfig, llm: LLMConfig, out: Path) -> Any:
+    """The trained result saved by rank 0 (:func:`save_output`), and returned. An FSDP-sharded
+    model is gathered whole into a copy of the base model first, the copy returned on rank 0."""
+    trainer, model = setup.trainer, setup.model
+    if trainer.fsdp:
+        whole = full_state_dict(trainer.model)  # every rank takes part; rank 0 gets it
+        if trainer.cluster.is_main:
+            model = load_base(llm)[0]
+            model.load_state_dict(whole)
+    trainer.cluster.on_main(lambda: save_output(model, setup.tokenizer, method, out))
+    return model
 
 
 def _summary(
@@ -169,11 +184,25 @@ def estimate_finetune_memory(
     method, llm = method or LoraConfig(), llm or LLMConfig()
     train = (train or TrainConfig()).with_default_learning_rate(method.learning_rate)
     max_length, validation, pack = _run_defaults(max_length, validation, pack)
+    _check_sharding(method, train)
     with tempfile.TemporaryDirectory() as folder:
         setup = _set_up(
             data, Path(folder), method, train, llm, max_length, validation, pack, mix_total, log
         )
         return setup.trainer.estimate_memory()
+
+
+def _check_sharding(method: MethodConfig, train: TrainConfig) -> None:
+    """Refuse FSDP for a method that trains an adapter, before anything is written.
+
+    Raises:
+        ConfigError: FSDP asked of an adapter method, or DeepSpeed of the trainer.
+    """
+    if sharding(train.fsdp) and method.output == "adapter":
+        raise ConfigError(
+            f"FSDP shards full and selective fine-tuning; {method.method}'s adapter is small "
+            "enough for every process to hold (DDP, without --fsdp)."
+        )
 
 
 def _run_defaults(
@@ -223,6 +252,10 @@ def _set_up(
         total=mix_total,
     )
     report = dataset.report()
+    cluster = Cluster.from_environment(cpu=train.device == "cpu")
+    cluster.check_divides(
+        len(dataset.train), "training examples", "--limit, --mix-total or --validation"
+    )
     log(
         f"data: {report['train_examples']} train / {report['validation_examples']} validation "
         f"examples, {report['truncated']} truncated to {max_length} tokens, "
@@ -236,7 +269,14 @@ def _set_up(
     log(str(parameters))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = Trainer(
-        model, dataset.train, dataset.validation, train, out, pad_id=int(pad), progress=progress
+        model,
+        dataset.train,
+        dataset.validation,
+        train,
+        out,
+        pad_id=int(pad),
+        progress=progress,
+        cluster=cluster,
     )
     return _Setup(model, tokenizer, backend, trainer, parameters, report)
 

@@ -31,6 +31,7 @@ from hearthlm.finetune.checkpoints import (
     write_checkpoint,
 )
 from hearthlm.finetune.data import IGNORE, Example
+from hearthlm.finetune.distributed import Cluster, sharding
 from hearthlm.finetune.memory import (
     MemoryBreakdown,
     MemoryMeter,
@@ -75,6 +76,11 @@ class Objective(Protocol):
 
     def loss(self, trainer: Trainer, examples: list[Any]) -> tuple[torch.Tensor, int]:
         """The summed loss over ``examples`` (a tensor with grad) and how many terms it sums."""
+        ...
+
+    def count(self, examples: list[Any]) -> int:
+        """How many terms :meth:`loss` sums over ``examples``, known before the forward pass
+        (a step's processes agree on its total first)."""
         ...
 
     def validate(self, trainer: Trainer, examples: list[Any]) -> dict[str, float]:
@@ -157,11 +163,13 @@ class Trainer:
         pad_id: int,
         progress: bool = True,
         objective: Objective | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
-
         if not train:
             raise TrainingError("no training examples")
-        self.model = model
+        self.cluster = cluster or Cluster()
+        self.cluster.check_divides(len(train), "training examples")
+        self.module = model  # the model itself: its weights are saved and loaded
         self.train_examples = list(train)
         self.validation = list(validation)
         self.config = config
@@ -172,17 +180,25 @@ class Trainer:
         # model's pairwise loss) supplies ``loss(trainer, examples) -> (sum, count)``.
         self.objective = objective
         self._stream: Iterator[tuple[int, list[Example]]] = iter(())  # fit's micro-batches
+        self._own = False  # see net
         self.device = pick_device(config.device)
-        self.bf16 = use_bf16(config.bf16, self.device)
+        if self.cluster.distributed and self.device == "cuda":
+            self.device = f"cuda:{self.cluster.local_rank}"
+        self.bf16 = use_bf16(config.bf16, self.device_type)
         if config.activation_checkpointing:
             # transformers' own API, on the model PEFT wraps where it wraps one
             base: Any = getattr(model, "get_base_model", lambda: model)()
             base.activation_checkpointing_enable()
             base.config.use_cache = False
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError("the model has no trainable parameters")
-        per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
+        # what the forward pass runs through: DDP or FSDP2 on several processes; wrapped before
+        # the optimizer is made, since FSDP replaces the parameters with their shards
+        self.fsdp = self.cluster.distributed and sharding(config.fsdp)
+        self.model = self.cluster.wrap(model, self.fsdp, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        global_batch = config.batch_size * config.grad_accum * self.cluster.world_size
+        per_epoch = math.ceil(len(train) / global_batch)
         self.total_steps = config.max_steps or max(1, math.ceil(per_epoch * config.epochs))
         rate = config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATE
         self.optimizer = torch.optim.AdamW(self.params, lr=rate, weight_decay=config.weight_decay)
@@ -204,13 +220,42 @@ class Trainer:
         return order
 
     def _micro_batches(self, epoch: int, start: int) -> Iterator[tuple[int, list[Example]]]:
+        """This rank's slices of the epoch's global micro-batches (``batch_size x world size``
+        examples of the seeded order), from position ``start``, with the position after each."""
         order = self._order(epoch)
-        size = self.config.batch_size
+        size = self.config.batch_size * self.cluster.world_size
         for position in range(start, len(order), size):
-            yield (
-                position + size,
-                [self.train_examples[i] for i in order[position : position + size]],
-            )
+            batch = [self.train_examples[i] for i in order[position : position + size]]
+            yield position + size, self.cluster.shard(batch)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What a forward pass runs through: the wrapped model (DDP averages the gradients,
+        FSDP gathers each layer's weights), but under DDP the model itself outside training
+        steps (:meth:`_on_own`), where each process runs its own share of the work and DDP
+        would wait for a backward pass or for the others."""
+        return self.module if self._own and not self.fsdp else self.model
+
+    @contextlib.contextmanager
+    def _on_own(self) -> Iterator[None]:
+        """Within: forward passes that are not a training step (validation, the estimate)."""
+        self._own = True
+        try:
+            yield
+        finally:
+            self._own = False
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu``, as autocast names devices (``self.device`` may be ``cuda:1``)."""
+        return self.device.split(":")[0]
+
+    def _count(self, examples: list[Any]) -> int:
+        """The terms the loss sums over ``examples``: completion tokens (each but the first
+        position of an example is predicted), or the objective's own."""
+        if self.objective is not None:
+            return self.objective.count(examples)
+        return sum(x != IGNORE for e in examples for x in e.labels[1:])
 
     def _collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
 
@@ -236,9 +281,9 @@ class Trainer:
         # predicts token t + 1; prompt tuning's virtual tokens come first and predict nothing.
         targets = batch["labels"][:, 1:]
         wanted = targets != IGNORE  # (batch, width - 1)
-        keep = torch.nn.functional.pad(wanted, (_virtual_tokens(self.model), 1))
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(
+        keep = torch.nn.functional.pad(wanted, (_virtual_tokens(self.module), 1))
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.net(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 logits_to_keep=keep,
@@ -250,20 +295,34 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss per completion token (per pair for the reward model), and whatever
-        else the objective measures (pairwise accuracy)."""
-
+        else the objective measures (pairwise accuracy), over every process's share of the
+        validation set. Under FSDP every process runs the whole set, since each forward pass
+        gathers the weights from all of them."""
         if not self.validation:
             return {}
+        sharded = self.cluster.distributed and not self.fsdp
+        examples = (
+            self.validation[self.cluster.rank :: self.cluster.world_size]
+            if sharded
+            else self.validation
+        )
         self.model.eval()
         total, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(self.validation), self.config.batch_size):
-                loss, n = self._loss(list(self.validation[i : i + self.config.batch_size]))
+        with torch.no_grad(), self._on_own():
+            for i in range(0, len(examples), self.config.batch_size):
+                loss, n = self._loss(list(examples[i : i + self.config.batch_size]))
                 total, count = total + float(loss), count + n
             extra = {}
-            if self.objective is not None:
-                extra = self.objective.validate(self, self.validation)
+            if self.objective is not None and examples:
+                extra = self.objective.validate(self, examples)
         self.model.train()
+        if sharded:  # sums over the ranks; the objective's figures are means, weighted by share
+            names = sorted(extra)
+            sums = self.cluster.sum(
+                [total, count, len(examples), *(extra[k] * len(examples) for k in names)]
+            )
+            total, count = sums[0], int(sums[1])
+            extra = {k: sums[3 + i] / max(sums[2], 1) for i, k in enumerate(names)}
         return {"validation_loss": total / max(count, 1), **extra}
 
     def estimate_memory(self) -> MemoryBreakdown:
@@ -272,8 +331,8 @@ class Trainer:
         """
         largest = max(self._planned_batches(), key=self._batch_weight)
         self.model.to(self.device).train()
-        with forward_buffers_unmapped(self.config.return_freed_memory):
-            return estimate(self.model, lambda: self._loss(largest)[0], _vocab_size(self.model))
+        with forward_buffers_unmapped(self.config.return_freed_memory), self._on_own():
+            return estimate(self.module, lambda: self._loss(largest)[0], _vocab_size(self.module))
 
     def _planned_batches(self) -> Iterator[list[Any]]:
         """The micro-batches this run will train on, in order (without resuming)."""
@@ -300,30 +359,37 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``total_steps`` (or early stopping), resuming from the folder's checkpoint:
         each step logged to ``metrics.jsonl``, validated every ``eval_every`` steps (the best
-        weights kept), checkpointed every ``save_every``."""
-
+        weights kept), checkpointed every ``save_every``. On several processes rank 0 writes
+        the log, the checkpoints and the plot; every rank measures its own memory."""
+        main = self.cluster.is_main
         state = self._resume() or TrainState()
         if state.step == 0:
             random.seed(self.config.seed)
             torch.manual_seed(self.config.seed)
         metrics_path = self.folder / "metrics.jsonl"
-        history = resume_history(metrics_path, state.step)
+        # every process keeps the log (the same records: losses are reduced); rank 0 writes it
+        found = resume_history(metrics_path, state.step) if main else None
+        history: list[dict[str, Any]] = self.cluster.gather(found)[0]
         self.model.to(self.device).train()
         # Measuring hooks every saved tensor and resets the process's peak: only when asked.
         meter = None
         if self.config.measure_memory:
-            meter = MemoryMeter(self.model, self.optimizer, _vocab_size(self.model), self.device)
+            meter = MemoryMeter(self.module, self.optimizer, _vocab_size(self.module), self.device)
             meter.start()
         started = time.perf_counter() - state.seconds
         stopped_early = False
         train_loss = None
         with (
             progress_bar(
-                self.progress, self.total_steps, "training", completed=state.step, metric="loss"
+                self.progress and main,
+                self.total_steps,
+                "training",
+                completed=state.step,
+                metric="loss",
             ) as advance,
             contextlib.closing(meter) if meter else contextlib.nullcontext(),  # hooks removed
             meter.saving() if meter else contextlib.nullcontext(),
-            profiled(self.config.profile_memory, self.folder, self.device),
+            profiled(self.config.profile_memory and main, self.folder, self.device),
         ):
             self._stream = self._batches(state)
             while state.step < self.total_steps:
@@ -333,7 +399,8 @@ class Trainer:
                 if state.step % self.config.eval_every == 0 or last:
                     self._validate(state, record)
                 history.append(record)
-                append_jsonl(metrics_path, [record])
+                if main:
+                    append_jsonl(metrics_path, [record])
                 advance(1, train_loss)
                 patience = self.config.early_stopping
                 if patience and state.bad_evals >= patience:
@@ -344,6 +411,8 @@ class Trainer:
                     state.seconds = time.perf_counter() - started
                     self._checkpoint(state)
         memory = meter.report() if meter else unmeasured()
+        if self.cluster.distributed:  # each process's own, in rank order
+            memory = {**memory, "per_process": self.cluster.gather(memory)}
         return self._finish(state, history, train_loss, stopped_early, started, memory)
 
     def _record(self, state: TrainState, train_loss: float) -> dict[str, Any]:
@@ -370,7 +439,8 @@ class Trainer:
         if stopped_early and (self.folder / "best").is_dir():
             self._load_weights(self.folder / "best")
         seconds = time.perf_counter() - started
-        plot_curve(history, self.folder / "loss.png")
+        if self.cluster.is_main:
+            plot_curve(history, self.folder / "loss.png")
         vals = [h["validation_loss"] for h in history if "validation_loss" in h]
         return TrainResult(
             steps=state.step,
@@ -386,20 +456,24 @@ class Trainer:
         )
 
     def _step(self, state: TrainState, meter: MemoryMeter | None) -> float:
-        """One optimizer step over ``grad_accum`` micro-batches; returns its training loss."""
+        """One optimizer step over ``grad_accum`` micro-batches (on every process, its slice of
+        each); returns the step's training loss, over the global batch.
 
-        loss_sum, token_sum = 0.0, 0
-        losses = []
-        for _ in range(self.config.grad_accum):
-            examples = self._next_micro_batch(state)
-            with forward_buffers_unmapped(self.config.return_freed_memory):
-                loss, n = self._loss(examples)
-            losses.append((loss, n))
-            token_sum += n
-            state.input_tokens += sum(map(len, examples))
-        # Token-weighted over the accumulated micro-batches, as one big batch would be.
-        for loss, _ in losses:
-            (loss / max(token_sum, 1)).backward()
+        The step's loss terms are counted first, over every process: each micro-batch's loss
+        sum is then divided by that global count (times the world size, since DDP and FSDP
+        average the processes' gradients), so the gradient is the token-weighted one of the
+        global batch, the one a single process with the whole batch computes."""
+        batches = [self._next_micro_batch(state) for _ in range(self.config.grad_accum)]
+        counts = self.cluster.sum(
+            [sum(map(self._count, batches)), sum(len(e) for b in batches for e in b)]
+        )
+        token_sum, world = max(int(counts[0]), 1), self.cluster.world_size
+        loss_sum = 0.0
+        for i, examples in enumerate(batches):
+            with self._gradient_sync(i == len(batches) - 1):
+                with forward_buffers_unmapped(self.config.return_freed_memory):
+                    loss, _ = self._loss(examples)
+                (loss * world / token_sum).backward()
             loss_sum += float(loss.detach())
         if self.config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
@@ -411,8 +485,19 @@ class Trainer:
         if meter:
             meter.grads_freed()
         state.step += 1
-        state.tokens += token_sum
-        return loss_sum / max(token_sum, 1)
+        state.tokens += int(counts[0])
+        state.input_tokens += int(counts[1])
+        return self.cluster.sum([loss_sum])[0] / token_sum
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """Within: the backward pass averages the gradients over the processes only when
+        ``sync`` (the step's last micro-batch); the others just accumulate."""
+        if sync or not self.cluster.distributed:
+            return contextlib.nullcontext()
+        no_sync: Any = getattr(self.model, "no_sync", None)
+        if no_sync is not None:  # DDP
+            return no_sync()
+        return _fsdp_without_sync(self.model)
 
     def _next_micro_batch(self, state: TrainState) -> list[Example]:
         """The next micro-batch, in the seeded order of its epoch; past the last, the first of
@@ -448,34 +533,55 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _save_weights(self, folder: Path) -> None:
-
-        with atomic_folder(folder) as staging:
-            torch.save(trainable_state(self.model), staging / "trainable.pt")
+        weights = trainable_state(self.module)  # every rank: FSDP gathers the shards
+        self.cluster.on_main(lambda: _save_trainable(weights, folder))
 
     def _load_weights(self, folder: Path) -> None:
-
-        load_trainable(
-            self.model, torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
-        )
+        saved = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+        load_trainable(self.module, saved)
 
     def _checkpoint(self, state: TrainState) -> None:
-        payload = {
-            "weights": trainable_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
+        shared = {
+            "weights": trainable_state(self.module),
             "scheduler": self.scheduler.state_dict(),
         }
-        write_checkpoint(self.folder, payload, state.as_json())
+        own = {"optimizer": self.optimizer.state_dict()}  # under FSDP, this rank's shard
+        saved = {**state.as_json(), "world_size": self.cluster.world_size}
+        write_checkpoint(self.folder, shared, saved, own=own, cluster=self.cluster)
 
     def _resume(self) -> TrainState | None:
-        found = read_checkpoint(self.folder)
+        found = read_checkpoint(self.folder, self.cluster)
         if found is None:
             return None
         payload, state = found
-        load_trainable(self.model, payload["weights"])
+        written = int(state.get("world_size", 1))
+        if written != self.cluster.world_size:
+            raise TrainingError(
+                f"{self.folder}'s checkpoint was written by {written} process(es); its data "
+                f"order and batches depend on it. Resume with --num-processes {written}, or "
+                "start again in a new --out folder."
+            )
+        load_trainable(self.module, payload["weights"])
         self.model.to(self.device)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         return TrainState.from_json(state)
+
+
+def _save_trainable(weights: dict[str, torch.Tensor], folder: Path) -> None:
+    with atomic_folder(folder) as staging:
+        torch.save(weights, staging / "trainable.pt")
+
+
+@contextlib.contextmanager
+def _fsdp_without_sync(model: torch.nn.Module) -> Iterator[None]:
+    """An FSDP2 model's backward without reducing the gradients (they accumulate locally)."""
+    sharded: Any = model  # an FSDPModule
+    sharded.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        sharded.set_requires_gradient_sync(True)
 
 
 def plot_curve(

@@ -57,16 +57,32 @@ def cached_safetensors(source: ModelSource, cache_dir: Path | None) -> Path:
     """The folder of a GGUF's dequantized safetensors copy, converting it on first use.
 
     The copy is written to a temporary folder and renamed into place, so an interrupted
-    conversion never leaves a half-written model behind.
+    conversion never leaves a half-written model behind. Processes that want the same copy at
+    once (the processes of one training run) take turns under a file lock: one converts, and
+    the others load its copy, which is never replaced under them.
     """
     folder = (cache_dir or default_cache_dir()) / "models" / conversion_key(source.path)
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+    if _converted(folder):
         return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        if not _converted(folder):  # converted while this process waited
+            _convert(source, folder)
+    return folder
+
+
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _convert(source: ModelSource, folder: Path) -> None:
+    """Dequantize the GGUF at ``source`` into a transformers folder at ``folder``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", source.path, folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     directory, name = str(source.path.parent), source.path.name
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
@@ -77,14 +93,13 @@ def cached_safetensors(source: ModelSource, cache_dir: Path | None) -> Path:
             "Check that the file is complete and that the 'gguf' package is installed."
         ) from exc
     _drop_gguf_marker(model)
-    # unique: two processes may convert the same model at once
+    # unique: a process on another machine sharing the cache may convert it at once
     with atomic_folder(folder, unique=True) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "hearthlm_source.json").write_text(
             json.dumps({"gguf": str(source.path), "name": source.name}), encoding="utf-8"
         )
-    return folder
 
 
 def _drop_gguf_marker(model: Any) -> None:

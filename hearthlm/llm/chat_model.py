@@ -147,7 +147,6 @@ class ChatHearth(BaseChatModel):
 
     _engine: Backend | None = PrivateAttr(default=None)
     _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _planner: Planner = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         if "max_tokens" in data:  # LangChain's standard name for the reply's token cap
@@ -161,7 +160,6 @@ class ChatHearth(BaseChatModel):
         if loaded is None and self.backend not in BACKENDS:
             BACKENDS.get(self.backend)  # the error that lists the known backends
         self._engine = loaded
-        self._planner = Planner(self)
 
     @classmethod
     def from_config(cls, config: HearthConfig) -> ChatHearth:
@@ -201,6 +199,12 @@ class ChatHearth(BaseChatModel):
     @property
     def llm_config(self) -> LLMConfig:
         return LLMConfig(**{k: getattr(self, k) for k in _LLM_FIELDS})
+
+    @property
+    def _planner(self) -> Planner:
+        """The prompt and constraint planning of this chat model's own fields (made per use,
+        so that a ``model_copy(update=...)`` plans with the copy's fields, not the original's)."""
+        return Planner(self)
 
     @property
     def engine(self) -> Backend:
@@ -368,7 +372,7 @@ class ChatHearth(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        top = requested_logprobs(kwargs, self.can_score)
+        top = requested_logprobs(kwargs, lambda: self.can_score)
         prepared = self._planner.prepare(messages, kwargs)
         outcome = Outcome()
         held: list[str] = []  # text that may be the start of a tool call
@@ -406,7 +410,7 @@ class ChatHearth(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        top = requested_logprobs(kwargs, self.can_score)
+        top = requested_logprobs(kwargs, lambda: self.can_score)
         prepared = self._planner.prepare(messages, kwargs)
         outcome = Outcome()
         for _ in self._deltas(prepared, self._sampling(kwargs), stop, outcome, top):

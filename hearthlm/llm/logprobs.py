@@ -10,7 +10,7 @@ scoring that ``/v1/completions`` with ``echo`` serves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hearthlm.errors import ConfigError
@@ -19,9 +19,10 @@ from hearthlm.llm.backend import Scored
 MAX_TOP_LOGPROBS = 20  # OpenAI's own bound
 
 
-def requested_logprobs(options: dict[str, Any], can_score: bool) -> int | None:
+def requested_logprobs(options: dict[str, Any], can_score: Callable[[], bool]) -> int | None:
     """How many alternatives per token a call's ``logprobs``/``top_logprobs`` options ask for
-    (0: only the chosen token's), or None when they ask for none.
+    (0: only the chosen token's), or None when they ask for none. ``can_score`` is asked only
+    when they ask for some: on a server it costs a probe request.
 
     Raises:
         ConfigError: ``top_logprobs`` out of range or without ``logprobs``, or a backend that
@@ -35,7 +36,7 @@ def requested_logprobs(options: dict[str, Any], can_score: bool) -> int | None:
     top = int(top or 0)
     if not 0 <= top <= MAX_TOP_LOGPROBS:
         raise ConfigError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {top}.")
-    if not can_score:
+    if not can_score():
         raise ConfigError(
             "logprobs need a backend that scores text (llama.cpp, transformers, or a server "
             "that returns prompt log-probabilities); this one does not."

@@ -181,12 +181,18 @@ def train_reward_model(
     llm = llm or LLMConfig()
     method = method or LoraConfig()
     train = (train or TrainConfig()).with_default_learning_rate(LEARNING_RATE)
+    if sharding(train.fsdp):
+        raise ConfigError(
+            "the reward model trains with DDP only: its adapter and score head are small "
+            "enough for every process to hold. Leave out --fsdp."
+        )
     from transformers import set_seed
 
     set_seed(train.seed)
     model, tokenizer = load_reward_backbone(llm, method)
     pairs = read_pairs(data, tokenizer, max_length)[:limit]
-    # Resume only the same run: the trainer resumes any checkpoint it finds in out.
+    cluster = Cluster.from_environment(cpu=train.device == "cpu")
+    log = cluster.silenced(log)
     settings = {
         "model": llm.model,
         "method": method.model_dump(mode="json"),
@@ -196,41 +202,18 @@ def train_reward_model(
         "max_length": max_length,
         "limit": limit,
     }
-    if sharding(train.fsdp):
-        raise ConfigError(
-            "the reward model trains with DDP only: its adapter and score head are small "
-            "enough for every process to hold. Leave out --fsdp."
-        )
-    cluster = Cluster.from_environment(cpu=train.device == "cpu")
-    log = cluster.silenced(log)
-    identity = run_identity(settings, [data])
-    refusal = TrainingError(
-        f"{out} holds a different reward-model run; use another --out or delete it."
-    )
-    cluster.on_main(lambda: claim_run(out, identity, refusal))
-    random.Random(train.seed).shuffle(pairs)
-    cut = max(1, round(len(pairs) * validation)) if validation else 0
-    held_out, train_pairs = pairs[:cut], pairs[cut:]
+    cluster.on_main(lambda: _claim(out, settings, data))
+    held_out, train_pairs = _split(pairs, validation, train.seed)
     cluster.check_divides(len(train_pairs), "training pairs", "--limit or --validation")
     parameters = count_parameters(model)
     log(f"reward model: {len(train_pairs)} train / {len(held_out)} validation pairs")
     log(str(parameters))
-    out.mkdir(parents=True, exist_ok=True)
     pad = pad_id(tokenizer)
-    trainer = Trainer(
-        model,
-        train_pairs,
-        held_out,
-        train,
-        out,
-        pad_id=pad,
-        progress=progress,
-        objective=PairwiseObjective(pad),
-        cluster=cluster,
-    )
+    objective = PairwiseObjective(pad)
+    trainer = Trainer(model, train_pairs, held_out, train, out, pad_id=pad, progress=progress,
+                      objective=objective, cluster=cluster)  # fmt: skip
     result = trainer.fit()
     accuracy = _final_accuracy(trainer, result)
-    cluster.on_main(lambda: _save_adapter(model, tokenizer, out))
     summary = {
         "base": str(base_folder(llm)),
         "pad_id": pad,
@@ -242,14 +225,33 @@ def train_reward_model(
         "batch_size": train.batch_size,
         "train_seconds": round(result.seconds, 1),
     }
-    cluster.on_main(lambda: write_atomic(out / REWARD_FILE, json.dumps(summary, indent=2)))
+    cluster.on_main(lambda: _save(model, tokenizer, out, summary))
     return RewardRun(out, parameters, result, accuracy)
 
 
-def _save_adapter(model: Any, tokenizer: Any, out: Path) -> None:
+def _claim(out: Path, settings: dict[str, Any], data: Path) -> None:
+    """Make ``out`` this run's folder: resume only the same run (the trainer resumes any
+    checkpoint it finds there)."""
+    refusal = TrainingError(
+        f"{out} holds a different reward-model run; use another --out or delete it."
+    )
+    claim_run(out, run_identity(settings, [data]), refusal)
+
+
+def _split(pairs: list[Pair], validation: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(held out, train): the seeded shuffle's first ``validation`` share, at least one pair."""
+    pairs = list(pairs)
+    random.Random(seed).shuffle(pairs)
+    cut = max(1, round(len(pairs) * validation)) if validation else 0
+    return pairs[:cut], pairs[cut:]
+
+
+def _save(model: Any, tokenizer: Any, out: Path, summary: dict[str, Any]) -> None:
+    """The adapter and score head, then ``hearth_reward.json`` (which marks the folder done)."""
     with atomic_folder(out / "adapter") as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+    write_atomic(out / REWARD_FILE, json.dumps(summary, indent=2))
 
 
 def _final_accuracy(trainer: Trainer, result: TrainResult) -> float | None:

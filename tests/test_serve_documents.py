@@ -321,3 +321,48 @@ def test_tools_given_to_create_app_serve_agent_runs(server, tmp_path):
         ).json()
     assert result["steps"][0]["tool"] == "order_status"
     assert result["steps"][0]["observation"] == "shipped on Monday"
+
+
+def test_a_tool_that_blocks_does_not_block_the_server(server, tmp_path):
+    """An agent's tool runs on a worker thread: while it waits, the server answers others."""
+    import threading
+
+    from conftest import Served, free_port, serve_config
+    from langchain_core.tools import tool
+
+    from hearthlm.llm import ChatHearth
+    from hearthlm.serve import create_app
+
+    entered, release = threading.Event(), threading.Event()
+
+    @tool
+    def order_status(order_id: str) -> str:
+        """The shipping status of an order, by its id (e.g. A-1042)."""
+        entered.set()
+        release.wait(timeout=60)  # a slow backend, held until the test has checked the server
+        return "shipped on Monday"
+
+    chat = ChatHearth.from_backend(server.state.models.base.engine)
+    app = create_app(serve_config(tmp_path), tools=[order_status], chat=chat)
+    with Served(app, free_port(), tmp_path) as own:
+        run: dict = {}
+        body = {"question": "Where is my order A-1042?", "tools": ["order_status"]}
+
+        def agent() -> None:
+            url = f"{own.url}/v1/agent/runs"
+            run.update(httpx.post(url, json={**body, "stream": False}, timeout=120).json())
+
+        worker = threading.Thread(target=agent)
+        worker.start()
+        try:
+            assert entered.wait(timeout=120), "the agent never called its tool"
+            for _ in range(5):
+                start = time.perf_counter()
+                assert httpx.get(f"{own.url}/health", timeout=5).json() == {"status": "ok"}
+                assert time.perf_counter() - start < 1.0
+            assert httpx.get(f"{own.url}/v1/server", timeout=5).status_code == 200
+            assert not run  # all answered while the tool still waits
+        finally:
+            release.set()
+            worker.join(timeout=120)
+    assert run["steps"][0]["observation"] == "shipped on Monday"

@@ -37,6 +37,8 @@ def test_empty_text_is_a_clear_error(llama_chat):
 def test_alternatives_scored_together_match_each_scored_alone(llama_chat, hf_chat):
     context = "The capital of France is"
     options = [" Paris", " banana", " the city of Paris"]
+    more = [" Lyon", " a river", " Rome in Italy", " London", " the capital", " Nice", " yes"]
+    options += [*more, *(f"{word} and more" for word in more)]  # more than one scoring batch
     for chat in (llama_chat, hf_chat):
         together = chat.loglikelihoods(context, options)
         alone = [chat.loglikelihood(context, option) for option in options]

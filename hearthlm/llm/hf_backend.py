@@ -7,6 +7,7 @@ backends stays cheap.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+SCORE_BATCH = 16  # continuations scored at once over one repeated context cache
 
 
 def pick_device(device: str) -> str:
@@ -267,23 +270,44 @@ class TransformersBackend(Backend):
     def loglikelihoods(
         self, context: list[int], continuations: list[list[int]], best_only: bool = False
     ) -> list[float]:
-        import torch  # one padded batch scores every continuation; best_only changes nothing
+        """The context is run once; its KV cache is repeated for each batch of
+        ``SCORE_BATCH`` continuations, so a tool call's hundreds of candidate spans cost their
+        own tokens, not the prompt's again each. ``best_only`` changes nothing here."""
+        import torch
+        from transformers import DynamicCache
 
         if not continuations:
             return []
-        width = len(context) + max(len(c) for c in continuations)
-        rows = [context + c + [0] * (width - len(context) - len(c)) for c in continuations]
-        mask = [[1] * (len(context) + len(c)) + [0] * (width - len(context) - len(c))
-                for c in continuations]  # fmt: skip
+        if not context:
+            return [self.loglikelihood(context, c) for c in continuations]
         with torch.inference_mode():
-            ids = torch.tensor(rows, device=self.device)  # (n, width)
-            attention = torch.tensor(mask, device=self.device)
-            logits = self.model(input_ids=ids, attention_mask=attention).logits.float()
-            logprobs = torch.log_softmax(logits[:, len(context) - 1 : -1], dim=-1)
-            targets = ids[:, len(context) :]  # (n, width - len(context))
-            picked = logprobs.gather(2, targets[:, :, None])[:, :, 0]
-            picked = picked * attention[:, len(context) :]
-            return [float(x) for x in picked.sum(dim=1)]
+            cache = DynamicCache()
+            head = self._forward(input_ids=torch.tensor([context], device=self.device), cache=cache)
+            first = torch.log_softmax(head[0].float(), dim=-1)  # (vocab,): each first token
+            scores = []
+            for start in range(0, len(continuations), SCORE_BATCH):
+                part = continuations[start : start + SCORE_BATCH]
+                scores += self._continued(cache, first, part)
+        return scores
+
+    def _continued(self, cache: Any, first: torch.Tensor, part: list[list[int]]) -> list[float]:
+        """Scores of ``part`` after the context held in ``cache``. Continuations are padded on
+        the right, so no real token attends to padding and no mask is needed."""
+        import torch
+
+        width = max(len(c) for c in part)
+        totals = [float(first[c[0]]) if c else 0.0 for c in part]
+        if width < 2:
+            return totals
+        rows = torch.tensor([c + [0] * (width - len(c)) for c in part], device=self.device)
+        shared = copy.deepcopy(cache)  # repeated in place: the context's own stays whole
+        shared.batch_repeat_interleave(len(part))
+        inputs = {"input_ids": rows[:, :-1], self._cache_kwarg: shared, "use_cache": True}
+        logits = self.model(**inputs).logits.float()  # (n, width - 1, vocab)
+        picked = torch.log_softmax(logits, dim=-1).gather(2, rows[:, 1:, None])[:, :, 0]
+        for i, c in enumerate(part):
+            totals[i] += float(picked[i, : len(c) - 1].sum()) if len(c) > 1 else 0.0
+        return totals
 
     def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:
         import torch

@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-cache-dir '$(LLAMA_CPP)'
 	$(BIN)/python -c "$$OPENMP_CHECK" || $(BIN)/python -m pip install --quiet --no-cache-dir \
 		--force-reinstall --no-deps '$(LLAMA_CPP)'
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,openvino]'
 	touch $(STAMP)
 
 demo: $(STAMP)

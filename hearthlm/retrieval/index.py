@@ -67,12 +67,7 @@ class DocumentIndex:
         import chromadb
 
         self.config = config
-        self.embeddings = embeddings or HearthEmbeddings(
-            config.embedder,
-            batch_size=config.embed_batch_size,
-            device=config.device,
-            precision=config.embed_precision,
-        )
+        self.embeddings = embeddings or HearthEmbeddings.from_config(config)
         settings = chromadb.Settings(anonymized_telemetry=False)
         if config.server:
             url = urlparse(config.server)

@@ -68,12 +68,7 @@ class Collections:
         self.root = config.serve.data_dir / "collections"
         self.root.mkdir(parents=True, exist_ok=True)
         retrieval = config.retrieval
-        self.embeddings = HearthEmbeddings(
-            retrieval.embedder,
-            batch_size=retrieval.embed_batch_size,
-            device=retrieval.device,
-            precision=retrieval.embed_precision,
-        )
+        self.embeddings = HearthEmbeddings.from_config(retrieval)
         self.embeddings.model  # noqa: B018  (load it now: the first request should not wait)
         self.chat = chat
         self._indexes: dict[str, DocumentIndex] = {}

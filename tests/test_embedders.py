@@ -32,7 +32,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "hearthlm" / "models" / "embedders"
 
 
-def test_openvino_vectors_equal_pytorch_ones_and_convert_once(own_cache):
+def test_openvino_vectors_equal_pytorch_ones_and_convert_once(own_cache, capsys):
     fast = HearthEmbeddings(backend="openvino")
     vectors = fast.encode(TEXTS)
     torch_float32 = HearthEmbeddings(precision="float32")
@@ -42,6 +42,9 @@ def test_openvino_vectors_equal_pytorch_ones_and_convert_once(own_cache):
     assert float(np.min(np.sum(vectors * reference, axis=1))) > 0.999
     assert fast.embed_query(TEXTS[0]) == pytest.approx(vectors[0].tolist(), abs=1e-5)
     assert fast.encode([]).shape == (0, 384)
+    shown = HearthEmbeddings(backend="openvino", show_progress=True).encode(TEXTS[:2])
+    assert np.allclose(shown, vectors[:2], atol=1e-5)
+    assert "Embedding: 100%" in capsys.readouterr().err  # the bar, as PyTorch's path shows one
     (converted,) = _converted(own_cache)
     made = (converted / "model.xml").stat().st_mtime_ns
     again = HearthEmbeddings(backend="openvino").encode(TEXTS[:2])  # reads the cached copy

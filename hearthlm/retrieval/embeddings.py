@@ -148,7 +148,12 @@ class HearthEmbeddings(Embeddings):
     def encode(self, texts: list[str]) -> Any:
         """Normalised float32 vectors, shape (len(texts), dim)."""
         if self.backend == "openvino":
-            return self._openvino.encode(texts, self.batch_size)
+            if not self.show_progress:
+                return self._openvino.encode(texts, self.batch_size)
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(texts), desc="Embedding", unit="text") as bar:
+                return self._openvino.encode(texts, self.batch_size, bar.update)
         return self.model.encode(
             texts,
             batch_size=self.batch_size,

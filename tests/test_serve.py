@@ -190,6 +190,10 @@ def test_embeddings_and_models(client, http, embeddings):
     assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == pytest.approx(
         floats.data[0].embedding, abs=1e-6
     )
+    same = client.embeddings.create(model="all-MiniLM-L6-v2", input="a kettle", dimensions=384)
+    assert same.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError, match="gives 384 dimensions"):
+        client.embeddings.create(model="all-MiniLM-L6-v2", input="a kettle", dimensions=128)
 
 
 def test_completions_score_text_as_the_in_process_model_does(client, http, served_chat):

@@ -135,6 +135,11 @@ class HearthEmbeddings(Embeddings):
         """Longest input, in tokens, that the model reads without truncating."""
         return int(self.model.max_seq_length)
 
+    @property
+    def dimension(self) -> int:
+        """Length of each vector."""
+        return int(self.model.get_sentence_embedding_dimension())
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the embedder sees it, special tokens included."""
         return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])

@@ -17,11 +17,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_file", "atomic_folder", "old_folder", "staging_folder", "write_atomic"]
+__all__ = [
+    "atomic_file",
+    "atomic_folder",
+    "made_once",
+    "old_folder",
+    "staging_folder",
+    "write_atomic",
+]
 
 
 @contextmanager
@@ -55,6 +62,21 @@ def staging_folder(target: Path) -> Path:
     """Where :func:`atomic_folder` stages ``target`` (without ``unique``): ``.<name>.tmp``
     beside it, so that other processes can add their parts while it is open."""
     return target.with_name(f".{target.name}.tmp")
+
+
+def made_once(folder: Path, made: Callable[[Path], bool], make: Callable[[Path], None]) -> Path:
+    """``folder``, made by ``make(folder)`` unless ``made(folder)`` says it is there already.
+    Processes that want it at once take turns under a file lock beside it: one makes it, and
+    the others find it made (``make`` should write through :func:`atomic_folder`)."""
+    if made(folder):
+        return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        if not made(folder):  # made while this process waited
+            make(folder)
+    return folder
 
 
 @contextmanager

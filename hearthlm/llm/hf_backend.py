@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
 from hearthlm.errors import ModelLoadError
-from hearthlm.files import atomic_folder
+from hearthlm.files import atomic_folder, made_once
 from hearthlm.llm.adapters import is_bottleneck_folder, load_bottleneck_adapters
 from hearthlm.llm.backend import TEXT_REPLY, Backend, Constraint, GrammarCache, Scored
 from hearthlm.llm.grammar import json_schema_gbnf
@@ -65,15 +65,7 @@ def cached_safetensors(source: ModelSource, cache_dir: Path | None) -> Path:
     the others load its copy, which is never replaced under them.
     """
     folder = (cache_dir or default_cache_dir()) / "models" / conversion_key(source.path)
-    if _converted(folder):
-        return folder
-    from filelock import FileLock
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.with_name(f".{folder.name}.lock")):
-        if not _converted(folder):  # converted while this process waited
-            _convert(source, folder)
-    return folder
+    return made_once(folder, _converted, lambda target: _convert(source, target))
 
 
 def _converted(folder: Path) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hearthlm.errors import ConfigError, ModelLoadError
-from hearthlm.files import atomic_folder
+from hearthlm.files import atomic_folder, made_once
 from hearthlm.llm.sources import conversion_key, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,14 @@ def _check_pooling(model: Any) -> None:
 
 def _converted(model: Any, source: Path, inputs: list[str], version: str) -> Path:
     """The cached OpenVINO IR of ``model``'s transformer, converting it on first use."""
-    from filelock import FileLock
-
     weights = _weights_file(source)
     folder = default_cache_dir() / "models" / "embedders" / _key(conversion_key(weights), version)
-    xml = folder / "model.xml"
-    if xml.is_file():
-        return xml
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.with_name(f".{folder.name}.lock")):
-        if not xml.is_file():  # converted while this process waited
-            _convert(model, folder, inputs, source)
-    return xml
+    made = made_once(
+        folder,
+        lambda f: (f / "model.xml").is_file(),
+        lambda f: _convert(model, f, inputs, source),
+    )
+    return made / "model.xml"
 
 
 def _key(weights_key: str, version: str) -> str:

@@ -382,7 +382,10 @@ def test_a_full_server_answers_429_and_never_hangs(server, llama_chat, tmp_path)
         official = openai.OpenAI(base_url=f"{small.url}/v1", api_key="-", max_retries=0)
         with httpx.Client(base_url=small.url, timeout=60) as c:
             with c.stream("POST", "/v1/chat/completions", json=body) as first:
-                next(first.iter_lines())
+                # keep the line iterator: a discarded one closes the connection, which the
+                # server rightly takes as a client that left, and frees its place
+                lines = first.iter_lines()
+                next(lines)
                 busy = c.post("/v1/chat/completions", json=body)
                 assert busy.status_code == 429 and busy.headers["retry-after"] == "3"
                 assert busy.json()["error"]["type"] == "rate_limit_error"

@@ -9,7 +9,7 @@ export HF_DATASETS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install browser demo test test-fast lint format docs bench cmake-args clean
+.PHONY: install system demo test test-fast lint format docs bench cmake-args clean
 
 install: $(STAMP)
 
@@ -44,17 +44,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-cache-dir '$(LLAMA_CPP)'
 	$(BIN)/python -c "$$OPENMP_CHECK" || $(BIN)/python -m pip install --quiet --no-cache-dir \
 		--force-reinstall --no-deps '$(LLAMA_CPP)'
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench,openvino]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,openvino,scale]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/hearth demo
 
-# The web chat's tests drive Debian's Chromium (Playwright cannot download its own browser here).
-browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# The web chat's tests drive Debian's Chromium (Playwright cannot download its own browser here);
+# the shared index's tests start a real PostgreSQL from Debian's package.
+SYSTEM_PACKAGES = chromium postgresql
+system:
+	@command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES))
 
-test: $(STAMP) browser
+test: $(STAMP) system
 	$(BIN)/python -m pytest
 
 # The edit-test loop: everything but the tests marked slow (real model, training, processes).

@@ -31,6 +31,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 CollectionOpt = Annotated[str | None, typer.Option(help="Chroma collection name.")]
 ServerOpt = Annotated[str | None, typer.Option(help="URL of a `chroma run` server.")]
+StateOpt = Annotated[
+    str | None,
+    typer.Option(help="The index's shared state: an SQLAlchemy URL or an SQLite file."),
+]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index", help="Index folder (embedded).")]
 KOpt = Annotated[int | None, typer.Option("--k", help="Chunks to retrieve.")]
 AnswerOpt = Annotated[
@@ -46,7 +50,7 @@ SECTIONS = {
         ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed"),
         "sampling",
     ),
-    **dict.fromkeys(("collection", "server", "index_dir", "k", "answer"), "retrieval"),
+    **dict.fromkeys(("collection", "server", "state", "index_dir", "k", "answer"), "retrieval"),
 }
 FIELD_NAMES = {"index_dir": "path"}
 

@@ -119,6 +119,42 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL (Debian's `postgresql` package) in a fresh cluster on a free loopback
+    port, trusting local connections; yields its SQLAlchemy URL. The server runs as the
+    ``postgres`` user when the tests run as root, since PostgreSQL refuses root."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed; `make install` installs Debian's postgresql")
+    bin_dir = Path(found[-1]).parent
+    # Not under pytest's own folder, which only root may enter.
+    root = Path(tempfile.mkdtemp(prefix="hearth-postgres-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "hearth",
+                    "-A", "trust", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
+                    "-l", str(root / "server.log"), "-w", "start"], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "hearth", "hearth"], check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql+psycopg://hearth@127.0.0.1:{port}/hearth"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "-w", "stop"], capture_output=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory):
     """llama-cpp-python's own OpenAI server (``python -m llama_cpp.server``) on a free loopback
     port with the packaged GGUF: a real remote engine for the openai backend. It runs with

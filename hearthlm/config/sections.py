@@ -150,6 +150,13 @@ class RetrievalConfig(StrictModel):
     server: str | None = Field(
         None, description="URL of a `chroma run` server (http://host:port); None is embedded."
     )
+    state: str | None = Field(
+        None,
+        description="Where the manifest, chunk texts and runs live: an SQLAlchemy URL "
+        "(postgresql+psycopg://user@host/db for a team) or an SQLite file. None is an SQLite "
+        "file beside the index, which only this machine sees: machines that index into one "
+        "Chroma server, or query it with hybrid search, name one database here.",
+    )
     collection: str = Field("docs", min_length=3, description="Chroma collection name.")
     embedder: str | None = Field(
         None, description="A sentence-transformers folder; None is the packaged MiniLM."

@@ -25,7 +25,7 @@ from hearthlm.retrieval.embeddings import HearthEmbeddings
 from hearthlm.retrieval.ingest import Ingested, captured_warnings, ingest_file
 from hearthlm.retrieval.loaders import LoaderOptions, LoadError, check_size, walk
 from hearthlm.retrieval.splitter import Chunk, TokenSplitter
-from hearthlm.retrieval.store import SidecarStore
+from hearthlm.retrieval.store import Run, SidecarStore
 
 CHROMA_BATCH = 5000
 STORE_SOURCE = "(index)"  # the source named for warnings raised outside any one file
@@ -106,7 +106,7 @@ class DocumentIndex:
                 f"{self.embeddings.name!r}. Query it with the same embedder, or index into a new "
                 "collection."
             )
-        self.store = SidecarStore(state_dir / "hearth.sqlite", config.collection)
+        self.store = SidecarStore(config.state or state_dir / "hearth.sqlite", config.collection)
         self.bm25 = BM25Index(state_dir / "bm25" / config.collection, self.store)
 
     @property
@@ -146,8 +146,8 @@ class DocumentIndex:
             raise RetrievalError(f"nothing to index at {root}: no such file or folder.")
         report = IndexReport()
         try:
-            with captured_warnings() as caught:
-                self._index(root, report, _Progress(progress, observe), follow_links)
+            with captured_warnings() as caught, self.store.begin_run() as run:
+                self._index(root, report, _Progress(progress, observe), follow_links, run)
         except HearthError:
             raise
         except Exception as exc:  # Chroma, SQLite, the disk or the embedder: not one file
@@ -162,7 +162,12 @@ class DocumentIndex:
         return report
 
     def _index(
-        self, root: Path, report: IndexReport, progress: _Progress, follow_links: bool
+        self,
+        root: Path,
+        report: IndexReport,
+        progress: _Progress,
+        follow_links: bool,
+        run: Run,
     ) -> None:
         cfg = self.config
         splitter = TokenSplitter(
@@ -177,10 +182,13 @@ class DocumentIndex:
             max_pdf_pages=cfg.max_pdf_pages,
         )
         changed = False
-        if self.store.get_state("dirty"):
-            self._reconcile()  # the last run was interrupted
+        interrupted, others_live = run.others()
+        if interrupted and not others_live:
+            # A run was killed: Chroma may hold chunks it never recorded. Only with no other run
+            # going, since a live run's chunks are in Chroma a moment before they are recorded.
+            self._reconcile()
+            self.store.forget_runs(interrupted)
             changed = True  # and BM25 may predate the files it finished
-        self.store.set_state("dirty", "1")
         known = self.store.files()
         files = list(walk(root, cfg.include, cfg.exclude))
         if not follow_links:
@@ -205,10 +213,8 @@ class DocumentIndex:
             changed = True
             self._write(pending, known, report, progress)
         if changed:
-            version = int(self.store.get_state("version") or 0) + 1
-            self.store.set_state("version", str(version))
+            self.store.bump_version()
             self.bm25.rebuild()
-        self.store.set_state("dirty", None)
 
     def _load(
         self,

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 import pytest
+import servers
+from servers import free_port
 
 from hearthlm.llm import ChatHearth
 
@@ -69,89 +71,18 @@ def embeddings():
     return emb
 
 
-def _process(command: list[str], health: str, data, seconds: float = 120):
-    """Run ``command`` (a server) with its output in ``data``/server.log, wait until ``health``
-    answers, yield, then stop it."""
-    import subprocess
-    import time
-    import urllib.request
-
-    with (data / "server.log").open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                urllib.request.urlopen(health, timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise RuntimeError(f"{command[0]} did not start; see {data}") from None
-                time.sleep(0.2)
-        yield
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="session")
 def chroma_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `chroma run` server on a free loopback port, for the scale-out code path."""
-    import shutil
-    import sys
-    from pathlib import Path
-
-    port = free_port()
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    data = tmp_path_factory.mktemp("chroma-server")
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        chroma,
-        "run",
-        "--path",
-        str(data / "db"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    for _ in _process(command, f"{url}/api/v2/heartbeat", data, seconds=60):
+    with servers.chroma_server(tmp_path_factory.mktemp("chroma-server")) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A real PostgreSQL (Debian's `postgresql` package) in a fresh cluster on a free loopback
-    port, trusting local connections; yields its SQLAlchemy URL. The server runs as the
-    ``postgres`` user when the tests run as root, since PostgreSQL refuses root."""
-    import glob
-    import shutil
-    import subprocess
-    import tempfile
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed; `make install` installs Debian's postgresql")
-    bin_dir = Path(found[-1]).parent
-    # Not under pytest's own folder, which only root may enter.
-    root = Path(tempfile.mkdtemp(prefix="hearth-postgres-"))
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "hearth",
-                    "-A", "trust", "--no-sync"], check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                    "-l", str(root / "server.log"), "-w", "start"], check=True,
-                   capture_output=True)  # fmt: skip
-    try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                        "hearth", "hearth"], check=True, capture_output=True)  # fmt: skip
-        yield f"postgresql+psycopg://hearth@127.0.0.1:{port}/hearth"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "-w", "stop"], capture_output=True)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+    """A real PostgreSQL in a fresh cluster on a free loopback port: its SQLAlchemy URL."""
+    with servers.postgres() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +101,7 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory):
                "--interrupt_requests", "False", "--verbose", "False",
                "--n_threads", str(os.cpu_count() or 1)]  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in _process(command, f"{url}/models", data):
+    with servers.process(command, f"{url}/models", data):
         yield url
 
 
@@ -220,14 +151,6 @@ def shared_data(relative: str) -> Path:
 
 
 ALPHA, BETA = "alpha-key-0123456789", "beta-key-0123456789"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:

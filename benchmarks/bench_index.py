@@ -15,6 +15,7 @@ skipped with the expected reason, and the mixed run at most 1.2x the good files'
 
     python benchmarks/bench_index.py [--quick] [--save] [--only scifact|awkward]
     python benchmarks/bench_index.py --embedder [--quick] [--save]
+    python benchmarks/bench_index.py --server [--quick] [--save]
 
 ``--embedder`` compares what runs the embedder, in one run: PyTorch float32 (the baseline),
 ``auto`` (bfloat16 on a CPU with native bfloat16) and dynamic int8, and OpenVINO
@@ -23,6 +24,11 @@ encodes the SciFact abstracts (title and text, as one text each, truncated at th
 tokens) and the 809 training queries: texts per second of the abstracts, dense nDCG@10 over the
 whole corpus, and the lowest cosine between its vectors and the baseline's. It is saved as
 ``bench_index_embedder.json``.
+
+``--server`` measures the shared index: a `chroma run` server with its state in PostgreSQL,
+queried at 100,000 chunks from a machine that did not index, and PostgreSQL's full-text search
+against bm25s as the keyword half (see ``_shared_index.py``). It is saved as
+``bench_index_server.json``.
 
 ``--only awkward --save`` updates the awkward figures of the saved result and keeps its SciFact
 figures (the SciFact part takes about 20 minutes on 2 cores).
@@ -52,10 +58,16 @@ def main() -> None:
     cli = parser(__doc__ or "")
     cli.add_argument("--only", choices=["scifact", "awkward"], default=None)
     cli.add_argument("--embedder", action="store_true", help="compare the embedding backends")
+    cli.add_argument("--server", action="store_true", help="the shared index on a server")
     args = cli.parse_args()
     needs(CORPUS)
     if args.embedder:
         emit("bench_index_embedder", embedders(args.quick), args.save)
+        return
+    if args.server:
+        import _shared_index
+
+        emit("bench_index_server", _shared_index.figures(args.quick), args.save)
         return
     work = Path(tempfile.mkdtemp(prefix="bench-index-"))
     figures: dict[str, Any] = {}

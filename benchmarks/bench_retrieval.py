@@ -134,15 +134,16 @@ def latency(index, queries: list[str]) -> dict[str, float]:
     return out
 
 
-def scaled_copy(index, target: int, quick: bool) -> object:
+def scaled_copy(index, target: int, quick: bool, config=None) -> object:
     """A collection of ``target`` chunks made from the real ones (jittered vectors, same texts
-    under new ids): for latency only, so nothing is re-embedded."""
+    under new ids): for latency only, so nothing is re-embedded. It is kept in the benchmarks'
+    cache, or made where ``config`` says (a Chroma server, a shared state)."""
     from hearthlm.config import RetrievalConfig
     from hearthlm.retrieval import DocumentIndex
     from hearthlm.retrieval.splitter import Chunk
 
-    folder = CACHE / f"scaled-{target}"
-    config = RetrievalConfig(path=folder, collection="scaled")
+    if config is None:
+        config = RetrievalConfig(path=CACHE / f"scaled-{target}", collection="scaled")
     scaled = DocumentIndex(config, index.embeddings)
     if scaled.count >= target:
         return scaled
@@ -169,7 +170,7 @@ def scaled_copy(index, target: int, quick: bool) -> object:
         )
         made += len(ids)
         copy += 1
-    scaled.store.set_state("version", str(made))
+    scaled.store.bump_version()
     scaled.bm25.rebuild()
     return scaled
 

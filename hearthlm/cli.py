@@ -244,6 +244,19 @@ def index(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also list library warnings, file by file.")
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Read, split and embed on Ray Data (a local Ray); needs hearthlm\\[scale].",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on this Ray cluster instead ('auto', 'ray://head:10001'); implies --ray."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Index documents incrementally: unchanged files cost nothing, deleted files are removed."""
@@ -251,7 +264,7 @@ def index(
 
     cfg = cli_config(config, **overrides(locals()))
     docs = DocumentIndex(cfg.retrieval)
-    report = docs.index_path(path, progress=not as_json)
+    report = docs.index_path(path, progress=not as_json, ray=ray_address or ray)
     if as_json:
         print(json.dumps(report.as_dict()))
         return

@@ -185,6 +185,15 @@ class RetrievalConfig(StrictModel):
         "most one batch of work.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Embedding device.")
+    ray_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Embedding actors of `hearth index --ray`; None is one per GPU of the "
+        "cluster, or one per ray_actor_cpus CPUs where it has none.",
+    )
+    ray_actor_cpus: float = Field(
+        1.0, gt=0, description="CPUs each embedding actor of `hearth index --ray` takes."
+    )
     chunk_tokens: int | None = Field(
         None, ge=16, description="Largest chunk in embedder tokens; None is the embedder's limit."
     )

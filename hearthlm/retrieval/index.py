@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class DocumentIndex:
         progress: bool = True,
         observe: Observer | None = None,
         follow_links: bool = True,
+        ray: str | bool | None = None,
     ) -> IndexReport:
         """Bring the index up to date with the files under ``root``.
 
@@ -136,6 +138,9 @@ class DocumentIndex:
                 and chunks embedded ("chunks"), for a caller that shows progress itself.
             follow_links: Index files that symbolic links under ``root`` point to; off, a
                 link is skipped (a server's upload folder must not read outside itself).
+            ray: Read, split and embed on Ray Data (``pip install 'hearthlm[scale]'``): True
+                starts a local Ray, a string is the address of a Ray cluster ("auto",
+                "ray://head:10001"). Chunks are written here, with the same crash safety.
 
         Raises:
             RetrievalError: ``root`` does not exist, or the store failed.
@@ -147,7 +152,14 @@ class DocumentIndex:
         report = IndexReport()
         try:
             with captured_warnings() as caught, self.store.begin_run() as run:
-                self._index(root, report, _Progress(progress, observe), follow_links, run)
+                if ray is None or ray is False:
+                    work: Work = InProcess(self)
+                else:
+                    from hearthlm.retrieval.ray_index import RayWork
+
+                    work = RayWork(self, None if ray is True else ray, progress)
+                with work:
+                    self._index(root, report, _Progress(progress, observe), follow_links, run, work)
         except HearthError:
             raise
         except Exception as exc:  # Chroma, SQLite, the disk or the embedder: not one file
@@ -168,19 +180,9 @@ class DocumentIndex:
         progress: _Progress,
         follow_links: bool,
         run: Run,
+        work: Work,
     ) -> None:
         cfg = self.config
-        splitter = TokenSplitter(
-            self.embeddings.tokenizer,
-            min(cfg.chunk_tokens or self.embeddings.max_tokens, self.embeddings.max_tokens),
-            cfg.chunk_overlap,
-        )
-        options = LoaderOptions(
-            cfg.json_text_fields,
-            cfg.json_id_field,
-            max_file_bytes=int(cfg.max_file_mb * 2**20),
-            max_pdf_pages=cfg.max_pdf_pages,
-        )
         changed = False
         interrupted, others_live = run.others()
         if interrupted and not others_live:
@@ -205,44 +207,38 @@ class DocumentIndex:
                 report.files_removed += 1
                 changed = True
         pending: list[tuple[str, str, list[Chunk]]] = []
+        hashes = {path: known[str(path)][0] if str(path) in known else None for path in files}
         with progress.stage(len(files), "files") as advance:
-            for path in files:
-                changed |= self._load(path, known, splitter, options, pending, report)
+            for read in work.read(hashes):
+                changed |= self._take(read, known, pending, report)
                 advance()
         if pending:
             changed = True
-            self._write(pending, known, report, progress)
+            self._write(pending, known, report, progress, work)
         if changed:
             self.store.bump_version()
             self.bm25.rebuild()
 
-    def _load(
+    def _take(
         self,
-        path: Path,
+        read: FileRead,
         known: dict[str, tuple[str, list[str]]],
-        splitter: TokenSplitter,
-        options: LoaderOptions,
         pending: list[tuple[str, str, list[Chunk]]],
         report: IndexReport,
     ) -> bool:
-        """Queue one file's chunks, or skip it; True when the index lost a file's chunks."""
-        source = str(path)
-        try:
-            check_size(path, options)  # before hashing: a huge file is not even read
-            digest = _file_hash(path)
-        except LoadError as exc:
-            outcome = Ingested(skipped=str(exc))
-        except OSError as exc:
-            report.skipped.append((source, f"unreadable: {exc.strerror or exc}"))
-            return False
-        else:
-            if source in known and known[source][0] == digest:
+        """Queue one file's chunks, or count it unchanged or skipped; True when the index lost
+        a file's chunks."""
+        source, outcome = read.source, read.outcome
+        if outcome is None:
+            if read.digest is None:
+                report.skipped.append((source, read.unreadable or "unreadable"))
+            else:
                 report.files_unchanged += 1
-                return False
-            outcome = ingest_file(path, splitter, options)
+            return False
         report.warnings.extend((source, message) for message in outcome.warnings)
         if outcome.skipped is None:
-            pending.append((source, digest, outcome.chunks))
+            assert read.digest is not None
+            pending.append((source, read.digest, outcome.chunks))
             return False
         report.skipped.append((source, outcome.skipped))
         if source in known:  # it was indexed before and is unusable now
@@ -257,6 +253,7 @@ class DocumentIndex:
         known: dict[str, tuple[str, list[str]]],
         report: IndexReport,
         progress: _Progress,
+        work: Work,
     ) -> None:
         """Embed and store new chunks wave by wave; finish each file once all its chunks are in."""
         stored = self.store.chunk_ids()
@@ -267,14 +264,11 @@ class DocumentIndex:
         in_chroma = self._existing([c.id for c in todo])
         recovered = [c for c in todo if c.id in in_chroma]
         self.store.add_chunks(recovered)
-        todo = [c for c in todo if c.id not in in_chroma]
+        todo = _dedupe([c for c in todo if c.id not in in_chroma])
         waiting = list(pending)
         done: set[str] = set(stored) | in_chroma
-        wave_size = self.config.write_batch
         with progress.stage(len(todo), "chunks") as advance:
-            for i in range(0, len(todo), wave_size):
-                wave = _dedupe(todo[i : i + wave_size])
-                vectors = self.embeddings.encode([c.text for c in wave])
+            for wave, vectors in work.embed(todo, self.config.write_batch):
                 self.collection.upsert(
                     ids=[c.id for c in wave],
                     embeddings=vectors,
@@ -285,7 +279,7 @@ class DocumentIndex:
                 report.embedded += len(wave)
                 done.update(c.id for c in wave)
                 waiting = self._finish_files(waiting, done, known, report)
-                advance(len(todo[i : i + wave_size]))
+                advance(len(wave))
         self._finish_files(waiting, done, known, report)
 
     def _finish_files(
@@ -349,6 +343,81 @@ class DocumentIndex:
 
 
 Observer = Callable[[str, int, int], None]
+
+
+@dataclass
+class FileRead:
+    """One file hashed, loaded and split: its ``outcome`` (chunks, or why it was skipped);
+    ``None`` when it is unchanged (``digest`` set) or could not be read (``unreadable``)."""
+
+    source: str
+    digest: str | None
+    outcome: Ingested | None = None
+    unreadable: str | None = None
+
+
+def read_file(
+    path: Path, known_hash: str | None, splitter: TokenSplitter, options: LoaderOptions
+) -> FileRead:
+    """Hash, load and split one file, touching no store: it runs on any worker."""
+    source = str(path)
+    try:
+        check_size(path, options)  # before hashing: a huge file is not even read
+        digest = _file_hash(path)
+    except LoadError as exc:
+        return FileRead(source, None, Ingested(skipped=str(exc)))
+    except OSError as exc:
+        return FileRead(source, None, unreadable=f"unreadable: {exc.strerror or exc}")
+    if digest == known_hash:
+        return FileRead(source, digest)
+    return FileRead(source, digest, ingest_file(path, splitter, options))
+
+
+class Work(ABC):
+    """Where an index run reads files and embeds chunks; the index writes what comes back.
+    A context manager, so that what it starts (a local Ray) stops with the run."""
+
+    def __init__(self, index: DocumentIndex) -> None:
+        cfg = index.config
+        self.embeddings = index.embeddings
+        self.splitter = TokenSplitter(
+            index.embeddings.tokenizer,
+            min(cfg.chunk_tokens or index.embeddings.max_tokens, index.embeddings.max_tokens),
+            cfg.chunk_overlap,
+        )
+        self.options = LoaderOptions(
+            cfg.json_text_fields,
+            cfg.json_id_field,
+            max_file_bytes=int(cfg.max_file_mb * 2**20),
+            max_pdf_pages=cfg.max_pdf_pages,
+        )
+
+    def __enter__(self) -> Work:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @abstractmethod
+    def read(self, hashes: dict[Path, str | None]) -> Iterator[FileRead]:
+        """Each file read (given the hash it was indexed with, if any), as they finish."""
+
+    @abstractmethod
+    def embed(self, chunks: list[Chunk], wave: int) -> Iterator[tuple[list[Chunk], Any]]:
+        """The chunks in waves of at most ``wave``, each with its vectors."""
+
+
+class InProcess(Work):
+    """Files read one by one and chunks embedded in this process."""
+
+    def read(self, hashes: dict[Path, str | None]) -> Iterator[FileRead]:
+        for path, known_hash in hashes.items():
+            yield read_file(path, known_hash, self.splitter, self.options)
+
+    def embed(self, chunks: list[Chunk], wave: int) -> Iterator[tuple[list[Chunk], Any]]:
+        for i in range(0, len(chunks), wave):
+            batch = chunks[i : i + wave]
+            yield batch, self.embeddings.encode([c.text for c in batch])
 
 
 class _Progress:

@@ -1,0 +1,121 @@
+"""Indexing on Ray Data, on a real local Ray with 2 CPUs: the same chunks as indexing in one
+process, vectors of the same embedder, nothing re-embedded on a re-run, and a killed driver's
+run completed by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from retrieval_helpers import write_corpus
+
+from hearthlm.config import RetrievalConfig
+from hearthlm.retrieval import DocumentIndex, HybridRetriever
+
+ray = pytest.importorskip("ray", reason="Ray Data comes with hearthlm[scale]")
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _vectors(index: DocumentIndex) -> dict[str, np.ndarray]:
+    got = index.collection.get(include=["embeddings"])
+    return {i: np.asarray(v) for i, v in zip(got["ids"], got["embeddings"], strict=True)}
+
+
+def _folder(root: Path, count: int) -> Path:
+    root.mkdir(parents=True)
+    for i in range(count):
+        body = "\n\n".join(
+            f"Report {i} section {j} lists part {i * 100 + j}, its supplier, its price and the "
+            f"date it was last ordered, {j + 1} weeks ago."
+            for j in range(12)
+        )
+        (root / f"report{i:02}.txt").write_text(body, encoding="utf-8")
+    return root
+
+
+def test_ray_indexes_the_same_chunks_as_one_process(local_ray, tmp_path: Path):
+    corpus = write_corpus(tmp_path / "docs")
+    _folder(corpus / "reports", 10)
+    # float32 on both sides: bfloat16 vectors differ with the batch they were embedded in
+    config = RetrievalConfig(path=tmp_path / "alone", embed_precision="float32")
+    alone = DocumentIndex(config)
+    alone.index_path(corpus, progress=False)
+    on_ray = DocumentIndex(config.model_copy(update={"path": tmp_path / "ray"}), alone.embeddings)
+    report = on_ray.index_path(corpus, progress=False, ray=True)
+
+    assert report.files_indexed == 15 and report.skipped == []
+    expected, got = _vectors(alone), _vectors(on_ray)
+    assert set(got) == set(expected) == on_ray.store.chunk_ids()
+    assert report.embedded == len(got) > 15
+    cosines = [float(expected[i] @ got[i]) for i in expected]
+    assert min(cosines) >= 0.999
+    assert on_ray.store.files() == alone.store.files()
+    hits = HybridRetriever.from_index(on_ray, k=1).search("flat tyre repair price")
+    assert hits[0].metadata["source"].endswith("page.html")
+
+    again = on_ray.index_path(corpus, progress=False, ray=True)
+    assert (again.embedded, again.chunks_added, again.files_unchanged) == (0, 0, 15)
+
+
+def test_a_killed_ray_driver_is_completed_by_the_next_run(embeddings, tmp_path: Path):
+    corpus = _folder(tmp_path / "reports", 30)
+    index_dir = tmp_path / "idx"
+    env = {
+        **os.environ,
+        "HEARTH_RETRIEVAL__PATH": str(index_dir),
+        "HEARTH_RETRIEVAL__WRITE_BATCH": "16",
+        "HF_HUB_OFFLINE": "1",
+    }
+    hearth = str(Path(sys.executable).with_name("hearth"))
+    proc = subprocess.Popen(
+        [hearth, "index", str(corpus), "--ray", "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    manifest = index_dir / "hearth.sqlite"
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < 3:
+        if manifest.exists():
+            try:
+                with sqlite3.connect(manifest) as db:
+                    done = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+        time.sleep(0.05)
+    assert proc.poll() is None, f"indexing ended before it could be killed: {proc.stderr}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+
+    config = RetrievalConfig(path=index_dir)
+    resumed = DocumentIndex(config, embeddings)
+    before = resumed.count
+    assert before > 0
+    completed = subprocess.run(
+        [hearth, "index", str(corpus), "--ray", "--json"], env=env, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(completed.stdout)
+    assert report["embedded"] <= resumed.count - before + 16  # at most one wave redone
+    ids = resumed.collection.get(include=[])["ids"]
+    reference = DocumentIndex(config.model_copy(update={"collection": "reference"}), embeddings)
+    reference.index_path(corpus, progress=False)
+    assert len(ids) == len(set(ids)) == resumed.store.count()
+    assert set(ids) == set(reference.collection.get(include=[])["ids"])
+    assert resumed.index_path(corpus, progress=False).embedded == 0

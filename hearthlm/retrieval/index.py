@@ -7,10 +7,8 @@ nothing, a changed file replaces only the chunks that changed, and a deleted fil
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,10 +21,11 @@ from hearthlm.errors import HearthError, RetrievalError
 from hearthlm.progress import progress_bar
 from hearthlm.retrieval.bm25 import BM25Index
 from hearthlm.retrieval.embeddings import HearthEmbeddings
-from hearthlm.retrieval.ingest import Ingested, captured_warnings, ingest_file
-from hearthlm.retrieval.loaders import LoaderOptions, LoadError, check_size, walk
-from hearthlm.retrieval.splitter import Chunk, TokenSplitter
+from hearthlm.retrieval.ingest import captured_warnings
+from hearthlm.retrieval.loaders import walk
+from hearthlm.retrieval.splitter import Chunk
 from hearthlm.retrieval.store import Run, SidecarStore
+from hearthlm.retrieval.work import FileRead, InProcess, Work
 
 CHROMA_BATCH = 5000
 STORE_SOURCE = "(index)"  # the source named for warnings raised outside any one file
@@ -153,11 +152,12 @@ class DocumentIndex:
         try:
             with captured_warnings() as caught, self.store.begin_run() as run:
                 if ray is None or ray is False:
-                    work: Work = InProcess(self)
+                    work: Work = InProcess(self.config, self.embeddings)
                 else:
                     from hearthlm.retrieval.ray_index import RayWork
 
-                    work = RayWork(self, None if ray is True else ray, progress)
+                    address = None if ray is True else ray
+                    work = RayWork(self.config, self.embeddings, address)
                 with work:
                     self._index(root, report, _Progress(progress, observe), follow_links, run, work)
         except HearthError:
@@ -345,81 +345,6 @@ class DocumentIndex:
 Observer = Callable[[str, int, int], None]
 
 
-@dataclass
-class FileRead:
-    """One file hashed, loaded and split: its ``outcome`` (chunks, or why it was skipped);
-    ``None`` when it is unchanged (``digest`` set) or could not be read (``unreadable``)."""
-
-    source: str
-    digest: str | None
-    outcome: Ingested | None = None
-    unreadable: str | None = None
-
-
-def read_file(
-    path: Path, known_hash: str | None, splitter: TokenSplitter, options: LoaderOptions
-) -> FileRead:
-    """Hash, load and split one file, touching no store: it runs on any worker."""
-    source = str(path)
-    try:
-        check_size(path, options)  # before hashing: a huge file is not even read
-        digest = _file_hash(path)
-    except LoadError as exc:
-        return FileRead(source, None, Ingested(skipped=str(exc)))
-    except OSError as exc:
-        return FileRead(source, None, unreadable=f"unreadable: {exc.strerror or exc}")
-    if digest == known_hash:
-        return FileRead(source, digest)
-    return FileRead(source, digest, ingest_file(path, splitter, options))
-
-
-class Work(ABC):
-    """Where an index run reads files and embeds chunks; the index writes what comes back.
-    A context manager, so that what it starts (a local Ray) stops with the run."""
-
-    def __init__(self, index: DocumentIndex) -> None:
-        cfg = index.config
-        self.embeddings = index.embeddings
-        self.splitter = TokenSplitter(
-            index.embeddings.tokenizer,
-            min(cfg.chunk_tokens or index.embeddings.max_tokens, index.embeddings.max_tokens),
-            cfg.chunk_overlap,
-        )
-        self.options = LoaderOptions(
-            cfg.json_text_fields,
-            cfg.json_id_field,
-            max_file_bytes=int(cfg.max_file_mb * 2**20),
-            max_pdf_pages=cfg.max_pdf_pages,
-        )
-
-    def __enter__(self) -> Work:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @abstractmethod
-    def read(self, hashes: dict[Path, str | None]) -> Iterator[FileRead]:
-        """Each file read (given the hash it was indexed with, if any), as they finish."""
-
-    @abstractmethod
-    def embed(self, chunks: list[Chunk], wave: int) -> Iterator[tuple[list[Chunk], Any]]:
-        """The chunks in waves of at most ``wave``, each with its vectors."""
-
-
-class InProcess(Work):
-    """Files read one by one and chunks embedded in this process."""
-
-    def read(self, hashes: dict[Path, str | None]) -> Iterator[FileRead]:
-        for path, known_hash in hashes.items():
-            yield read_file(path, known_hash, self.splitter, self.options)
-
-    def embed(self, chunks: list[Chunk], wave: int) -> Iterator[tuple[list[Chunk], Any]]:
-        for i in range(0, len(chunks), wave):
-            batch = chunks[i : i + wave]
-            yield batch, self.embeddings.encode([c.text for c in batch])
-
-
 class _Progress:
     """Progress shown on the terminal (or log), and told to an observer."""
 
@@ -465,14 +390,6 @@ def _dedupe(chunks: list[Chunk]) -> list[Chunk]:
     for chunk in chunks:
         seen.setdefault(chunk.id, chunk)
     return list(seen.values())
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _under(source: str, root: Path) -> bool:

@@ -23,8 +23,9 @@ import numpy as np
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.errors import RetrievalError
-from hearthlm.retrieval.index import DocumentIndex, FileRead, Work, read_file
+from hearthlm.retrieval.embeddings import HearthEmbeddings
 from hearthlm.retrieval.splitter import Chunk
+from hearthlm.retrieval.work import FileRead, Work, read_file
 
 READ_BATCH = 8  # files per read task
 EMBED_BATCH = 256  # chunks per actor call
@@ -62,8 +63,10 @@ class _Embedder:
 class RayWork(Work):
     """Reading in Ray tasks and embedding in a pool of Ray actors."""
 
-    def __init__(self, index: DocumentIndex, address: str | None, progress: bool) -> None:
-        super().__init__(index)
+    def __init__(
+        self, config: RetrievalConfig, embeddings: HearthEmbeddings, address: str | None
+    ) -> None:
+        super().__init__(config, embeddings)
         try:
             import ray
         except ImportError:
@@ -71,10 +74,9 @@ class RayWork(Work):
                 "indexing on Ray needs Ray Data: pip install 'hearthlm[scale]'."
             ) from None
         self.ray = ray
-        self.config = index.config
-        self.name = index.embeddings.name
+        self.config = config
+        self.name = embeddings.name
         self.address = address
-        self.progress = progress
         self._started = False
         self._restore: list[tuple[Any, str, Any]] = []
 

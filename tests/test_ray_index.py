@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from retrieval_helpers import write_corpus
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import DocumentIndex, HybridRetriever
 
-ray = pytest.importorskip("ray", reason="Ray Data comes with hearthlm[scale]")
+pytestmark = pytest.mark.slow  # a local Ray, `hearth index` processes
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import DocumentIndex, HybridRetriever
 from hearthlm.retrieval.store import files_table, runs_table
 
+pytestmark = pytest.mark.slow  # `hearth index` processes, servers
+
 QUERIES = [
     "item 305 colour and weight",
     "history number 40",

@@ -52,3 +52,61 @@ def write_corpus(folder: Path) -> Path:
     )
     write_pdf(folder / "science.pdf", list(TOPICS.values()))
     return folder
+
+
+def index_env(index_dir: Path) -> dict[str, str]:
+    """The environment of a ``hearth index`` process writing into ``index_dir``, in small
+    batches so that a kill lands between them."""
+    import os
+
+    return {
+        **os.environ,
+        "HEARTH_RETRIEVAL__PATH": str(index_dir),
+        "HEARTH_RETRIEVAL__WRITE_BATCH": "16",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def hearth_command() -> str:
+    import sys
+
+    return str(Path(sys.executable).with_name("hearth"))
+
+
+def kill_after_files(index_dir: Path, corpus: Path, *flags: str, files: int = 3) -> None:
+    """Run ``hearth index corpus *flags`` and SIGKILL it (with its process group: a local Ray
+    it started) once ``files`` files are recorded in its manifest."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    log = index_dir.parent / f"{index_dir.name}-killed.log"
+    with log.open("wb") as errors:  # a file, not a pipe that nobody reads and that fills up
+        proc = subprocess.Popen(
+            [hearth_command(), "index", str(corpus), *flags, "--json"],
+            env=index_env(index_dir),
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+    manifest = index_dir / "hearth.sqlite"
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < files:
+        if manifest.exists():
+            try:
+                with sqlite3.connect(manifest) as db:
+                    done = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+        time.sleep(0.05)
+    alive = proc.poll() is None
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+    assert alive, f"indexing ended before it could be killed:\n{tail}"
+    assert done >= files, f"no {files} files were indexed in 300 s:\n{tail}"

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from retrieval_helpers import write_corpus
+from retrieval_helpers import kill_after_files, write_corpus
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.errors import RetrievalError
@@ -116,34 +110,7 @@ def test_sigkill_mid_run_then_the_next_run_completes(embeddings, tmp_path: Path)
         )
         (corpus / f"doc{i:02}.txt").write_text(body, encoding="utf-8")
     index_dir = tmp_path / "idx"
-    env = {
-        **os.environ,
-        "HEARTH_RETRIEVAL__PATH": str(index_dir),
-        "HEARTH_RETRIEVAL__WRITE_BATCH": "16",
-        "HF_HUB_OFFLINE": "1",
-    }
-    hearth = str(Path(sys.executable).with_name("hearth"))
-    proc = subprocess.Popen(
-        [hearth, "index", str(corpus), "--json"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    manifest = index_dir / "hearth.sqlite"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists():
-            try:
-                with sqlite3.connect(manifest) as db:
-                    done = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= 3:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "indexing finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_files(index_dir, corpus)
 
     config = RetrievalConfig(path=index_dir)
     resumed = DocumentIndex(config, embeddings)

@@ -5,18 +5,13 @@ run completed by the next one."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
-from retrieval_helpers import write_corpus
+from retrieval_helpers import hearth_command, index_env, kill_after_files, write_corpus
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import DocumentIndex, HybridRetriever
@@ -75,41 +70,17 @@ def test_ray_indexes_the_same_chunks_as_one_process(local_ray, tmp_path: Path):
 def test_a_killed_ray_driver_is_completed_by_the_next_run(embeddings, tmp_path: Path):
     corpus = _folder(tmp_path / "reports", 30)
     index_dir = tmp_path / "idx"
-    env = {
-        **os.environ,
-        "HEARTH_RETRIEVAL__PATH": str(index_dir),
-        "HEARTH_RETRIEVAL__WRITE_BATCH": "16",
-        "HF_HUB_OFFLINE": "1",
-    }
-    hearth = str(Path(sys.executable).with_name("hearth"))
-    proc = subprocess.Popen(
-        [hearth, "index", str(corpus), "--ray", "--json"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    manifest = index_dir / "hearth.sqlite"
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None and done < 3:
-        if manifest.exists():
-            try:
-                with sqlite3.connect(manifest) as db:
-                    done = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-            except sqlite3.OperationalError:
-                done = 0
-        time.sleep(0.05)
-    assert proc.poll() is None, f"indexing ended before it could be killed: {proc.stderr}"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    kill_after_files(index_dir, corpus, "--ray")
 
     config = RetrievalConfig(path=index_dir)
     resumed = DocumentIndex(config, embeddings)
     before = resumed.count
     assert before > 0
     completed = subprocess.run(
-        [hearth, "index", str(corpus), "--ray", "--json"], env=env, capture_output=True, text=True
+        [hearth_command(), "index", str(corpus), "--ray", "--json"],
+        env=index_env(index_dir),
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     report = json.loads(completed.stdout)

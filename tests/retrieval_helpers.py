@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+HEARTH = str(Path(sys.executable).with_name("hearth"))
 
 TOPICS = {
     "volcanoes": "Volcanoes form where magma reaches the surface. Basalt lava flows are runny.",
@@ -57,8 +65,6 @@ def write_corpus(folder: Path) -> Path:
 def index_env(index_dir: Path) -> dict[str, str]:
     """The environment of a ``hearth index`` process writing into ``index_dir``, in small
     batches so that a kill lands between them."""
-    import os
-
     return {
         **os.environ,
         "HEARTH_RETRIEVAL__PATH": str(index_dir),
@@ -67,26 +73,14 @@ def index_env(index_dir: Path) -> dict[str, str]:
     }
 
 
-def hearth_command() -> str:
-    import sys
-
-    return str(Path(sys.executable).with_name("hearth"))
-
-
 def kill_after_files(index_dir: Path, corpus: Path, *flags: str, files: int = 3) -> None:
     """Run ``hearth index corpus *flags`` and SIGKILL it (with its process group: a local Ray
     it started) once ``files`` files are recorded in its manifest."""
-    import os
-    import signal
-    import sqlite3
-    import subprocess
-    import time
-
     index_dir.mkdir(parents=True, exist_ok=True)
     log = index_dir.parent / f"{index_dir.name}-killed.log"
     with log.open("wb") as errors:  # a file, not a pipe that nobody reads and that fills up
         proc = subprocess.Popen(
-            [hearth_command(), "index", str(corpus), *flags, "--json"],
+            [HEARTH, "index", str(corpus), *flags, "--json"],
             env=index_env(index_dir),
             stdout=subprocess.DEVNULL,
             stderr=errors,

@@ -273,12 +273,12 @@ def test_bottleneck_adapter_and_prompt_tuning_train_save_and_reload(facts, tmp_p
 # A run killed and resumed in another process ends where an uninterrupted run ends, up to the
 # rounding of matrix products, which need not be the same in two processes: MKL splits them
 # by thread, and bf16 rounds coarsely. So the runs train in float32 on one thread
-# (SAME_NUMBERS), as the distributed tests do, and the adapters may differ by a tenth of the
+# (ONE_THREAD), as the distributed tests do, and the adapters may differ by a tenth of the
 # learning rate: AdamW moves a weight by about the learning rate at each step (by exactly that at
 # its first), so a step lost, repeated or taken with the wrong optimizer state, data or random
 # generators shows far above it. (bf16 on two threads left them 8e-4 apart; float32 on two
 # threads, 9e-6.)
-SAME_NUMBERS = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TRAIN_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -298,7 +298,7 @@ def test_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(facts, tmp_pat
     def train(out: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-c", TRAIN_SCRIPT, str(facts), str(out), str(llm.cache_dir)],
-            env=SAME_NUMBERS,
+            env={**os.environ, **ONE_THREAD},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -319,7 +319,7 @@ def test_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(facts, tmp_pat
     whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
     assert whole.keys() == resumed.keys()
-    for key in whole:  # a tenth of the learning rate, 1e-3 (see SAME_NUMBERS)
+    for key in whole:  # a tenth of the learning rate, 1e-3 (see ONE_THREAD)
         assert (whole[key] - resumed[key]).abs().max() < 1e-4, key
     lines = [
         json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
@@ -644,7 +644,7 @@ def test_dpo_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, 
     def train(out: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-c", DPO_SCRIPT, str(data), str(out), str(llm.cache_dir)],
-            env=SAME_NUMBERS,
+            env={**os.environ, **ONE_THREAD},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -674,7 +674,7 @@ def test_dpo_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, 
     whole = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
     assert whole.keys() == resumed.keys()
-    for key in whole:  # a tenth of the learning rate, 1e-4 (see SAME_NUMBERS)
+    for key in whole:  # a tenth of the learning rate, 1e-4 (see ONE_THREAD)
         assert (whole[key] - resumed[key]).abs().max() < 1e-5, key
     metrics = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     lines = [json.loads(x) for x in metrics]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from retrieval_helpers import hearth_command, index_env, kill_after_files, write_corpus
+from retrieval_helpers import HEARTH, index_env, kill_after_files, write_corpus
 
 from hearthlm.config import RetrievalConfig
 from hearthlm.retrieval import DocumentIndex, HybridRetriever
@@ -77,7 +77,7 @@ def test_a_killed_ray_driver_is_completed_by_the_next_run(embeddings, tmp_path: 
     before = resumed.count
     assert before > 0
     completed = subprocess.run(
-        [hearth_command(), "index", str(corpus), "--ray", "--json"],
+        [HEARTH, "index", str(corpus), "--ray", "--json"],
         env=index_env(index_dir),
         capture_output=True,
         text=True,

@@ -9,12 +9,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from retrieval_helpers import HEARTH
 from sqlalchemy import create_engine, func, select
 
 from hearthlm.config import RetrievalConfig
@@ -64,9 +64,8 @@ def _machine(
         "HEARTH_RETRIEVAL__WRITE_BATCH": str(batch),
         "HF_HUB_OFFLINE": "1",
     }
-    hearth = str(Path(sys.executable).with_name("hearth"))
     return subprocess.Popen(
-        [hearth, "index", str(folder), "--json"],
+        [HEARTH, "index", str(folder), "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

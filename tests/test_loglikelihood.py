@@ -44,3 +44,16 @@ def test_alternatives_scored_together_match_each_scored_alone(llama_chat, hf_cha
         alone = [chat.loglikelihood(context, option) for option in options]
         assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(together, alone, strict=True))
         assert together[1] < together[0] - 3
+
+
+def test_the_k_best_alternatives_are_exact_and_the_rest_are_skipped(llama_chat):
+    context = "The capital of France is"
+    options = [" Paris", " the city of Paris", " Lyon", " Rome in Italy", " banana", " a river"]
+    options += [f"{option} and more" for option in options]
+    exact = llama_chat.loglikelihoods(context, options)
+    top = llama_chat.loglikelihoods(context, options, best_only=3)
+    best = sorted(range(len(options)), key=lambda i: -exact[i])[:3]
+    assert all(math.isclose(top[i], exact[i], abs_tol=1e-3) for i in best)
+    rest = [top[i] for i in range(len(options)) if i not in best]
+    assert all(s == -math.inf or s <= min(exact[i] for i in best) + 1e-3 for s in rest)
+    assert -math.inf in rest  # those that cannot be among the best are not evaluated

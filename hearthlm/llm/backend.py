@@ -195,12 +195,13 @@ class Backend(ABC):
         raise NotImplementedError(f"the {self.name} backend does not score text")
 
     def loglikelihoods(
-        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int = False
     ) -> list[float]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``: how the
         model ranks a set of alternatives. Backends may evaluate the context once. With
         ``best_only`` a backend may skip continuations that cannot score highest (their score
-        is then ``-inf``); the best one is exact. Callers hold ``lock``."""
+        is then ``-inf``); the best one is exact (with a number ``k``, the ``k`` best are).
+        Callers hold ``lock``."""
         return [self.loglikelihood(context, continuation) for continuation in continuations]
 
     def token_logprobs(self, ids: list[int], top: int = 0) -> list[tuple[float, dict[int, float]]]:

@@ -378,7 +378,7 @@ class BatchedEngine:
             self.scheduler.wake()
 
     def loglikelihoods(
-        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int = False
     ) -> list[float]:
         import numpy as np
 

@@ -276,11 +276,12 @@ class ChatHearth(BaseChatModel):
             return engine.loglikelihood(context_ids, continuation_ids)
 
     def loglikelihoods(
-        self, context: str, continuations: Sequence[str], best_only: bool = False
+        self, context: str, continuations: Sequence[str], best_only: bool | int = False
     ) -> list[float]:
         """:meth:`loglikelihood` of each continuation after one shared ``context``, which is
         evaluated once: how the model ranks alternatives (tool calls are chosen this way). With
-        ``best_only`` the backend may skip those that cannot score highest (``-inf``).
+        ``best_only`` the backend may skip those that cannot score highest (``-inf``); with a
+        number ``k``, those that cannot score among the ``k`` highest.
 
         Example:
             >>> [round(x, 1) for x in chat.loglikelihoods("Paris is in", [" France", " Peru"])]

@@ -260,7 +260,7 @@ class TransformersBackend(Backend):
             return float(logprobs.gather(1, targets[:, None]).sum())
 
     def loglikelihoods(
-        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int = False
     ) -> list[float]:
         """The context is run once; its KV cache is repeated for each batch of
         ``SCORE_BATCH`` continuations, so a tool call's hundreds of candidate spans cost their

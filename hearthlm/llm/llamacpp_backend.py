@@ -212,7 +212,7 @@ class LlamaCppBackend(Backend):
         return float(rows[np.arange(len(rows)), ids[first:]].sum())
 
     def loglikelihoods(
-        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int = False
     ) -> list[float]:
         if self.batched is not None:
             return list(self.batched.loglikelihoods(context, continuations, best_only))

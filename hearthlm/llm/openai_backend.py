@@ -381,7 +381,7 @@ class OpenAIBackend(Backend):
         return self.loglikelihoods(context, [continuation])[0]
 
     def loglikelihoods(
-        self, context: list[int], continuations: list[list[int]], best_only: bool = False
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int = False
     ) -> list[float]:
         self._unable()
         if self.kind == "hearth":  # its own route: the context evaluated once, as in process
@@ -397,7 +397,7 @@ class OpenAIBackend(Backend):
         return scores
 
     def _hearth_scores(
-        self, context: list[int], continuations: list[list[int]], best_only: bool
+        self, context: list[int], continuations: list[list[int]], best_only: bool | int
     ) -> list[float]:
         body = {
             "model": self.model_name,

@@ -14,7 +14,7 @@ def score_continuations(
     first: Any,
     rows_after: Callable[[list[int]], Any],
     continuations: list[list[int]],
-    best_only: bool,
+    best_only: bool | int,
 ) -> list[float]:
     """The log-likelihood of each continuation, given ``first`` (the log-probabilities of the
     token after the context) and ``rows_after(path)``, which evaluates ``path`` right after the
@@ -23,8 +23,11 @@ def score_continuations(
     The likeliest first token goes first, and the longest of the continuations sharing it,
     whose evaluation then serves the shorter ones ("Paris", "Paris to", "Paris to Rome"). A
     continuation scores at most its first token's log-probability, so with ``best_only`` the
-    rest cannot win once that falls below the best (they score ``-inf``).
+    rest cannot win once that falls below the best (they score ``-inf``). ``best_only=k``, a
+    number, keeps the ``k`` best exact in the same way.
     """
+    import heapq
+
     import numpy as np
 
     evaluated: list[tuple[list[int], Any]] = []  # token paths and their log-prob rows
@@ -38,7 +41,8 @@ def score_continuations(
         return rows
 
     totals = [-math.inf] * len(continuations)
-    best = -math.inf
+    keep = int(best_only)  # True: 1; False: all
+    kept: list[float] = []  # the best totals so far, at most ``keep`` (a min-heap)
     order = sorted(
         range(len(continuations)),
         key=lambda i: (-first[continuations[i][0]], -len(continuations[i])),
@@ -46,14 +50,15 @@ def score_continuations(
     for i in order:
         continuation = continuations[i]
         total = float(first[continuation[0]])
-        if best_only and total <= best:
+        if keep and len(kept) == keep and total <= kept[0]:
             break
         if len(continuation) > 1:
             rows = rows_of(continuation[:-1])
             picked = rows[np.arange(len(continuation) - 1), continuation[1:]]
             total += float(picked.sum())
         totals[i] = total
-        best = max(best, total)
+        if keep:
+            (heapq.heappush if len(kept) < keep else heapq.heappushpop)(kept, total)
     return totals
 
 

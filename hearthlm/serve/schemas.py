@@ -253,7 +253,7 @@ class ScoreRequest(_Body):
     model: str | None = None
     context: str | list[int]
     continuations: list[str] | list[list[int]] = Field(min_length=1, max_length=1024)
-    best_only: bool = False
+    best_only: bool | int = False
 
 
 class EmbeddingRequest(_Body):

@@ -10,7 +10,7 @@ from typing import Literal
 import jsonschema
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from hearthlm.llm.calls import choose_arguments, choose_tool, mentions, value_spans
+from hearthlm.llm.calls import Ranker, choose_arguments, choose_tool, mentions, value_spans
 from hearthlm.llm.spans import text_spans
 from hearthlm.llm.tools import strict_schema
 
@@ -237,6 +237,52 @@ def test_a_conversion_goes_the_way_the_request_says(llama_chat):
     }.items():
         args = bound.invoke(request).tool_calls[0]["args"]
         assert (args["from_currency"], args["to_currency"]) == (source, target), request
+
+
+def translate(text: str, language: Literal["german", "spanish"]) -> str:
+    """Translate a text into another language."""
+    return f"({language}) {text}"
+
+
+def _scripted_rank(table: dict[str, dict[str, float]], frames: dict[str, float]) -> Ranker:
+    """A :data:`Ranker` scripted as :func:`_scripted` is, that scores a request with a value
+    taken out by ``frames`` (-60 for the rest)."""
+    score = _scripted(table)
+
+    def rank(context: str, continuations: Sequence[str], k: int) -> list[float]:
+        if context.startswith("Function:"):
+            return [frames.get(c.strip(), -60.0) for c in continuations]
+        return score(context, continuations)
+
+    return rank
+
+
+def test_a_phrase_is_taken_whole_where_its_own_score_alone_cuts_it_short():
+    # The model alone likes "thank you" a little more than "thank you very much" as the text,
+    # as it likes the shorter span of most phrases; the request reads as one only around the
+    # whole phrase.
+    table = {"text": {"thank you": -14.7, "thank you very much": -16.2, "you": -15.0}}
+    frames = {
+        "How do you say {text} in German?": -20.0,
+        "How do you say {text} very much in German?": -38.0,
+    }
+    request = "How do you say thank you very much in German?"
+    about = f"translate: {translate.__doc__}"
+    rank = _scripted_rank(table, frames)
+    chosen, _ = choose_arguments(
+        _scripted(table), "{", _parameters(translate), [request], about, rank
+    )
+    assert chosen == {"text": "thank you very much", "language": "german"}
+    chosen, _ = choose_arguments(_scripted(table), "{", _parameters(translate), [request], about)
+    assert chosen["text"] == "thank you"  # each span by its own score
+
+
+def test_a_phrase_to_translate_is_copied_whole(llama_chat):
+    # By each span's own score the model took "see you" of "see you tomorrow".
+    bound = llama_chat.bind_tools([translate, get_weather], tool_choice="any")
+    reply = bound.invoke("How do you say see you tomorrow in Spanish?")
+    assert reply.tool_calls[0]["name"] == "translate"
+    assert reply.tool_calls[0]["args"] == {"text": "see you tomorrow", "language": "spanish"}
 
 
 def test_values_are_names_codes_and_quoted_text_not_the_words_around_them():

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.tools import resolve_tools
 from hearthlm.llm.backend import Constraint
-from hearthlm.llm.calls import best_scorer, choose_call, choose_tool, token_scorer
+from hearthlm.llm.calls import best_scorer, choose_call, choose_tool, ranker, token_scorer
 from hearthlm.llm.chain import (
     Chain,
     QuestionInput,
@@ -290,7 +290,8 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
                 score, specs, question, optional=False, per_token=token_scorer(model)
             )
             assert tool is not None  # a call is required, so a tool is always chosen
-            _, fixed = choose_call(score, model.prompt(messages), tool, [question])
+            prompt = model.prompt(messages)
+            _, fixed = choose_call(score, prompt, tool, [question], ranker(model))
             return Constraint(json_schema=call_schema([fixed]))
         observations = [s.observation for s in steps if s.valid and s.tool in self.tools]
         texts = {s["function"]["name"]: [question, *observations] for s in specs}

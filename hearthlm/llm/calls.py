@@ -18,7 +18,11 @@ named). Scoring whole alternatives with the model's log-likelihood does much bet
   descriptions) in the prompt; the assignment with the highest total in which no two fields
   share words wins (branch and bound over each field's ranked candidates). Filled in order,
   the first field takes the best span even when it belongs to a later field ("Friday" as the
-  room), and the later field gets what is left. Spans made only of the tool's own framing
+  room), and the later field gets what is left. A string field's best few spans are ranked
+  again with a tenth of the score of the request with the span taken out ("How do you say
+  {text} in German?"): by its own score the model takes the shortest span of a phrase
+  ("thank you" of "thank you very much"), and the request reads as one only around a whole
+  value. Spans made only of the tool's own framing
   words ("order", "room", "the") are not values; a span right after a word that names one
   field and not its twin ("from English", "the new name x.pdf") goes to that field; an enum
   value the request names in words wins over the model's prior; an optional field is
@@ -38,12 +42,15 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from hearthlm.llm.spans import copy_schema
+from hearthlm.llm.spans import EDGE, copy_schema
 from hearthlm.llm.tools import strict_schema
 
 # (context, continuations) -> log-likelihood of each continuation after the context; only the
 # highest is used, so a scorer may give -inf to those that cannot be highest.
 Scorer = Callable[[str, Sequence[str]], list[float]]
+# (context, continuations, k) -> log-likelihood of each continuation, exact for the k highest
+# (0: for all) and -inf or exact for the rest.
+Ranker = Callable[[str, Sequence[str], int], list[float]]
 # (context, continuation) -> each token of the continuation, as text, with its log-probability.
 TokenScorer = Callable[[str, str], list[tuple[str, float]]]
 
@@ -57,12 +64,27 @@ MAX_RANKED = 8
 # of 53, 25 / 26 / 26 / 25 / 25 of 28, 33 / 34 / 36 / 34 / 31 of 40. Without the values at all
 # the choice is worse: a currency code or a person's name does say something of the tool.
 VALUE_WEIGHT = 0.5
+# The weight of how a request reads with a string value taken out (:func:`_framed`) beside the
+# value's own score.
+FRAME_WEIGHT = 0.1
+# A string field's candidates ranked again so (each one more continuation scored).
+MAX_FRAMED = 5
 
 
 def best_scorer(model: Any) -> Scorer:
     """The :data:`Scorer` of a model with ``loglikelihoods`` (ChatHearth): only the best
     alternative is scored exactly, which is all a choice needs."""
     return partial(model.loglikelihoods, best_only=True)
+
+
+def ranker(model: Any) -> Ranker:
+    """The :data:`Ranker` of a model with ``loglikelihoods`` (ChatHearth): a string field's
+    best candidates are ranked with it in one call."""
+
+    def rank(context: str, continuations: Sequence[str], k: int) -> list[float]:
+        return list(model.loglikelihoods(context, continuations, best_only=k or False))
+
+    return rank
 
 
 def token_scorer(model: Any) -> TokenScorer | None:
@@ -149,7 +171,11 @@ def value_spans(text: str) -> list[tuple[int, int]]:
 
 
 def choose_call(
-    score: Scorer, prompt: str, tool: dict[str, Any], texts: Sequence[str]
+    score: Scorer,
+    prompt: str,
+    tool: dict[str, Any],
+    texts: Sequence[str],
+    rank: Ranker | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The arguments chosen for a call of ``tool`` written right after ``prompt``, and the
     tool's spec with them fixed (:func:`choose_arguments`), for :func:`call_schema`."""
@@ -157,7 +183,7 @@ def choose_call(
     parameters = strict_schema(function.get("parameters") or {"type": "object"})
     opening = f'{prompt}{{"name": {json.dumps(function["name"])}, "arguments": {{'
     about = f"{function['name']}: {function.get('description') or ''}"
-    chosen, fixed = choose_arguments(score, opening, parameters, texts, about)
+    chosen, fixed = choose_arguments(score, opening, parameters, texts, about, rank)
     return chosen, {"type": "function", "function": {**function, "parameters": fixed}}
 
 
@@ -167,13 +193,16 @@ def choose_arguments(
     parameters: dict[str, Any],
     texts: Sequence[str],
     about: str = "",
+    rank: Ranker | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Values chosen for the top-level fields of ``parameters`` (a strict object schema) and
     the schema that fixes them, for the grammar to write the call.
 
     ``opening`` is the prompt up to the call's arguments object, ending in ``{``; ``texts`` are
     the texts that values are copied from; ``about`` is the tool's name and description (words
-    that frame a request rather than give a value). Returns ``(chosen, schema)``: ``chosen``
+    that frame a request rather than give a value). With ``rank``, each required string
+    field's best candidates are ranked again by their score plus how the request reads
+    without them (:func:`_framed`). Returns ``(chosen, schema)``: ``chosen``
     holds the fields chosen here, and ``schema`` accepts exactly those values, drops the
     optional fields left out, and leaves the rest (free fields) as they were.
     """
@@ -193,7 +222,8 @@ def choose_arguments(
         if left:
             named[field] = left[0]
     # the values fixed before the walk: enum values named in words, then the joint assignment
-    fixed = {**_joint(score, opening, properties, found, named, required, about, text), **named}
+    joint = _joint(score, opening, properties, found, named, required, about, text, rank)
+    fixed = {**joint, **named}
     chosen: dict[str, Any] = {}
     omitted: set[str] = set()
     prefix = opening
@@ -242,6 +272,7 @@ def _joint(
     required: set[str],
     about: str,
     request: str,
+    rank: Ranker | None = None,
 ) -> dict[str, Any]:
     """Values for the required fields that have candidates and no named enum value, chosen
     together: each field's candidates are scored on their own, right after ``"field":`` as
@@ -261,7 +292,14 @@ def _joint(
             f for f in fields if f != field and _kind(properties[f]) == _kind(properties[field])
         ]
         options = _cued(options, field, alike, request)
-        ranked[field] = _Ranked(score, f"{opening}{json.dumps(field)}:", options, after)
+        context = f"{opening}{json.dumps(field)}:"
+        if rank is not None and _kind(properties[field]) == "string":
+            ranked[field] = _Ranked.scored(rank, context, options)
+        else:
+            ranked[field] = _Ranked(score, context, options, after)
+    if rank is not None:  # after every field's own scores, which share the call's prompt
+        strings = {f: r for f, r in ranked.items() if _kind(properties[f]) == "string"}
+        _frame(rank, strings, about, request)
     chosen = assign(ranked)
     if len(chosen) < len(ranked):  # no assignment keeps the values apart: each takes its best
         chosen = {f: r.get(0)[1] for f, r in ranked.items()}  # type: ignore[index]
@@ -285,6 +323,54 @@ class _Ranked:
             best = max(range(len(scores)), key=scores.__getitem__)
             self._items.append((scores[best], self._left.pop(best)))
         return self._items[index] if index < len(self._items) else None
+
+    @classmethod
+    def scored(cls, rank: Ranker, context: str, options: list[Any]) -> _Ranked:
+        """The :data:`MAX_FRAMED` best of ``options``, scored in one call of ``rank``."""
+        ranked = cls(lambda c, options: rank(c, options, 1), context, [], "")
+        scores = rank(context, [_rendered(o, "") for o in options], MAX_FRAMED)
+        best = sorted(zip(scores, options, strict=True), key=lambda item: -item[0])
+        ranked._items = best[:MAX_FRAMED]
+        return ranked
+
+    def values(self) -> list[Any]:
+        """The candidates ranked so far, best first."""
+        return [value for _, value in self._items]
+
+    def add(self, extra: list[float]) -> None:
+        """Rank the candidates so far again with ``extra`` (one score each) added; no more
+        are ranked after them."""
+        items = [(s + e, v) for (s, v), e in zip(self._items, extra, strict=True)]
+        self._items = sorted(items, key=lambda item: -item[0])
+        self._left = []
+
+
+def _frame(rank: Ranker, ranked: dict[str, _Ranked], about: str, text: str) -> None:
+    """Rank each string field's candidates again with how well ``text`` reads with the value
+    replaced by ``{field}``, under the tool's description, at :data:`FRAME_WEIGHT`: around a
+    whole value the rest is a request ("How do you say {text} in German?"), around part of one
+    it is not ("How do you say {text} very much in German?"). Alone, the model prefers the
+    shortest span of a phrase. One call scores every field's frames; a value is taken out
+    without its edge punctuation, so that "Krakow," and "Krakow" read the same and their own
+    scores decide; a value that ``text`` does not hold as words scores as the worst of its
+    field's that it does."""
+    name, _, description = about.partition(": ")
+    context = CHANNEL.format(name=name, description=_one_line(description))
+    frames: dict[tuple[str, int], str] = {}
+    for field, candidates in ranked.items():
+        for i, value in enumerate(candidates.values()):
+            core = str(value).strip(EDGE) or str(value)  # "Krakow," reads as "Krakow"
+            found = re.search(rf"(?<!\w){re.escape(core)}(?!\w)", text)
+            if found is not None:
+                frames[field, i] = f" {text[: found.start()]}{{{field}}}{text[found.end() :]}"
+    if not frames:
+        return
+    scores = dict(zip(frames, rank(context, [f.rstrip() for f in frames.values()], 0), strict=True))
+    for field, candidates in ranked.items():
+        count = len(candidates.values())
+        own = {i: scores[field, i] for i in range(count) if (field, i) in scores}
+        worst = min(own.values(), default=0.0)
+        candidates.add([FRAME_WEIGHT * own.get(i, worst) for i in range(count)])
 
 
 def _cued(options: list[Any], field: str, others: list[str], text: str) -> list[Any]:

@@ -27,6 +27,7 @@ from hearthlm.llm.calls import (
     choose_arguments,
     choose_call,
     choose_tool,
+    ranker,
     token_scorer,
 )
 from hearthlm.llm.spans import copy_schema
@@ -106,7 +107,9 @@ class Planner:
             if source is not None:  # fields chosen as a call's arguments are
                 rendered = self.template_messages(fitted, [], response_format, True)
                 opening = self.prompt_text(rendered) + "{"
-                chosen, schema = choose_arguments(best_scorer(self.chat), opening, schema, source)
+                chosen, schema = choose_arguments(
+                    best_scorer(self.chat), opening, schema, source, rank=ranker(self.chat)
+                )
                 fields = schema.get("properties")
                 if isinstance(fields, dict) and fields and set(chosen) == set(fields):
                     fixed = json.dumps(chosen, ensure_ascii=False)
@@ -120,7 +123,7 @@ class Planner:
         """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
         (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
         prompt = self.prompt_text(self.template_messages(messages, [tool], None, False))
-        chosen, spec = choose_call(best_scorer(self.chat), prompt, tool, source)
+        chosen, spec = choose_call(best_scorer(self.chat), prompt, tool, source, ranker(self.chat))
         every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
         name = tool["function"]["name"]
         return call_schema([spec], source), render_tool_call(name, chosen) if every else None

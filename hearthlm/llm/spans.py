@@ -19,7 +19,8 @@ from typing import Any
 MAX_SPAN_WORDS = 8
 # Enough for a few sentences of spans; a long message keeps its most recent words' spans.
 MAX_SPANS = 400
-_EDGE = "\"'`.,;:!?()[]{}<>"
+# Punctuation that may close or open a word without being part of a value.
+EDGE = "\"'`.,;:!?()[]{}<>"
 _OPERATORS = frozenset(["+", "-", "*", "/", "^", "%", "=", "**", "//", "\u00d7", "\u00f7"])
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 
@@ -62,7 +63,7 @@ def _balanced(text: str) -> bool:
 
 
 def _variants(raw: str) -> list[str]:
-    stripped = raw.strip(_EDGE)
+    stripped = raw.strip(EDGE)
     if stripped.endswith(("'s", "\u2019s")):
         stripped = stripped[:-2]
     return [s for s in dict.fromkeys((raw, stripped)) if s and _plain(s) and _balanced(s)]

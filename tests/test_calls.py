@@ -239,6 +239,17 @@ def test_a_conversion_goes_the_way_the_request_says(llama_chat):
         assert (args["from_currency"], args["to_currency"]) == (source, target), request
 
 
+def translate_phrase(phrase: str, from_language: str, to_language: str) -> str:
+    """Translate a phrase from one language into another.
+
+    Args:
+        phrase: The words to translate.
+        from_language: The language the phrase is written in.
+        to_language: The language to translate it into.
+    """
+    return f"({to_language}) {phrase}"
+
+
 def translate(text: str, language: Literal["german", "spanish"]) -> str:
     """Translate a text into another language."""
     return f"({language}) {text}"
@@ -327,3 +338,45 @@ def test_a_value_the_tool_s_description_happens_to_favour_counts_half_in_the_cho
     assert choose_tool(totals, tools, request, optional=False)["function"]["name"] == "book_room"
     chosen = choose_tool(totals, tools, request, optional=False, per_token=per_token)
     assert chosen["function"]["name"] == "rename_file"
+
+
+def test_two_close_tools_are_told_apart_by_their_calls():
+    """By the request alone book_room leads rename_file by a little; a call of book_room can
+    only carry "report.pdf" and the filler "new", while rename_file's carries both names, and
+    the request is far likelier under it. A clear lead is not second-guessed."""
+    request = "Give report.pdf the new name summary.pdf."
+    alone = {"book_room": -30.0, "rename_file": -30.9}
+    with_call = {"book_room": -48.9, "rename_file": -34.1}
+    asked: list[str] = []
+
+    def totals(context: str, continuations: Sequence[str]) -> list[float]:
+        name = context.split(":")[1].strip()
+        table = with_call if "\nArguments: " in context else alone
+        return [table[name] for _ in continuations]
+
+    def call_of(tool: dict) -> dict:
+        asked.append(tool["function"]["name"])
+        return {"room": "report.pdf", "weekday": "new"}  # what each call carries is not read
+
+    tools = [convert_to_openai_tool(t) for t in (book_room, rename_file)]
+    assert choose_tool(totals, tools, request, optional=False)["function"]["name"] == "book_room"
+    chosen = choose_tool(totals, tools, request, optional=False, call_of=call_of)
+    assert chosen["function"]["name"] == "rename_file"
+    assert sorted(asked) == ["book_room", "rename_file"]
+    asked.clear()
+    alone["rename_file"] = -32.0  # two nats behind: the request alone decides
+    chosen = choose_tool(totals, tools, request, optional=False, call_of=call_of)
+    assert chosen["function"]["name"] == "book_room" and asked == []
+
+
+def test_the_language_said_with_in_is_the_one_translated_into(llama_chat):
+    # "in Dutch" is where the phrase goes; "It is Danish" what it is now. Without "in" as a
+    # cue for to_language the model took them the other way round.
+    bound = llama_chat.bind_tools([translate_phrase, book_room], tool_choice="any")
+    reply = bound.invoke("How do you say 'thank you' in Dutch? It is Danish.")
+    assert reply.tool_calls[0]["name"] == "translate_phrase"
+    assert reply.tool_calls[0]["args"] == {
+        "phrase": "thank you",
+        "from_language": "Danish",
+        "to_language": "Dutch",
+    }

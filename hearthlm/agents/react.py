@@ -285,13 +285,27 @@ class ReActAgent(Chain[str | QuestionInput, AgentResult]):
         if model is not None:
             # The first action is chosen as ChatHearth chooses a call (hearthlm.llm.calls):
             # the tool by the question's likelihood under each description, then each argument.
-            score = best_scorer(model)
+            score, prompt = best_scorer(model), model.prompt(messages)
+            made: dict[str, dict[str, Any]] = {}
+
+            def call_of(spec: dict[str, Any]) -> dict[str, Any]:
+                chosen, made[spec["function"]["name"]] = choose_call(
+                    score, prompt, spec, [question], ranker(model)
+                )
+                return chosen
+
             tool = choose_tool(
-                score, specs, question, optional=False, per_token=token_scorer(model)
+                score,
+                specs,
+                question,
+                optional=False,
+                per_token=token_scorer(model),
+                call_of=call_of,
             )
             assert tool is not None  # a call is required, so a tool is always chosen
-            prompt = model.prompt(messages)
-            _, fixed = choose_call(score, prompt, tool, [question], ranker(model))
+            fixed = made.get(tool["function"]["name"])
+            if fixed is None:
+                _, fixed = choose_call(score, prompt, tool, [question], ranker(model))
             return Constraint(json_schema=call_schema([fixed]))
         observations = [s.observation for s in steps if s.valid and s.tool in self.tools]
         texts = {s["function"]["name"]: [question, *observations] for s in specs}

@@ -75,6 +75,13 @@ class Planner:
         fitted, ids, dropped = self.fit(messages, tools, response_format, tools_optional)
         request = fitted[-1].text if isinstance(fitted[-1], HumanMessage) else None
         choosing = self.chat.decision_mode == "choose" and request is not None and explicit is None
+        source = self.copy_source(messages)
+        made: dict[str, tuple[dict[str, Any], dict[str, Any], str | None]] = {}
+
+        def call_of(tool: dict[str, Any]) -> dict[str, Any]:
+            made[tool["function"]["name"]] = self.chosen_call(fitted, tool, source or [])
+            return made[tool["function"]["name"]][0]
+
         if choosing and tools and (tools_optional or len(tools) > 1):
             chosen = choose_tool(
                 best_scorer(self.chat),
@@ -82,6 +89,7 @@ class Planner:
                 str(request),
                 optional=tools_optional,
                 per_token=token_scorer(self.chat),
+                call_of=call_of if source is not None else None,
             )
             tools, tools_optional, text_only = (
                 ([chosen], False, False) if chosen else ([], True, True)
@@ -90,11 +98,11 @@ class Planner:
             ids = self.prompt_ids(rendered)
         constraint = explicit
         fixed = None
-        source = self.copy_source(messages)
         if constraint is not None:
             pass
         elif tools and len(tools) == 1 and not tools_optional and source is not None:
-            schema, fixed = self.chosen_call(fitted, tools[0], source)
+            name = tools[0]["function"]["name"]
+            _, schema, fixed = made.get(name) or self.chosen_call(fitted, tools[0], source)
             constraint = Constraint(schema)
         elif tools:
             constraint = Constraint(call_schema(tools, source), allow_text=tools_optional)
@@ -119,14 +127,16 @@ class Planner:
 
     def chosen_call(
         self, messages: list[BaseMessage], tool: dict[str, Any], source: list[str]
-    ) -> tuple[dict[str, Any], str | None]:
-        """The call schema for ``tool`` with the arguments the model chose by likelihood fixed
-        (:mod:`hearthlm.llm.calls`), and the call's text when every argument was chosen."""
+    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """The arguments the model chose by likelihood for a call of ``tool``
+        (:mod:`hearthlm.llm.calls`), the call schema with them fixed, and the call's text when
+        every argument was chosen."""
         prompt = self.prompt_text(self.template_messages(messages, [tool], None, False))
         chosen, spec = choose_call(best_scorer(self.chat), prompt, tool, source, ranker(self.chat))
         every = set(chosen) == set(spec["function"]["parameters"].get("properties", {}))
         name = tool["function"]["name"]
-        return call_schema([spec], source), render_tool_call(name, chosen) if every else None
+        text = render_tool_call(name, chosen) if every else None
+        return chosen, call_schema([spec], source), text
 
     def fit(
         self,

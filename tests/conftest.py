@@ -20,7 +20,8 @@ from hearthlm.llm import ChatHearth
 # it or train it), so they carry the `slow` mark: `make test-fast` (-m "not slow") skips them.
 # Other heavy tests (a `hearth` process, training, over ~5 s) carry the mark themselves.
 MODEL_FIXTURES = frozenset(
-    {"llama_chat", "served_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server"}
+    {"llama_chat", "served_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server",
+     "cold_server"}
 )
 
 
@@ -214,3 +215,19 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     config = serve_config(root, api_keys=keys, parallel=8, max_upload_mb=1.0)
     with Served(create_app(config), free_port(), root) as served:
         yield served
+
+
+@pytest.fixture
+def cold_server(tmp_path):
+    """A server of its own (batched llama.cpp, 8 sequences) that has evaluated nothing yet, and
+    a freshly loaded in-process model with the same settings: a lone request's greedy reply is
+    the same on both. The session's `server` is warm: a prompt there reuses cells that another
+    request's batch computed, which llama.cpp's kernels may round differently (its server
+    warns the same of ``cache_prompt``), so a reply can part from the in-process one where the
+    two likeliest tokens are nearly tied."""
+    from hearthlm.serve import create_app
+
+    config = serve_config(tmp_path, api_keys=[{"key": ALPHA, "name": "alpha"}], parallel=8)
+    local = ChatHearth(backend="llamacpp", max_new_tokens=48, flash_attention=True).load()
+    with Served(create_app(config), free_port(), tmp_path) as served:
+        yield served, local

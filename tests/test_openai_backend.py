@@ -355,7 +355,8 @@ def test_the_demo_answers_right_through_llama_cpp_server(llama_cpp_server, tmp_p
     assert "Q: How do I update the kettle's firmware? A: I don't know" in out
 
 
-def test_hearth_serve_as_the_engine_generates_and_scores(server, served_chat):
+def test_hearth_serve_as_the_engine_generates_and_scores(cold_server):
+    server, served_chat = cold_server
     chat = ChatHearth(backend="openai", base_url=f"{server.url}/v1", server="hearth",
                       api_key=ALPHA, max_new_tokens=48).load()  # fmt: skip
     assert chat.engine.tokenizer_checked and chat.engine.token_prompts

@@ -55,10 +55,12 @@ def engine_stats(http: httpx.Client) -> dict:
     return http.get("/v1/server").json()["engine"]
 
 
-def test_chat_replies_equal_the_in_process_model_and_stream_the_same(client, served_chat):
+def test_chat_replies_equal_the_in_process_model_and_stream_the_same(cold_server):
+    served, local = cold_server
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=ALPHA, max_retries=0)
     question = "What is the capital of France?"
     reply = ask(client, question, max_tokens=24, temperature=0)
-    expected = served_chat.invoke(question, max_new_tokens=24).content
+    expected = local.invoke(question, max_new_tokens=24).content
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens == 24 and reply.usage.prompt_tokens > 0

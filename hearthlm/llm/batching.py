@@ -17,9 +17,11 @@ results from a queue. Each step the scheduler
 
 Scoring (``loglikelihoods``, for the tool choice and the quote reader) runs on a slot of its
 own, so it shares the batches but never touches another sequence's cells. Greedy replies equal
-the in-process backend's for a lone request, under the same ``flash_attention`` (which an unset
-``llm.flash_attention`` turns on here and off there); batched with others, llama.cpp's kernels
-may round differently, which can change a token only where the two likeliest are nearly tied.
+the in-process backend's for a lone request on a fresh engine, under the same
+``flash_attention`` (which an unset ``llm.flash_attention`` turns on here and off there);
+batched with others, or reusing cached cells that another batch computed, llama.cpp's kernels
+may round differently, which can change a token only where the two likeliest are nearly tied
+(llama.cpp's server says the same of its ``cache_prompt``).
 """
 
 from __future__ import annotations

@@ -57,3 +57,21 @@ def test_the_k_best_alternatives_are_exact_and_the_rest_are_skipped(llama_chat):
     rest = [top[i] for i in range(len(options)) if i not in best]
     assert all(s == -math.inf or s <= min(exact[i] for i in best) + 1e-3 for s in rest)
     assert -math.inf in rest  # those that cannot be among the best are not evaluated
+
+
+def test_scores_stay_the_same_whichever_prompts_were_scored_between(llama_chat):
+    """In process, scoring keeps a few contexts, each holding what it last read (a tool call
+    alternates between the tools prompt and short ones): a prompt scored again, after others
+    took the contexts or left it held, scores as it did first."""
+    tools = "You can call these functions:\n" + "\n".join(
+        f"- tool_{i}: does task number {i} for the user." for i in range(12)
+    )
+    prompts = [f"{tools}\nRequest: book a room\nCall:", "Function: translate\nRequest:",
+               f"{tools}\nRequest: move a file\nCall:", "The capital of France is"]  # fmt: skip
+    options = [" tool_3", " tool_3 now", " tool_11", " Paris", " the city of Paris"]
+    first = [llama_chat.loglikelihoods(p, options) for p in prompts]
+    for _ in range(2):
+        for prompt, scores in zip(reversed(prompts), reversed(first), strict=True):
+            again = llama_chat.loglikelihoods(prompt, options)
+            assert again == pytest.approx(scores, abs=1e-3)
+    assert first[0] != pytest.approx(first[1], abs=0.5)  # the prompts do score differently

@@ -43,6 +43,7 @@ from hearthlm.llm.grammar import constraint_gbnf
 from hearthlm.llm.llama_batch import BatchContext, Sampler
 from hearthlm.llm.scoring import (
     SCORING_WINDOW,
+    common_prefix,
     log_softmax,
     score_continuations,
     scored_token,
@@ -219,7 +220,7 @@ class Scheduler:
         copied instead, from whichever slot (running or free) holds the longest prefix of the
         prompt, when that is :data:`MIN_COPIED_PREFIX` tokens more than the chosen slot holds.
         """
-        held = [_common_prefix(history, prompt) for history in self._history]
+        held = [common_prefix(history, prompt) for history in self._history]
 
         def rank(slot: int) -> tuple[bool, int, float]:
             n = held[slot]
@@ -317,14 +318,6 @@ class Scheduler:
         _close(sequence)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """How many first tokens ``a`` and ``b`` share."""
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def _close(sequence: _Sequence) -> None:
     if sequence.sampler is not None:
         sequence.sampler.close()
@@ -390,8 +383,9 @@ class BatchedEngine:
             end = len(context)
             first = log_softmax(np.asarray(evaluate(context, 0, False), dtype=np.float64))[0]
 
-            def rows_after(path: list[int]) -> Any:
-                return log_softmax(np.asarray(evaluate(path, end, True), dtype=np.float64))
+            def rows_after(path: list[int], kept: int) -> Any:
+                rows = evaluate(path[kept:], end + kept, True)
+                return log_softmax(np.asarray(rows, dtype=np.float64))
 
             return score_continuations(first, rows_after, continuations, best_only)
 

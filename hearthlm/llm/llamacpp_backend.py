@@ -14,6 +14,7 @@ import os
 import sys
 import weakref
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 from hearthlm.config import LLMConfig, SamplingConfig
@@ -28,6 +29,7 @@ from hearthlm.llm.llama_batch import (
 )
 from hearthlm.llm.scoring import (
     SCORING_WINDOW,
+    common_prefix,
     log_softmax,
     score_continuations,
     scored_token,
@@ -41,6 +43,16 @@ log = logging.getLogger(__name__)
 # Every llama.cpp model this process loaded, freed at exit (see _release).
 _LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
 _BATCHED: weakref.WeakSet[Any] = weakref.WeakSet()  # batched engines: their threads stop first
+# Scoring contexts a model keeps in process (LlamaCppBackend._scoring_context). Tokens
+# evaluated per tool call of bench_tools.py's held-out set (bind_tools "any"): 852 with one;
+# with two, 724 when the one read longest ago makes room, 601 when the one holding fewest does.
+SCORING_CONTEXTS = 2
+# A scoring context is read again from what it holds when it shares at least this many first
+# tokens with the text to score (a system prompt and a tools list), or half of what it holds.
+MIN_SHARED = 16
+# A scoring context not read for this many reads makes room first, however much it holds (a
+# tool call reads about ten times).
+STALE_READS = 64
 
 
 class LlamaCppBackend(Backend):
@@ -67,7 +79,11 @@ class LlamaCppBackend(Backend):
             self.context_size = batched.context_size
         self.stop_token_ids = end_of_generation_ids(llm)
         self._grammars = GrammarCache()
-        self._scorer: Any = None  # a second context that keeps every position's logits
+        # contexts that keep every position's logits, each with what it last read, and when
+        self._scorers: list[Any] = []
+        self.lora: Path | None = None  # a GGUF LoRA, applied in scoring as in generating
+        self._read_at: list[int] = []
+        self._reads = 0
 
     @classmethod
     def load(cls, config: LLMConfig) -> LlamaCppBackend:
@@ -85,8 +101,9 @@ class LlamaCppBackend(Backend):
             lora = resolve_adapter(config.adapter)
             if lora.suffix != ".gguf":
                 raise ModelLoadError(
-                    f"{lora} is a PEFT adapter folder; llama.cpp needs a GGUF LoRA. Export one "
-                    "with `hearth finetune export --gguf-lora`, or use backend 'transformers'."
+                    f"{lora} is a PEFT adapter folder; llama.cpp needs a GGUF LoRA. Merge it "
+                    "into a GGUF model with `hearth finetune export DIR --format gguf-q8_0 --out "
+                    "model.gguf` and load that as llm.model, or use backend 'transformers'."
                 )
         threads = config.threads or os.cpu_count() or 1
         batched = config.parallel > 1
@@ -117,6 +134,7 @@ class LlamaCppBackend(Backend):
             engine = BatchedEngine(model_of(llm), stops, config, size)
             _BATCHED.add(engine)
         backend = cls(llm, source, engine)
+        backend.lora = lora
         if lora is not None:
             backend.model_name = f"{source.name}+{lora.stem}"
         return backend
@@ -201,7 +219,7 @@ class LlamaCppBackend(Backend):
             return float(self.batched.loglikelihoods(context, [continuation])[0])
         import numpy as np
 
-        scorer = self._scoring_context()
+        scorer = self._scoring_context(context)
         ids = (context + continuation)[-int(scorer.n_ctx()) :]
         first = len(ids) - len(continuation)
         scorer.reset()
@@ -218,7 +236,7 @@ class LlamaCppBackend(Backend):
             return list(self.batched.loglikelihoods(context, continuations, best_only))
         import numpy as np
 
-        scorer = self._scoring_context()
+        scorer = self._scoring_context(context)
         room = int(scorer.n_ctx()) - max((len(c) for c in continuations), default=0)
         context = context[-room:]
         # The context is evaluated once; each continuation is then evaluated from its end.
@@ -226,10 +244,11 @@ class LlamaCppBackend(Backend):
         end = len(context)
         first = log_softmax(np.asarray(scorer.scores[end - 1 : end], dtype=np.float64))[0]
 
-        def rows_after(path: list[int]) -> Any:
-            scorer.n_tokens = end
-            scorer.eval(path)
-            return log_softmax(np.asarray(scorer.scores[end : end + len(path)], dtype=np.float64))
+        def rows_after(path: list[int], kept: int) -> Any:
+            scorer.n_tokens = end + kept
+            scorer.eval(path[kept:])
+            rows = scorer.scores[end + kept : end + len(path)]
+            return log_softmax(np.asarray(rows, dtype=np.float64))
 
         totals = score_continuations(first, rows_after, continuations, best_only)
         scorer.n_tokens = end
@@ -241,31 +260,59 @@ class LlamaCppBackend(Backend):
         if self.batched is not None:
             rows = self.batched.rows(ids)
         else:
-            scorer = self._scoring_context()
+            scorer = self._scoring_context(ids)
             _check_window(ids, int(scorer.n_ctx()))
             _evaluate_past_shared(scorer, ids)
             rows = np.asarray(scorer.scores[: len(ids) - 1], dtype=np.float64)
         return token_logprobs(log_softmax(rows), ids[1:], top)
 
-    def _scoring_context(self) -> Any:
-        """The generation context computes the last position's logits only; scoring needs all,
-        so a second, small context over the same (memory-mapped) weights keeps them."""
-        if self._scorer is None:
+    def _scoring_context(self, ids: list[int]) -> Any:
+        """The context to score text starting with ``ids`` in. The generation context computes
+        the last position's logits only; scoring needs all, so small contexts over the same
+        (memory-mapped) weights keep them, up to :data:`SCORING_CONTEXTS`, each holding what it
+        last read, as llama.cpp's server keeps slots. The one holding the longest prefix of
+        ``ids`` is taken when that prefix is worth keeping (:data:`MIN_SHARED` tokens, or half
+        of what it holds); else a new one, up to the limit; else the one that holds the fewest
+        tokens, the cheapest to evaluate again, unless one has not been read for
+        :data:`STALE_READS` reads. A tool call reads the request under each tool's description
+        (short prompts), then the tools prompt (long, the same for the next call with those
+        tools but for the request), then the request under the chosen tool's description
+        again: with one context, each evaluated the others' prompts again."""
+        self._reads += 1
+        scorers = self._scorers
+        shared = [_shared_prefix(scorer, ids) for scorer in scorers]
+        best = max(range(len(shared)), key=shared.__getitem__, default=None)
+        if best is not None and (
+            shared[best] >= MIN_SHARED or 2 * shared[best] >= scorers[best].n_tokens
+        ):
+            chosen = best
+        elif len(scorers) < SCORING_CONTEXTS:
             from llama_cpp import Llama
 
             params = self.llm.context_params
-            self._scorer = Llama(
+            scorer = Llama(
                 model_path=str(self.source.path),
                 n_ctx=min(self.context_size, SCORING_WINDOW),
                 n_threads=params.n_threads,
                 n_threads_batch=params.n_threads_batch,
                 n_gpu_layers=self.llm.model_params.n_gpu_layers,
+                lora_path=str(self.lora) if self.lora else None,
                 logits_all=True,
                 flash_attn=params.flash_attn_type > 0,
                 verbose=False,
             )
-            _LOADED.add(self._scorer)
-        return self._scorer
+            _LOADED.add(scorer)
+            scorers.append(scorer)
+            self._read_at.append(0)
+            chosen = len(scorers) - 1
+        else:
+            stale = [i for i, at in enumerate(self._read_at) if self._reads - at > STALE_READS]
+            chosen = min(
+                stale or range(len(scorers)),
+                key=lambda i: self._read_at[i] if stale else scorers[i].n_tokens,
+            )
+        self._read_at[chosen] = self._reads
+        return scorers[chosen]
 
     def _grammar(self, constraint: Constraint) -> Any:
         return self._grammars.get(constraint, _build_grammar)
@@ -343,14 +390,16 @@ def _build_grammar(constraint: Constraint) -> Any:
     return LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
 
 
+def _shared_prefix(scorer: Any, ids: list[int]) -> int:
+    """How many first tokens of ``ids`` the scoring context holds from what it last read."""
+    return common_prefix(scorer.input_ids[: scorer.n_tokens].tolist(), ids)
+
+
 def _evaluate_past_shared(scorer: Any, ids: list[int]) -> None:
     """Have the scoring context hold ``ids`` and every position's logits, evaluating only
     past the prefix it shares with what it last read (its earlier rows stay valid); at least
     the last token is evaluated again."""
-    kept = scorer.input_ids[: scorer.n_tokens].tolist()
-    shared = 0
-    while shared < min(len(kept), len(ids) - 1) and kept[shared] == ids[shared]:
-        shared += 1
+    shared = min(_shared_prefix(scorer, ids), len(ids) - 1)
     scorer.n_tokens = shared
     scorer.eval(ids[shared:])
 

@@ -12,17 +12,20 @@ SCORING_WINDOW = 1024
 
 def score_continuations(
     first: Any,
-    rows_after: Callable[[list[int]], Any],
+    rows_after: Callable[[list[int], int], Any],
     continuations: list[list[int]],
     best_only: bool | int,
 ) -> list[float]:
     """The log-likelihood of each continuation, given ``first`` (the log-probabilities of the
-    token after the context) and ``rows_after(path)``, which evaluates ``path`` right after the
-    context and returns the log-probability rows after each of its tokens.
+    token after the context) and ``rows_after(path, kept)``, which evaluates ``path`` right
+    after the context, where the first ``kept`` of its tokens are still evaluated from the
+    call before, and returns the log-probability rows after each of its other tokens.
 
-    The likeliest first token goes first, and the longest of the continuations sharing it,
-    whose evaluation then serves the shorter ones ("Paris", "Paris to", "Paris to Rome"). A
-    continuation scores at most its first token's log-probability, so with ``best_only`` the
+    The likeliest first token goes first, and within it the continuations in falling token
+    order, so that a longer one is evaluated before those it serves ("Paris to Rome" serves
+    "Paris to" and "Paris") and each is evaluated only past what it shares with the one before
+    ("How do you say {text} in Spanish?" after "How do you say {text} tomorrow in Spanish?").
+    A continuation scores at most its first token's log-probability, so with ``best_only`` the
     rest cannot win once that falls below the best (they score ``-inf``). ``best_only=k``, a
     number, keeps the ``k`` best exact in the same way.
     """
@@ -36,7 +39,10 @@ def score_continuations(
         for done, rows in evaluated:
             if done[: len(path)] == path:
                 return rows
-        rows = rows_after(path)
+        shared = common_prefix(evaluated[-1][0], path) if evaluated else 0
+        rows = rows_after(path, shared)
+        if shared:  # the rows before are the last evaluated path's
+            rows = np.concatenate([evaluated[-1][1][:shared], rows])
         evaluated.append((path, rows))
         return rows
 
@@ -44,8 +50,8 @@ def score_continuations(
     keep = int(best_only)  # True: 1; False: all
     kept: list[float] = []  # the best totals so far, at most ``keep`` (a min-heap)
     order = sorted(
-        range(len(continuations)),
-        key=lambda i: (-first[continuations[i][0]], -len(continuations[i])),
+        sorted(range(len(continuations)), key=continuations.__getitem__, reverse=True),
+        key=lambda i: -first[continuations[i][0]],
     )
     for i in order:
         continuation = continuations[i]
@@ -60,6 +66,14 @@ def score_continuations(
         if keep:
             (heapq.heappush if len(kept) < keep else heapq.heappushpop)(kept, total)
     return totals
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens ``a`` and ``b`` share."""
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def log_softmax(rows: Any) -> Any:

@@ -22,7 +22,7 @@ from hearthlm.llm import ChatHearth
 MODEL_FIXTURES = frozenset(
     {"llama_chat", "served_chat", "hf_chat", "any_chat", "hf_cache", "server", "llama_cpp_server",
      "cold_server"}
-)
+)  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -73,7 +73,7 @@ MAX_RANKED = 8
 # of 53, 25 / 26 / 26 / 25 / 25 of 28, 33 / 34 / 36 / 34 / 31 of 40. Without the values at all
 # the choice is worse: a currency code or a person's name does say something of the tool.
 VALUE_WEIGHT = 0.5
-# The weight of how a request reads with a string value taken out (:func:`_framed`) beside the
+# The weight of how a request reads with a string value taken out (:func:`_frame`) beside the
 # value's own score.
 FRAME_WEIGHT = 0.1
 # A string field's candidates ranked again so (each one more continuation scored).
@@ -232,7 +232,7 @@ def choose_arguments(
     the texts that values are copied from; ``about`` is the tool's name and description (words
     that frame a request rather than give a value). With ``rank``, each required string
     field's best candidates are ranked again by their score plus how the request reads
-    without them (:func:`_framed`). Returns ``(chosen, schema)``: ``chosen``
+    without them (:func:`_frame`). Returns ``(chosen, schema)``: ``chosen``
     holds the fields chosen here, and ``schema`` accepts exactly those values, drops the
     optional fields left out, and leaves the rest (free fields) as they were.
     """

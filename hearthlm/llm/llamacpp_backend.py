@@ -79,9 +79,9 @@ class LlamaCppBackend(Backend):
             self.context_size = batched.context_size
         self.stop_token_ids = end_of_generation_ids(llm)
         self._grammars = GrammarCache()
+        self.lora: Path | None = None  # a GGUF LoRA, applied in scoring as in generating
         # contexts that keep every position's logits, each with what it last read, and when
         self._scorers: list[Any] = []
-        self.lora: Path | None = None  # a GGUF LoRA, applied in scoring as in generating
         self._read_at: list[int] = []
         self._reads = 0
 
@@ -207,10 +207,7 @@ class LlamaCppBackend(Backend):
         then drawn from the same numbers whether the prompt was cached or not (llama.cpp
         rounds a batch of many tokens differently from one), so a seeded reply repeats."""
         llm, head = self.llm, prompt_ids[:-1]
-        kept = llm.input_ids[: llm.n_tokens].tolist()
-        shared = 0
-        while shared < min(len(kept), len(head)) and kept[shared] == head[shared]:
-            shared += 1
+        shared = _shared_prefix(llm, head)
         llm.n_tokens = shared
         llm.eval(head[shared:])
 
@@ -222,8 +219,7 @@ class LlamaCppBackend(Backend):
         scorer = self._scoring_context(context)
         ids = (context + continuation)[-int(scorer.n_ctx()) :]
         first = len(ids) - len(continuation)
-        scorer.reset()
-        scorer.eval(ids)
+        _evaluate_past_shared(scorer, ids)
         logits = np.asarray(scorer.scores[: len(ids)], dtype=np.float64)  # (len(ids), vocab)
         # the logits at position i predict token i + 1
         rows = log_softmax(logits[first - 1 : len(ids) - 1])
@@ -390,9 +386,9 @@ def _build_grammar(constraint: Constraint) -> Any:
     return LlamaGrammar.from_string(constraint_gbnf(constraint), verbose=False)
 
 
-def _shared_prefix(scorer: Any, ids: list[int]) -> int:
-    """How many first tokens of ``ids`` the scoring context holds from what it last read."""
-    return common_prefix(scorer.input_ids[: scorer.n_tokens].tolist(), ids)
+def _shared_prefix(llm: Any, ids: list[int]) -> int:
+    """How many first tokens of ``ids`` a ``llama_cpp.Llama`` holds from what it last read."""
+    return common_prefix(llm.input_ids[: llm.n_tokens].tolist(), ids)
 
 
 def _evaluate_past_shared(scorer: Any, ids: list[int]) -> None:

@@ -326,7 +326,7 @@ def _joint(
         if rank is not None and _kind(properties[field]) == "string":
             ranked[field] = _Ranked.scored(rank, context, options)
         else:
-            ranked[field] = _Ranked(score, context, options, after)
+            ranked[field] = _Ranked.lazily(score, context, options, after)
     if rank is not None:  # after every field's own scores, which share the call's prompt
         strings = {f: r for f, r in ranked.items() if _kind(properties[f]) == "string"}
         _frame(rank, strings, about, request)
@@ -337,31 +337,49 @@ def _joint(
 
 
 class _Ranked:
-    """A field's candidates in falling order of score, scored lazily: the best is one call of
-    a best-only scorer, each next one a further call without those already ranked."""
+    """A field's candidates in falling order of score: those ranked so far, and where they come
+    from next (:meth:`lazily`), or all of them at once (:meth:`scored`)."""
 
-    def __init__(self, score: Scorer, context: str, options: list[Any], after: str) -> None:
-        self._score, self._context, self._after = score, context, after
-        self._left = list(options)
-        self._items: list[tuple[float, Any]] = []
+    def __init__(
+        self,
+        items: list[tuple[float, Any]],
+        more: Callable[[], tuple[float, Any] | None] | None = None,
+    ) -> None:
+        self._items = items
+        self._more = more
 
-    def get(self, index: int) -> tuple[float, Any] | None:
-        """The ``index``-th best ``(score, value)``, or None past the last (or past
-        :data:`MAX_RANKED`)."""
-        while len(self._items) <= index and self._left and len(self._items) < MAX_RANKED:
-            scores = self._score(self._context, [_rendered(o, self._after) for o in self._left])
+    @classmethod
+    def lazily(cls, score: Scorer, context: str, options: list[Any], after: str) -> _Ranked:
+        """``options`` ranked as they are asked for: the best is one call of a best-only
+        scorer, each next one a further call without those already ranked."""
+        left = list(options)
+
+        def next_best() -> tuple[float, Any] | None:
+            if not left:
+                return None
+            scores = score(context, [_rendered(o, after) for o in left])
             best = max(range(len(scores)), key=scores.__getitem__)
-            self._items.append((scores[best], self._left.pop(best)))
-        return self._items[index] if index < len(self._items) else None
+            return scores[best], left.pop(best)
+
+        return cls([], next_best)
 
     @classmethod
     def scored(cls, rank: Ranker, context: str, options: list[Any]) -> _Ranked:
         """The :data:`MAX_FRAMED` best of ``options``, scored in one call of ``rank``."""
-        ranked = cls(lambda c, options: rank(c, options, 1), context, [], "")
         scores = rank(context, [_rendered(o, "") for o in options], MAX_FRAMED)
         best = sorted(zip(scores, options, strict=True), key=lambda item: -item[0])
-        ranked._items = best[:MAX_FRAMED]
-        return ranked
+        return cls(best[:MAX_FRAMED])
+
+    def get(self, index: int) -> tuple[float, Any] | None:
+        """The ``index``-th best ``(score, value)``, or None past the last (or past
+        :data:`MAX_RANKED`)."""
+        while len(self._items) <= index < MAX_RANKED and self._more is not None:
+            item = self._more()
+            if item is None:
+                self._more = None
+            else:
+                self._items.append(item)
+        return self._items[index] if index < len(self._items) else None
 
     def values(self) -> list[Any]:
         """The candidates ranked so far, best first."""
@@ -372,7 +390,7 @@ class _Ranked:
         are ranked after them."""
         items = [(s + e, v) for (s, v), e in zip(self._items, extra, strict=True)]
         self._items = sorted(items, key=lambda item: -item[0])
-        self._left = []
+        self._more = None
 
 
 def _frame(rank: Ranker, ranked: dict[str, _Ranked], about: str, text: str) -> None:

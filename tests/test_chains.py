@@ -70,7 +70,9 @@ def test_only_chat_hearth_reads_constraints(llama_chat):
 
 def test_a_constraint_is_one_documented_binding(llama_chat):
     yes_no = llama_chat.bind(constraint='root ::= "yes" | "no"')  # a GBNF grammar
-    assert yes_no.invoke("Is Paris in France?").content in ("yes", "no")
+    # the README's example: "yes" leads "no" by 1.4 nats here ("Is Lisbon in Portugal?", which
+    # it showed before, is a tie the model breaks towards "no")
+    assert yes_no.invoke("Is Paris in France?").content == "yes"
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     reply = llama_chat.invoke("Where is the Eiffel Tower?", constraint=schema)  # a JSON schema
     assert list(json.loads(reply.content)) == ["city"]

@@ -371,6 +371,40 @@ def test_a_client_that_disconnects_stops_its_generation(server, http):
     assert settled["running"] == 0
 
 
+def test_scoring_for_a_client_that_already_left_ends_at_once(server, http):
+    """A completion with logprobs whose client left while it generated scores with its cancel
+    event set; the scoring must end at once, or the worker thread waits for ever on rows no
+    slot computes and, a few such clients later, the server answers every request 429."""
+    from hearthlm.errors import GenerationError
+    from hearthlm.llm.backend import cancel_scope
+
+    engine = server.state.models.base.engine
+    ids = engine.tokenize("The capital of France is Paris.")
+    ended: dict[str, BaseException] = {}
+
+    def score(name: str, call) -> None:
+        gone = threading.Event()
+        gone.set()
+        with cancel_scope(gone):
+            try:
+                call()
+            except BaseException as exc:  # the test looks at which
+                ended[name] = exc
+
+    calls = {
+        "rows": lambda: engine.batched.rows(ids),
+        "loglikelihoods": lambda: engine.batched.loglikelihoods(ids[:4], [ids[4:]]),
+    }
+    threads = [threading.Thread(target=score, args=item, daemon=True) for item in calls.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a cancelled scoring hung"
+    assert {name: type(exc) for name, exc in ended.items()} == dict.fromkeys(calls, GenerationError)
+    assert engine_stats(http)["waiting"] == 0
+
+
 def test_a_full_server_answers_429_and_never_hangs(server, llama_chat, tmp_path):
     from conftest import Served, free_port, serve_config
 

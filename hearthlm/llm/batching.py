@@ -164,12 +164,11 @@ class Scheduler:
     def _drop_stopped(self) -> None:
         for sequence in [s for s in self._waiting if s.stopped]:
             self._waiting.remove(sequence)
-            sequence.out.put(_END)
+            sequence.out.put(_cancelled(sequence))
             _close(sequence)
         for sequence in [s for s in self._active if s.stopped]:
             if not sequence.closed:  # cancelled: its caller is still reading
-                ended = GenerationError("the request was cancelled")
-                sequence.out.put(_END if sequence.sampler is not None else ended)
+                sequence.out.put(_cancelled(sequence))
             self._release(sequence)
 
     def _admit(self) -> None:
@@ -434,6 +433,13 @@ class BatchedEngine:
         """Stop the scheduler; requests in flight end with an error."""
         self.scheduler.close()
         self._prototypes = GrammarCache()  # their samplers are freed with them
+
+
+def _cancelled(sequence: _Sequence) -> Any:
+    """What a cancelled sequence's caller reads last: a generation ends where it stopped, and
+    a scoring session, which has no partial answer, raises (its caller would otherwise wait
+    for rows that no slot will compute)."""
+    return _END if sequence.sampler is not None else GenerationError("the request was cancelled")
 
 
 def _take(sequence: _Sequence) -> Any:

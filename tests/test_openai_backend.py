@@ -205,7 +205,7 @@ def test_ollama_kind_sends_raw_prompts_with_format_and_writes_where_it_cannot_sc
         if path == "/api/tags":
             return _json({"models": [{"name": "smollm2:135m"}]})
         if path == "/api/show":
-            return _json({"model_info": {"llama.context_length": 8192}})
+            return _json({"model_info": {"llama.context_length": 131072}})  # Llama 3.1's
         lines = [json.dumps(generated).encode() + b"\n", json.dumps(done).encode() + b"\n"]
         return 200, "application/x-ndjson", lines
 
@@ -220,6 +220,7 @@ def test_ollama_kind_sends_raw_prompts_with_format_and_writes_where_it_cannot_sc
         body = ollama.bodies("/api/generate")[-1]
         assert body["raw"] is True and body["prompt"].startswith("<|im_start|>")
         assert body["format"]["properties"].keys() == {"name", "age"}
+        # the window is capped: Ollama allocates a KV cache of num_ctx tokens
         assert body["options"]["num_ctx"] == 8192 and body["options"]["temperature"] == 0.0
         assert "grammar" not in body
         # an optional tool call needs a grammar, which Ollama lacks: the reply says so

@@ -38,6 +38,10 @@ from hearthlm.llm.text import CHATML_TEMPLATE
 ServerKind = Literal["vllm", "llamacpp", "ollama", "hearth", "generic"]
 # Kinds that read a GBNF grammar (vLLM through structured_outputs, the others as `grammar`).
 GRAMMAR_KINDS = frozenset({"vllm", "llamacpp", "hearth"})
+# The window used on Ollama unless llm.context_size says otherwise: each request sends it as
+# num_ctx, and Ollama allocates (and reloads the model for) a KV cache that long; a model's
+# trained length (131,072 for Llama 3.1) would take gigabytes for a window no chain here fills.
+OLLAMA_CONTEXT = 8192
 # A sentence whose tokens the load step compares with the server's tokenizer.
 _PROBE = "The capital of France is Paris, and 1234 * 5678 = 7006652."
 # Words without sense, said three times: a model that reads the first time predicts the third
@@ -206,6 +210,8 @@ class OpenAIBackend(Backend):
                 max_retries=self.retries,
             )
         self.model_name, served_context = self._find_model(config.model)
+        if self.kind == "ollama" and served_context:
+            served_context = min(served_context, OLLAMA_CONTEXT)
         self.context_size = config.context_size or served_context or self.tokenizer.trained_context
 
     @classmethod

@@ -96,7 +96,8 @@ def _add_middleware(app: FastAPI, serve: Any) -> None:
             CORSMiddleware,
             allow_origins=serve.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
+            # any header: the openai SDKs send their own (x-stainless-os, -retry-count, ...)
+            allow_headers=["*"],
         )
     app.add_middleware(
         BodyLimit,
@@ -203,7 +204,9 @@ def _metrics(state: ServerState) -> bytes:
 
 class BodyLimit:
     """413 for a request body over its limit: uploads (multipart) have their own, larger one.
-    The declared length is checked first; a body that streams past it is cut off."""
+    The declared length is checked first; a body that streams past it (chunked, with no
+    length) is cut off, and the app's answer to the cut body (FastAPI's 400 for a body it
+    could not read) is replaced by the 413."""
 
     def __init__(self, app: Any, json_bytes: int, upload_bytes: int) -> None:
         self.app = app
@@ -221,20 +224,28 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)
             return
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def counted() -> Any:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise _TooLarge()
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+        async def answer(message: Any) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to a body cut short: the 413 goes instead
+            started = True
+            await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counted, answer)
+        if over and not started:
             await _too_large(send, limit)
 
 

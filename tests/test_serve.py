@@ -510,6 +510,94 @@ def test_bad_input_is_answered_in_openai_shape_and_the_server_keeps_serving(serv
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 
 
+def test_what_the_server_would_not_follow_is_refused_and_streams_count_their_tokens(
+    server, client, http
+):
+    """Token ids outside the vocabulary never reach a batch (llama.cpp would fail it, other
+    clients' requests with it); fields the reply would not follow are refused; a body that
+    streams past the limit gets 413 as a declared one does; a streamed completion sends its
+    usage when asked."""
+    auth = {"Authorization": f"Bearer {ALPHA}"}
+
+    def post(path: str, **body) -> httpx.Response:
+        return httpx.post(f"{server.url}{path}", json={"model": MODEL, **body}, headers=auth)
+
+    unknown = 10**8
+    refused = [
+        ("/v1/completions", {"prompt": [1, 2, unknown], "max_tokens": 2}, "prompt"),
+        ("/v1/loglikelihoods", {"context": [1, unknown], "continuations": [[2]]}, "context"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+        ("/v1/embeddings", {"input": [[5, -3]], "model": None}, "input"),
+        ("/v1/completions", {"prompt": "def f(", "suffix": "return 1"}, "suffix"),
+        ("/v1/completions", {"prompt": "Hi", "logit_bias": {"50": 5}}, "logit_bias"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "best_of": 2},
+            "best_of",
+        ),
+        ("/v1/completions", {"prompt": "Hi", "stream": True, "logprobs": 0}, "stream"),
+    ]
+    for path, body, param in refused:
+        response = post(path, **body)
+        assert response.status_code == 400, (path, body, response.text)
+        assert response.json()["error"]["param"] == param
+    assert post("/v1/completions", prompt="Hi", max_tokens=1).status_code == 200
+
+    def chunks():  # no Content-Length: the body streams past serve.max_body_mb
+        for _ in range(6):
+            yield b" " * 2**20
+
+    streamed = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=chunks(),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    assert streamed.json()["error"]["code"] == "request_too_large"
+
+    prompt = "One, two, three,"
+    alone = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6)
+    pieces = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == alone.choices[0].text
+    assert pieces[-1].choices == [] and pieces[-1].usage == alone.usage
+    none = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=0, stream=True))
+    assert [(c.choices[0].text, c.choices[0].finish_reason) for c in none] == [("", "length")]
+
+
+def test_a_browser_app_on_an_allowed_origin_may_send_the_openai_sdk_headers(server, tmp_path):
+    from conftest import Served, free_port, serve_config
+
+    from hearthlm.serve import create_app
+
+    config = serve_config(tmp_path, cors_origins=["http://app.example"])
+    chat = ChatHearth.from_backend(server.state.models.base.engine)
+    with Served(create_app(config, chat=chat), free_port(), tmp_path) as browser_facing:
+        sdk_headers = "authorization,content-type,x-stainless-os,x-stainless-retry-count"
+        preflight = httpx.options(
+            f"{browser_facing.url}/v1/chat/completions",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": sdk_headers,
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        other = httpx.options(
+            f"{browser_facing.url}/v1/chat/completions",
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert other.status_code == 400
+
+
 def test_cors_is_off_and_metrics_count_tokens(server, http):
     preflight = httpx.options(
         f"{server.url}/v1/models",

@@ -127,6 +127,8 @@ class Backend(ABC):
     bos_token: str = ""
     eos_token: str = ""
     stop_token_ids: frozenset[int] = frozenset()
+    # The token ids it reads are 0 <= id < vocab_size; None where it cannot tell (a server).
+    vocab_size: int | None = None
     # A backend that streams text rather than token ids implements generate_text instead.
     streams_text: ClassVar[bool] = False
     # Whether loglikelihoods works: every local backend scores; a server may not.

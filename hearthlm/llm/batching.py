@@ -354,6 +354,7 @@ class BatchedEngine:
     ) -> Iterator[Any]:
         """The generated token ids; with ``top``, each as ``(id, (logprob, top tokens))``,
         read from the logits it was sampled from."""
+        self._check(prompt_ids)
         grammar = self._prototypes.get(constraint, self._grammar_sampler) if constraint else None
         context = self.scheduler.context
         sampler = Sampler(context.vocab, context.n_vocab, sampling, grammar, self._penalty_window)
@@ -376,6 +377,7 @@ class BatchedEngine:
     ) -> list[float]:
         import numpy as np
 
+        self._check(context, *continuations)
         room = SCORING_WINDOW - max((len(c) for c in continuations), default=0)
         context = context[-room:]
         with self._scoring(context) as evaluate:
@@ -396,6 +398,7 @@ class BatchedEngine:
         """
         import numpy as np
 
+        self._check(ids)
         if len(ids) > self.context_size:
             raise ContextWindowError(
                 f"the text to score is {len(ids)} tokens; a sequence holds {self.context_size}."
@@ -425,6 +428,15 @@ class BatchedEngine:
         finally:
             session.closed = True
             self.scheduler.wake()
+
+    def _check(self, *token_lists: list[int]) -> None:
+        """Refuse token ids outside the vocabulary before they reach a batch: llama.cpp fails
+        the whole batch on one, and with it every other request decoded in it."""
+        size = self.scheduler.context.n_vocab
+        for ids in token_lists:
+            bad = [t for t in ids if not 0 <= t < size]
+            if bad:
+                raise GenerationError(f"token id {bad[0]} is not in the vocabulary [0, {size}).")
 
     def _grammar_sampler(self, constraint: Constraint) -> Sampler:
         return Sampler.grammar(self.scheduler.context.vocab, constraint_gbnf(constraint))

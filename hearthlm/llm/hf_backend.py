@@ -128,6 +128,8 @@ class TransformersBackend(Backend):
         self.eos_token = tokenizer.eos_token or ""
         self.context_size = int(getattr(model.config, "max_position_embeddings", 2048))
         self.stop_token_ids = frozenset(_eos_ids(model, tokenizer))
+        embedded = getattr(model.config, "vocab_size", None) or len(tokenizer)
+        self.vocab_size = min(int(embedded), len(tokenizer))
         self.soft_prompt: torch.Tensor | None = None  # prompt-tuning adapters prepend this
         self._grammars = GrammarCache()
         # transformers 5.24 renamed `past_key_values` to `cache`; accept both generations.

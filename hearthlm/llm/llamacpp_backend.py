@@ -78,6 +78,7 @@ class LlamaCppBackend(Backend):
         if batched is not None:
             self.context_size = batched.context_size
         self.stop_token_ids = end_of_generation_ids(llm)
+        self.vocab_size = int(llm.n_vocab())
         self._grammars = GrammarCache()
         self.lora: Path | None = None  # a GGUF LoRA, applied in scoring as in generating
         # contexts that keep every position's logits, each with what it last read, and when

@@ -256,16 +256,23 @@ async def completions(
     if len(prompts) != 1:
         raise APIError(400, "send one prompt per request.", param="prompt")
     prompt = prompts[0]
+    if not isinstance(prompt, str):
+        _known_ids(chat.engine, prompt, "prompt")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     options = {**body.chat_options(max(max_tokens, 1)), **request_options(body)}
     model_id = body.model or state.models.base_id
     reply_id = f"cmpl-{secrets.token_hex(12)}"
+    if body.suffix is not None:
+        raise APIError(400, "suffix (filling in the middle) is not served.", param="suffix")
     if body.stream:
-        if body.echo or body.logprobs:
+        if body.echo or body.logprobs is not None:
             raise APIError(400, "echo and logprobs are served without stream.", param="stream")
-        stream = Work(state, lambda: _completion_deltas(chat, prompt, body, options), request)
+        stream = Work(
+            state, lambda: _completion_deltas(chat, prompt, body, options, max_tokens), request
+        )
         deltas = await opened(stream, merge=None)
-        return event_stream(_completion_events(reply_id, model_id, deltas))
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return event_stream(_completion_events(reply_id, model_id, deltas, usage))
     work = Work(state, lambda: [_completion(chat, prompt, body, options, max_tokens)], request)
     choice, usage = (await collect(work))[0]
     return JSONResponse(
@@ -355,29 +362,37 @@ def _logprobs(
 
 
 def _completion_deltas(
-    chat: ChatHearth, prompt: str | list[int], body: CompletionRequest, options: dict[str, Any]
-) -> Iterator[tuple[str, str | None]]:
-    completion = chat.complete(prompt, stop=body.stops(), **options)
-    for delta in completion:
-        yield delta, None
-    yield "", _finish(completion.finish_reason)[0]
+    chat: ChatHearth,
+    prompt: str | list[int],
+    body: CompletionRequest,
+    options: dict[str, Any],
+    max_tokens: int,
+) -> Iterator[tuple[str, str | None, dict[str, int] | None]]:
+    """The text as it is made, then the finish reason and the usage."""
+    ids = chat.engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    finish, generated = "length", 0
+    if max_tokens > 0:
+        completion = chat.complete(ids, stop=body.stops(), **options)
+        for delta in completion:
+            yield delta, None, None
+        finish, generated = _finish(completion.finish_reason)[0], completion.output_tokens
+    usage = {"prompt_tokens": len(ids), "completion_tokens": generated}
+    yield "", finish, {**usage, "total_tokens": len(ids) + generated}
 
 
 async def _completion_events(
-    reply_id: str, model_id: str, deltas: AsyncIterator[tuple[str, str | None]]
+    reply_id: str,
+    model_id: str,
+    deltas: AsyncIterator[tuple[str, str | None, dict[str, int] | None]],
+    include_usage: bool,
 ) -> AsyncIterator[str]:
+    head = {"id": reply_id, "object": "text_completion", "model": model_id}
     try:
-        async for text, finish in deltas:
+        async for text, finish, usage in deltas:
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-            yield sse(
-                {
-                    "id": reply_id,
-                    "object": "text_completion",
-                    "created": now(),
-                    "model": model_id,
-                    "choices": [choice],
-                }
-            )
+            yield sse({**head, "created": now(), "choices": [choice]})
+            if usage is not None and include_usage:
+                yield sse({**head, "created": now(), "choices": [], "usage": usage})
     except HearthError as exc:
         yield sse(from_library(exc).body())
     yield DONE
@@ -400,7 +415,9 @@ async def loglikelihoods(
     engine = chat.engine
 
     def ids(text: str | list[int]) -> list[int]:
-        return engine.tokenize(text) if isinstance(text, str) else list(text)
+        if isinstance(text, str):
+            return engine.tokenize(text)
+        return _known_ids(engine, list(text), "context")
 
     context = ids(body.context)
     continuations = [ids(c) for c in body.continuations]
@@ -472,9 +489,12 @@ def _texts(given: Any, embedder: Any) -> list[str]:
     if isinstance(given, str):
         return [given]
     if given and all(isinstance(t, int) for t in given):
-        return [embedder.tokenizer.decode(given)]
+        given = [given]
     if given and all(isinstance(t, list) for t in given):
-        return [embedder.tokenizer.decode(t) for t in given]
+        tokenizer = embedder.tokenizer
+        if any(not 0 <= i < len(tokenizer) for ids in given for i in ids):
+            raise APIError(400, f"token ids must be in [0, {len(tokenizer)}).", param="input")
+        return [tokenizer.decode(ids) for ids in given]
     return list(given)
 
 
@@ -509,7 +529,13 @@ def detokenize(
 ) -> dict[str, Any]:
     """vLLM's ``/detokenize``: the text of token ids."""
     engine = state_of(request).models.get(body.model).engine
-    vocab = engine.vocab_size if hasattr(engine, "vocab_size") else None
-    if vocab is not None and any(not 0 <= t < vocab for t in body.tokens):
-        raise APIError(400, f"token ids must be in [0, {vocab}).", param="tokens")
-    return {"prompt": engine.decode(body.tokens)}
+    return {"prompt": engine.decode(_known_ids(engine, body.tokens, "tokens"))}
+
+
+def _known_ids(engine: Any, ids: list[int], param: str) -> list[int]:
+    """``ids``, refused with a 400 unless each is a token of ``engine``'s vocabulary: llama.cpp
+    fails the batch an unknown id is decoded in, other clients' requests with it."""
+    vocab = getattr(engine, "vocab_size", None)
+    if vocab is not None and any(not 0 <= t < vocab for t in ids):
+        raise APIError(400, f"token ids must be in [0, {vocab}).", param=param)
+    return ids

@@ -1,9 +1,10 @@
 """The request bodies the server reads, in OpenAI's (and vLLM's) field names.
 
 Fields a client may send that hearthlm does not act on are refused, not ignored, where ignoring
-would change the answer silently: ``n`` above 1, penalties it does not apply, and vLLM's
-``guided_*`` constraint fields, which vLLM itself has removed and now ignores, so that a request
-that sends them would get an unconstrained reply."""
+would change the answer silently: ``n`` above 1, penalties it does not apply, the fields of
+:data:`UNAPPLIED` with other than their neutral value, ``suffix``, and vLLM's ``guided_*``
+constraint fields, which vLLM itself has removed and now ignores, so that a request that sends
+them would get an unconstrained reply."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ REMOVED_CONSTRAINTS = (
     "guided_decoding_backend",
     "guided_whitespace_pattern",
 )
+
+# Fields of OpenAI's, vLLM's and llama.cpp's servers that shape a reply and that hearthlm does not
+# apply, each with the values that leave a reply as it is (sent by clients that fill in every
+# field).
+UNAPPLIED: dict[str, tuple[Any, ...]] = {
+    "logit_bias": (None, {}),
+    "best_of": (None, 1),
+    "min_tokens": (None, 0),
+    "min_p": (None, 0, 0.0),
+    "ignore_eos": (None, False),
+    "stop_token_ids": (None, []),
+    "bad_words": (None, []),
+    "logits_processors": (None, []),
+}
 
 
 class _Body(BaseModel):
@@ -163,6 +178,14 @@ class Sampling(_Body):
     def _supported(self) -> Sampling:
         if self.n != 1:
             raise APIError(400, "n must be 1: one choice per request.", param="n")
+        for name, neutral in UNAPPLIED.items():
+            if (self.model_extra or {}).get(name) not in neutral:
+                raise APIError(
+                    400,
+                    f"{name} is not supported: the reply would not follow it.",
+                    code="unsupported_parameter",
+                    param=name,
+                )
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
                 raise APIError(

@@ -175,7 +175,51 @@ def test_a_deep_jsonl_line_is_dropped_and_the_rest_kept(tmp_path: Path):
         '{"text": "first"}\n' + "[" * 5000 + "]" * 5000 + '\n{"text": "third"}\n',
         encoding="utf-8",
     )
-    assert [(s.text, s.record) for s in load_file(path)] == [("first", "1"), ("third", "3")]
+    with pytest.warns(UserWarning, match="not valid JSON: 2$"):
+        sections = load_file(path)
+    assert [(s.text, s.record) for s in sections] == [("first", "1"), ("third", "3")]
+
+
+def test_a_jsonl_string_may_hold_unicode_line_separators(tmp_path: Path):
+    """json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw inside a string; only
+    "\n" ends a JSON line."""
+    path = tmp_path / "steps.jsonl"
+    rows = [{"text": "Step one.\u2028Step two.\x85Step three."}, {"text": "Warranty is two years."}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), "utf-8")
+    sections = load_file(path)
+    assert [(s.text, s.record) for s in sections] == [
+        (r["text"], str(i)) for i, r in enumerate(rows, 1)
+    ]
+
+
+def test_a_pdf_restricted_only_by_an_owner_password_is_read(tmp_path: Path):
+    from pypdf import PdfReader, PdfWriter
+
+    plain = write_pdf(tmp_path / "plain.pdf", list(TOPICS.values()))
+
+    def encrypted(name: str, user: str) -> Path:
+        writer = PdfWriter(clone_from=PdfReader(plain))
+        writer.encrypt(user_password=user, owner_password="owner-secret", algorithm="RC4-128")
+        writer.write(tmp_path / name)
+        return tmp_path / name
+
+    restricted = load_file(encrypted("no-printing.pdf", user=""))
+    assert [s.page for s in restricted] == [1, 2, 3] and "waggle dance" in restricted[1].text
+    with pytest.raises(LoadError, match="needs a password to open"):
+        load_file(encrypted("locked.pdf", user="user-secret"))
+
+
+def test_html_wrapped_in_one_form_keeps_its_text(tmp_path: Path):
+    """ASP.NET WebForms and SharePoint pages wrap the whole body in a <form>."""
+    page = tmp_path / "returns.html"
+    page.write_text(
+        '<html><body><form id="form1" method="post"><input type="hidden" name="__VIEWSTATE" '
+        'value="dDwtMTA4"><main><h1>Returns</h1><p>Returns are accepted within 30 days.</p>'
+        "<button>Search</button></main></form></body></html>",
+        encoding="utf-8",
+    )
+    (section,) = load_file(page)
+    assert section.text == "Returns\nReturns are accepted within 30 days."
 
 
 def test_csv_rows_become_records_in_any_encoding(tmp_path: Path):

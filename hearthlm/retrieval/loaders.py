@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,14 @@ def _load_markdown(path: Path, options: LoaderOptions) -> list[Section]:
 
 
 def _load_pdf(path: Path, options: LoaderOptions) -> list[Section]:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf import PasswordType, PdfReader
+    from pypdf.errors import DependencyError, PdfReadError
 
     try:
         reader = PdfReader(path)
-        if reader.is_encrypted:
-            raise LoadError("encrypted PDF; decrypt it first")
+        # an owner password alone (printing or copying restricted) opens with the empty one
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise LoadError("encrypted PDF: it needs a password to open; decrypt it first")
         count = len(reader.pages)
         if count > options.max_pdf_pages:
             raise LoadError(
@@ -131,6 +133,10 @@ def _load_pdf(path: Path, options: LoaderOptions) -> list[Section]:
                 "retrieval.max_pdf_pages to index it"
             )
         pages = [page.extract_text() or "" for page in reader.pages]
+    except DependencyError:
+        raise LoadError(
+            "encrypted PDF (AES): install the cryptography package to read it"
+        ) from None
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise LoadError(f"corrupt PDF: {exc}") from None
     sections, offset = [], 0
@@ -146,7 +152,9 @@ def _load_html(path: Path, options: LoaderOptions) -> list[Section]:
 
     markup, encoding = _read_text(path)
     soup = BeautifulSoup(markup, "html.parser")
-    for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "aside", "form"]):
+    # a form's controls, not the form: ASP.NET and SharePoint pages wrap the whole page in one
+    chrome = ["script", "style", "noscript", "nav", "header", "footer", "aside"]
+    for tag in soup([*chrome, "input", "select", "option", "textarea", "button", "label"]):
         tag.decompose()
     root = soup.find("main") or soup.find("article") or soup.body or soup
     lines = (line.strip() for line in root.get_text("\n").splitlines())
@@ -169,7 +177,8 @@ def _load_json(path: Path, options: LoaderOptions) -> list[Section]:
 def _load_jsonl(path: Path, options: LoaderOptions) -> list[Section]:
     text, encoding = _read_text(path)
     sections, bad = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: splitlines() also breaks at U+2028 and U+0085, which JSON strings may hold raw
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -182,6 +191,9 @@ def _load_jsonl(path: Path, options: LoaderOptions) -> list[Section]:
             sections.append(section)
     if bad and not sections:
         raise LoadError(f"no valid JSON line (first bad line {bad[0]})")
+    if bad:  # reported with the file (hearthlm.retrieval.ingest captures it)
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if bad[10:] else "")
+        warnings.warn(f"skipped lines that are not valid JSON: {shown}", stacklevel=2)
     return _with_encoding(sections, encoding)
 
 

@@ -99,6 +99,53 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, embeddings):
 
 
 @pytest.mark.slow
+def test_a_file_a_killed_run_had_begun_leaves_nothing_once_deleted(embeddings, tmp_path: Path):
+    """A run killed mid-file leaves that file's chunks in Chroma and the store with no file row
+    (the row is written once all its chunks are in). Deleted, or made unreadable, before the
+    next run, the file must not stay searchable and citable."""
+    corpus = write_corpus(tmp_path / "docs")
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    index.index_path(corpus, progress=False)
+    notes, guide = str(corpus / "notes.txt"), str(corpus / "guide.md")
+    begun = index.store.chunk_ids(notes) | index.store.chunk_ids(guide)
+    for source in (notes, guide):
+        index.store.drop_file(source)  # the state a SIGKILL mid-file leaves
+    (corpus / "notes.txt").unlink()
+    (corpus / "guide.md").write_bytes(b"\x00\x01\x02 not text any more \xff" * 10)
+    report = index.index_path(corpus, progress=False)
+    assert report.chunks_removed == len(begun) > 0
+    assert [s for s, _ in report.skipped] == [guide]
+    sources = {m["source"] for m in index.collection.get(include=["metadatas"])["metadatas"]}
+    assert not {notes, guide} & sources and index.store.chunk_sources() == sources
+    hits = HybridRetriever.from_index(index, mode="bm25", k=3).search("wifi password rotated")
+    assert notes not in {h.metadata["source"] for h in hits}
+
+
+def test_chunks_another_run_records_while_bm25_rebuilds_are_found_next(
+    embeddings, tmp_path: Path, monkeypatch
+):
+    """Another machine's run can store chunks and move the index's version on while this one
+    rebuilds BM25; the rebuilt index must not carry the newer version, or keyword search would
+    miss those chunks until the next change."""
+    from hearthlm.retrieval.splitter import Chunk
+
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    index.index_path(write_corpus(tmp_path / "docs"), progress=False)
+    late = Chunk("kiln-1", "The pottery kiln fires on Thursdays.", {"source": "late.txt"})
+    read = index.store.corpus
+
+    def read_while_another_run_records() -> object:  # the interleaving a real race may give
+        rows = list(read())
+        index.store.add_chunks([late])
+        index.store.bump_version()
+        return iter(rows)
+
+    monkeypatch.setattr(index.store, "corpus", read_while_another_run_records)
+    index.bm25.rebuild()
+    monkeypatch.undo()
+    assert [cid for cid, _ in index.bm25.search("pottery kiln", 3)] == ["kiln-1"]
+
+
 def test_sigkill_mid_run_then_the_next_run_completes(embeddings, tmp_path: Path):
     corpus = tmp_path / "many"
     corpus.mkdir()

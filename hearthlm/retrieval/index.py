@@ -199,18 +199,20 @@ class DocumentIndex:
                 files.remove(link)
         report.files_seen = len(files)
         present = {str(p) for p in files}
-        # Files that were indexed from under this root and are gone now.
-        for source in sorted(known):
+        # Files that were indexed from under this root and are gone now, and files an
+        # interrupted run had begun (chunks stored, no file row) that are gone too; not while
+        # another run is live, whose files are in that state until it records them.
+        begun = set() if others_live else self.store.chunk_sources() - set(known)
+        for source in sorted(set(known) | begun):
             if _under(source, root) and source not in present:
-                report.chunks_removed += self._remove(known[source][1])
-                self.store.drop_file(source)
-                report.files_removed += 1
+                report.chunks_removed += self._drop(source, known, begun)
+                report.files_removed += source in known
                 changed = True
         pending: list[tuple[str, str, list[Chunk]]] = []
         hashes = {path: known[str(path)][0] if str(path) in known else None for path in files}
         with progress.stage(len(files), "files") as advance:
             for read in work.read(hashes):
-                changed |= self._take(read, known, pending, report)
+                changed |= self._take(read, known, begun, pending, report)
                 advance()
         if pending:
             changed = True
@@ -223,6 +225,7 @@ class DocumentIndex:
         self,
         read: FileRead,
         known: dict[str, tuple[str, list[str]]],
+        begun: set[str],
         pending: list[tuple[str, str, list[Chunk]]],
         report: IndexReport,
     ) -> bool:
@@ -241,11 +244,10 @@ class DocumentIndex:
             pending.append((source, read.digest, outcome.chunks))
             return False
         report.skipped.append((source, outcome.skipped))
-        if source in known:  # it was indexed before and is unusable now
-            report.chunks_removed += self._remove(known[source][1])
-            self.store.drop_file(source)
-            return True
-        return False
+        if source not in known and source not in begun:
+            return False
+        report.chunks_removed += self._drop(source, known, begun)  # unusable now
+        return True
 
     def _write(
         self,
@@ -312,6 +314,15 @@ class DocumentIndex:
         if moved:
             self.collection.update(ids=[c.id for c in moved], metadatas=[c.metadata for c in moved])
             self.store.add_chunks(moved)
+
+    def _drop(self, source: str, known: dict[str, tuple[str, list[str]]], begun: set[str]) -> int:
+        """Remove a file from the index: the chunks its row lists, or those an interrupted
+        run stored under its name (``begun``), then its row; how many chunks went."""
+        if source in known:
+            removed = self._remove(known[source][1])
+            self.store.drop_file(source)
+            return removed
+        return self._remove(sorted(self.store.chunk_ids(source))) if source in begun else 0
 
     def _remove(self, ids: list[str]) -> int:
         for batch in _batches(ids):

@@ -229,6 +229,13 @@ class SidecarStore:
         with self.engine.connect() as db:
             return set(db.scalars(query))
 
+    def chunk_sources(self) -> set[str]:
+        """The sources that have chunks stored, with a file row or not (a file an interrupted
+        run had begun)."""
+        t = chunks_table
+        with self.engine.connect() as db:
+            return set(db.scalars(select(t.c.source).where(self._where(t)).distinct()))
+
     def chunk_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         return {cid: json.loads(meta) for cid, _, meta in self._select(ids)}
 

@@ -37,10 +37,22 @@ class BM25Index:
         self._stem = _stemmer()
 
     def rebuild(self) -> None:
+        """Write the index of every stored chunk, tagged with the store's version. Processes
+        that rebuild at once (an index run and a server on one machine) take turns under a
+        file lock beside the folder."""
+        from filelock import FileLock
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.folder.with_name(f".{self.folder.name}.lock")):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
         import bm25s
 
-        rows = list(self.store.corpus())
+        # the version first: chunks written after it are then newer than the tag, and the next
+        # search rebuilds; read after the corpus, it could tag an index that lacks them
         version = self.store.get_state("version") or "0"
+        rows = list(self.store.corpus())
         ids, texts = zip(*rows, strict=True) if rows else ((), ())
         tokens = bm25s.tokenize(
             list(texts), stopwords="en", stemmer=self._stem, show_progress=False

@@ -121,6 +121,38 @@ def test_a_file_a_killed_run_had_begun_leaves_nothing_once_deleted(embeddings, t
     assert notes not in {h.metadata["source"] for h in hits}
 
 
+def test_a_folder_that_cannot_be_read_keeps_its_files_indexed(
+    embeddings, tmp_path: Path, monkeypatch
+):
+    """A subfolder that cannot be listed (permissions changed, a mount gone offline) is not a
+    deleted one: its files stay indexed, and the run says why it did not look inside."""
+    import os
+
+    corpus = write_corpus(tmp_path / "docs")
+    team = corpus / "team"
+    team.mkdir()
+    (team / "kiln.txt").write_text("The pottery kiln fires on Thursdays.", encoding="utf-8")
+    index = DocumentIndex(RetrievalConfig(path=tmp_path / "idx"), embeddings)
+    index.index_path(corpus, progress=False)
+    before = _state(index)
+    listing = os.scandir
+
+    def scandir(path: object = ".") -> object:  # root reads any folder: refuse this one
+        if Path(str(path)) == team:
+            raise PermissionError(13, "Permission denied", str(team))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = index.index_path(corpus, progress=False)
+    monkeypatch.undo()
+    assert (report.files_removed, report.chunks_removed) == (0, 0) and _state(index) == before
+    assert [(s, r.split(" (")[0]) for s, r in report.skipped] == [
+        (str(team), "a folder that cannot be read")
+    ]
+    hits = HybridRetriever.from_index(index, mode="bm25", k=1).search("pottery kiln")
+    assert hits[0].metadata["source"] == str(team / "kiln.txt")
+
+
 def test_chunks_another_run_records_while_bm25_rebuilds_are_found_next(
     embeddings, tmp_path: Path, monkeypatch
 ):

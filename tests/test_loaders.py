@@ -59,6 +59,19 @@ def test_walk_is_recursive_with_include_and_exclude(tmp_path: Path):
     assert names == ["top.md"]
 
 
+def test_walk_follows_a_linked_folder_once_and_not_round_a_loop(tmp_path: Path):
+    team, root = tmp_path / "team", tmp_path / "root"
+    team.mkdir()
+    root.mkdir()
+    (team / "a.txt").write_text("shared notes", encoding="utf-8")
+    (root / "b.txt").write_text("own notes", encoding="utf-8")
+    (root / "shared").symlink_to(team, target_is_directory=True)
+    (team / "up").symlink_to(root, target_is_directory=True)  # a loop back to the root
+    walked = [p.relative_to(root).as_posix() for p in walk(root)]
+    assert walked == ["b.txt", "shared/a.txt"]
+    assert [p.name for p in walk(root, follow_links=False)] == ["b.txt"]
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [

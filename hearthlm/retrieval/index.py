@@ -192,7 +192,13 @@ class DocumentIndex:
             self.store.forget_runs(interrupted)
             changed = True  # and BM25 may predate the files it finished
         known = self.store.files()
-        files = list(walk(root, cfg.include, cfg.exclude))
+        unreadable: list[tuple[Path, str]] = []
+        files = list(
+            walk(root, cfg.include, cfg.exclude, follow_links=follow_links, unreadable=unreadable)
+        )
+        for folder, reason in unreadable:
+            report.skipped.append((str(folder), f"a folder that cannot be read ({reason}); "
+                                   "the files indexed from it are kept"))  # fmt: skip
         if not follow_links:
             for link in [p for p in files if _links_out(p, root)]:
                 report.skipped.append((str(link), "a symbolic link; links are not followed"))
@@ -204,6 +210,8 @@ class DocumentIndex:
         # another run is live, whose files are in that state until it records them.
         begun = set() if others_live else self.store.chunk_sources() - set(known)
         for source in sorted(set(known) | begun):
+            if any(_under(source, folder) for folder, _ in unreadable):
+                continue  # not seen, not gone
             if _under(source, root) and source not in present:
                 report.chunks_removed += self._drop(source, known, begun)
                 report.files_removed += source in known

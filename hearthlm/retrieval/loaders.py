@@ -12,6 +12,7 @@ import fnmatch
 import io
 import itertools
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,13 +28,47 @@ SUPPORTED = (".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".json", ".jso
 
 
 def walk(
-    root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[str] = ()
+    root: Path,
+    include: Sequence[str] = ("**/*",),
+    exclude: Sequence[str] = (),
+    *,
+    follow_links: bool = True,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> Iterator[Path]:
-    """Files under ``root`` (or ``root`` itself) matching an include glob and no exclude glob."""
+    """Files under ``root`` (or ``root`` itself) matching an include glob and no exclude glob.
+
+    Folders that symbolic links point to are walked with ``follow_links`` (each real folder
+    once, so a link back up does not loop); folders that cannot be listed are added to
+    ``unreadable`` with the reason, so that a caller can tell their files from deleted ones.
+    """
     if root.is_file():
         yield root
         return
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    found: list[Path] = []
+    top = root.stat()
+    seen = {(top.st_dev, top.st_ino)}
+
+    def failed(error: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(error.filename or root), error.strerror or str(error)))
+
+    for folder, dirs, names in os.walk(root, onerror=failed, followlinks=follow_links):
+        kept = []
+        for name in sorted(dirs):
+            path = Path(folder, name)
+            try:
+                status = path.stat()
+            except OSError as exc:
+                failed(exc)
+                continue
+            if (status.st_dev, status.st_ino) not in seen and (
+                follow_links or not path.is_symlink()
+            ):
+                seen.add((status.st_dev, status.st_ino))
+                kept.append(name)
+        dirs[:] = kept
+        found.extend(p for name in names if (p := Path(folder, name)).is_file())
+    for path in sorted(found):
         rel = path.relative_to(root).as_posix()
         if not any(_match(rel, g) for g in include):
             continue

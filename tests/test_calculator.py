@@ -78,16 +78,50 @@ def test_floor_division_modulo_and_power(a, b):
         ("sqrt(144)", "12"),
         ("sqrt(2)", "1.4142135623730951"),
         ("round(2.567, 2)", "2.57"),
+        ("round(7.456)", "7"),  # digits default to 0
+        ("round(-2.5)", "-2"),
         ("abs(-4) + min(3, 9) + max(1, 2)", "9"),
         ("log(100, 10)", "2"),
         ("exp(0) + sin(0) + cos(0) + tan(0)", "2"),
         ("2 * pi", "6.283185307179586"),
         ("factorial(25)", "15511210043330985984000000"),
         ("2 ** 200", str(2**200)),
+        ("10 ** 400 / 3", f"{10**400}/3 (≈ 3.33333333333e+399)"),  # past a float's range
     ],
 )
 def test_known_values(expression, shown):
     assert calculate(expression) == shown
+
+
+@pytest.mark.parametrize(
+    ("expression", "shown"),
+    [
+        ("min(5,250,7)", "5"),  # not min(5250, 7)
+        ("max(1,500,2)", "500"),  # not max(1500, 2)
+        ("min(3,100)", "3"),  # not min(3100)
+        ("round(2.567,2)", "2.57"),
+        ("max(2, (1,000))", "1000"),  # a bracket of its own is not an argument list
+        ("1,234 + 5", "1239"),
+        ("(1,234 + 5) * 2", "2478"),
+        ("12,000 of 5%", "600"),
+    ],
+)
+def test_a_comma_between_a_functions_brackets_separates_arguments(expression, shown):
+    assert calculate(expression) == shown
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("min(3)", r"min\(\) takes 2 or more arguments, got 1"),
+        ("abs()", r"abs\(\) takes 1 argument, got 0"),
+        ("sqrt(1,234)", r"sqrt\(\) takes 1 argument, got 2; .* write 1234, not 1,234"),
+        ("round(1,234.5, 2)", r"round\(\) takes 1 or 2 arguments, got 3"),
+    ],
+)
+def test_a_wrong_number_of_arguments_is_a_calculator_error(expression, reason):
+    with pytest.raises(CalculatorError, match=reason):
+        evaluate(expression)
 
 
 @pytest.mark.parametrize(

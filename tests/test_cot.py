@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 
 from hearthlm.agents.calculator import evaluate
 from hearthlm.agents.cot import (
@@ -13,7 +16,6 @@ from hearthlm.agents.cot import (
     ProgramAided,
     _gsm8k_example,
     extract_answer,
-    normalise_number,
 )
 
 EXAMPLES = [
@@ -55,7 +57,7 @@ def test_gsm8k_annotations_compose_into_one_expression():
     assert example is not None
     assert example.expression == "(16-3-4)*2"
     assert example.reasoning.endswith("The answer is 18.") and "<<" not in example.reasoning
-    assert normalise_number(str(evaluate(example.expression))) == "18"
+    assert evaluate(example.expression) == 18
 
 
 def test_one_parser_reads_a_solution_for_exemplars_traces_and_grading():
@@ -99,7 +101,48 @@ def test_gsm8k_exemplars_compose_their_steps_into_one_expression(tmp_path):
     assert [e.answer for e in examples] == ["27", "5"]
     assert examples[0].expression.replace(" ", "") == "(4*6)+3"
     for example in examples:
-        assert normalise_number(str(evaluate(example.expression))) == example.answer
+        assert evaluate(example.expression) == Fraction(example.answer)
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_zero_shots_means_no_exemplars(tmp_path):
+    from hearthlm.agents.cot import gsm8k_examples
+
+    row = {
+        "question": "Tom has 10 apples and gives half away. How many are left?",
+        "answer": "He gives 10/2 = <<10/2=5>>5 away.\n10-5 = <<10-5=5>>5 are left.\n#### 5",
+    }
+    path = _write_rows(tmp_path / "train.jsonl", [row, row])
+    assert gsm8k_examples(path, 0) == []
+    assert len(gsm8k_examples(path, 1)) == 1
+
+
+def test_an_exemplar_is_scored_by_its_value_not_the_numerator_of_a_fraction():
+    """14/6 is 7/3: its steps do not lead to the answer 7, though "7/3" begins with a 7."""
+    wrong = "Each of 6 friends gets 14/6 = <<14/6=7>>7 sweets.\n#### 7"
+    right = "Each of 2 friends gets 14/2 = <<14/2=7>>7 sweets.\n#### 7"
+    assert _gsm8k_example("How many sweets does each friend get?", wrong) is None
+    example = _gsm8k_example("How many sweets does each friend get?", right)
+    assert example is not None and example.answer == "7"
+
+
+def test_a_program_aided_answer_is_the_value_of_the_expression():
+    """The reply of a model that reads no grammar is scripted: a wrong expression whose value is
+    7/3 must not score as 7 (the numerator of "7/3 (≈ 2.33333333333)")."""
+
+    def program(expression: str) -> ProgramAided:
+        reply = AIMessage(json.dumps({"expression": expression}))
+        return ProgramAided(GenericFakeChatModel(messages=iter([reply])), EXAMPLES)
+
+    wrong = program("14 / 6").invoke("Share 14 sweets between 2 friends. How many each?")
+    assert wrong.error is None and wrong.answer != "7"
+    assert wrong.answer.startswith("2.333333")
+    assert program("14 / 2").invoke("Share 14 sweets between 2 friends.").answer == "7"
+    assert program("5 / 2").invoke("Share 5 cakes between 2 friends.").answer == "2.5"
 
 
 def test_shared_gsm8k_exemplars_load():
@@ -110,7 +153,7 @@ def test_shared_gsm8k_exemplars_load():
     examples = gsm8k_examples(shared_data("gsm8k/train.jsonl"), 3)
     assert len(examples) == 3
     for example in examples:
-        assert normalise_number(str(evaluate(example.expression))) == example.answer
+        assert evaluate(example.expression) == Fraction(example.answer)
 
 
 def test_greedy_chain_of_thought_reasons_and_answers(llama_chat):
@@ -138,4 +181,4 @@ def test_program_aided_expression_is_computed_by_the_calculator(llama_chat):
     )
     assert set(result.expression) <= set("-+*/(). 0123456789")
     if result.error is None:
-        assert result.answer == normalise_number(str(evaluate(result.expression)))
+        assert float(result.answer) == pytest.approx(float(evaluate(result.expression)))

@@ -1,4 +1,5 @@
-"""Task kinds: specs told apart by ``kind``, and kinds added by plugins through entry points."""
+"""Task kinds: specs told apart by ``kind``, kinds added by plugins through entry points, and
+the rows and scores of the generate and gsm8k kinds."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import install_distribution
 
-from hearthlm.errors import ConfigError
+from hearthlm.errors import ConfigError, EvalError
 from hearthlm.eval.runner import run_tasks
 from hearthlm.eval.tasks import (
     Engines,
@@ -102,3 +103,52 @@ def test_task_spec_builds_the_spec_of_its_kind():
     assert isinstance(summary, GenerateSpec)
     with pytest.raises(ConfigError, match="MultipleChoiceTask runs MultipleChoiceSpec"):
         MultipleChoiceTask(summary)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_row_with_an_empty_reference_list_is_reported_and_skipped(tmp_path, llama_chat):
+    rows = [
+        {"question": "What colour is the sky on a clear day?", "answer": ["blue", "light blue"]},
+        {"question": "What colour is grass?", "answer": []},
+    ]
+    data = _write_rows(tmp_path / "qa.jsonl", rows)
+    spec = GenerateSpec(
+        name="qa", data=data, metrics=["rouge", "bleu", "chrf", "f1"], max_new_tokens=8
+    )
+    engines = Engines(config=None, scorer=lambda: None, chat=lambda: llama_chat)
+    run = run_tasks("qa", [make_task(spec)], engines, tmp_path / "run", provenance={})
+    assert run.bad_rows == [f"{data}:2: no reference in field 'answer'"]
+    assert len(run.records) == 1
+    assert set(run.scores["tasks"]["qa"]) >= {"rouge1", "bleu", "chrf", "f1"}
+    with pytest.raises(EvalError, match=r"qa\.jsonl:2: no reference in field 'answer'"):
+        run_tasks("qa", [make_task(spec)], engines, tmp_path / "strict", provenance={}, strict=True)
+
+
+def test_bleu_and_chrf_score_against_every_reference():
+    """As ROUGE, exact match and F1 do: a prediction equal to its item's second reference
+    scores full marks, and an item with fewer references than another still counts."""
+    task = make_task(GenerateSpec(name="s", data=Path("s.jsonl"), metrics=["bleu", "chrf"]))
+    records = [
+        {
+            "prediction": "the meeting moved to friday afternoon",
+            "references": ["they talk about lunch", "the meeting moved to friday afternoon"],
+        },
+        {"prediction": "he bought a red bicycle", "references": ["he bought a red bicycle"]},
+    ]
+    assert task.aggregate(records) == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
+
+
+def test_gsm8k_with_zero_shots_takes_no_exemplars(tmp_path, llama_chat):
+    """shots: 0 is zero-shot: the fewshot file is not read for exemplars, so one without any
+    usable exemplar does not stop the run."""
+    question = {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "#### 7"}
+    data = _write_rows(tmp_path / "test.jsonl", [question])
+    fewshot = _write_rows(tmp_path / "train.jsonl", [{"question": "?", "answer": "no working"}])
+    spec = TaskSpec(name="maths", kind="gsm8k", data=data, method="pal", fewshot=fewshot, shots=0)
+    engines = Engines(config=None, scorer=lambda: None, chat=lambda: llama_chat)
+    run = run_tasks("maths", [make_task(spec)], engines, tmp_path / "run", provenance={})
+    assert len(run.records) == 1 and run.records[0]["gold"] == "7"

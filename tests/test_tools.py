@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool
+from pydantic import ValidationError
 
 from hearthlm.agents.react import ReActAgent
+from hearthlm.agents.tools import calculator_tool
 from hearthlm.errors import ContextWindowError, ToolError
 from hearthlm.llm.grammar import json_schema_gbnf
 from hearthlm.llm.spans import copy_schema, text_numbers, text_spans
@@ -41,6 +43,30 @@ def test_grammar_strings_exclude_control_characters():
     assert _accepts(gbnf, call % "line\\nbreak \\u00e9 \\\\")  # escapes are fine
     for raw in ("\n", "\t", "\x00", "\x1f"):
         assert not _accepts(gbnf, call % f"a{raw}b"), repr(raw)
+
+
+@pytest.mark.parametrize(
+    ("expression", "shown"),
+    [("min(3, 9)", "3"), ("round(2.567, 2)", "2.57"), ("log(8, 2)", "3"), ("max(1,500,2)", "500")],
+)
+def test_the_calculator_tool_takes_the_functions_it_advertises(expression, shown):
+    calculator = calculator_tool()
+    assert "round" in calculator.description and "min" in calculator.description
+    assert calculator.invoke({"expression": expression}) == shown
+    # and a model decoding the call under its grammar may write it
+    gbnf = json_schema_gbnf(call_schema(format_tools([calculator])))
+    call = '{"name": "calculator", "arguments": {"expression": "%s"}}'
+    assert _accepts(gbnf, call % expression)
+
+
+def test_the_calculator_tool_still_refuses_what_is_not_one_expression():
+    calculator = calculator_tool()
+    gbnf = json_schema_gbnf(call_schema(format_tools([calculator])))
+    call = '{"name": "calculator", "arguments": {"expression": "%s"}}'
+    for text in ("17 * 3 = 51", ", 3", "min(3; 9)", "x = 5"):
+        with pytest.raises(ValidationError):
+            calculator.invoke({"expression": text})
+        assert not _accepts(gbnf, call % text), text
 
 
 NAMES = ["city", "order_id", "count", "price", "tags", "unit", "when", "note", "options"]

@@ -19,6 +19,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -58,7 +59,7 @@ def _log(x: Number, base: Number | None = None) -> float:
     return math.log(x) if base is None else math.log(x, base)
 
 
-def _round(x: Number, digits: Number = 0) -> Number:
+def _round(x: Number, digits: Number = Fraction(0)) -> Number:
     if not isinstance(digits, Fraction) or digits.denominator != 1:
         raise CalculatorError("round() takes a whole number of digits")
     if isinstance(x, Fraction):
@@ -88,17 +89,45 @@ _FUNCTIONS: dict[str, Callable[..., Number]] = {
     "max": max,
     "factorial": _factorial,
 }
+# How many arguments each function takes, (fewest, most), where not exactly one.
+_ARITY: dict[str, tuple[int, float]] = {
+    "log": (1, 2),
+    "round": (1, 2),
+    "min": (2, math.inf),
+    "max": (2, math.inf),
+}
 
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%(?!\s*[\d(.a-zA-Z])")
 
 
 def normalise(expression: str) -> str:
-    """Accept the way people write arithmetic: ``15%``, ``x of y``, ``^``, and the
-    multiplication and division signs."""
+    """Accept the way people write arithmetic: ``15%``, ``x of y``, ``^``, the multiplication
+    and division signs, and thousands separators (``1,234``) outside a function's brackets."""
     text = expression.strip().replace("\u00d7", "*").replace("\u00f7", "/").replace("^", "**")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators: 1,234,567
-    text = re.sub(r"\bof\b", "*", text)
+    text = _drop_thousands_separators(re.sub(r"\bof\b", "*", text))
     return _PERCENT.sub(r"(\1/100)", text)
+
+
+_SEPARATOR = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_BRACKET_OR_COMMA = re.compile(r"([A-Za-z_]\w*\s*)?\(|\)|,")
+
+
+def _drop_thousands_separators(text: str) -> str:
+    """``1,234,567`` without its commas, except inside a function call's brackets, where a comma
+    separates arguments: ``min(5,250,7)`` is 5, not ``min(5250, 7)``."""
+    in_call: list[bool] = []  # for each open bracket, whether a function name comes before it
+    kept: list[str] = []
+    start = 0
+    for token in _BRACKET_OR_COMMA.finditer(text):
+        if token.group(0).endswith("("):
+            in_call.append(token.group(1) is not None)
+        elif token.group(0) == ")":
+            if in_call:
+                in_call.pop()
+        elif not (in_call and in_call[-1]) and _SEPARATOR.match(text, token.start()):
+            kept.append(text[start : token.start()])
+            start = token.end()
+    return "".join(kept) + text[start:]
 
 
 def evaluate(expression: str) -> Number:
@@ -123,7 +152,7 @@ def evaluate(expression: str) -> Number:
         raise
     except ZeroDivisionError:
         raise CalculatorError("division by zero") from None
-    except (OverflowError, ValueError) as exc:
+    except (OverflowError, ValueError, TypeError) as exc:
         raise CalculatorError(f"math error: {exc}") from None
     except RecursionError:
         raise CalculatorError("expression is nested too deeply") from None
@@ -143,7 +172,6 @@ def format_number(value: Number) -> str:
         return repr(value)
     if value.denominator == 1:
         return str(value.numerator)
-    as_float = float(value)
     # A terminating decimal is shown exactly; others as the fraction and its approximation.
     den = value.denominator
     while den % 2 == 0:
@@ -152,7 +180,11 @@ def format_number(value: Number) -> str:
         den //= 5
     if den == 1:
         return _decimal(value)
-    return f"{value.numerator}/{value.denominator} (≈ {as_float:.12g})"
+    try:
+        approximation = f"{float(value):.12g}"
+    except OverflowError:  # beyond a float's range, as 10**400 / 3 is
+        approximation = f"{Decimal(value.numerator) / Decimal(value.denominator):.12g}"
+    return f"{value.numerator}/{value.denominator} (≈ {approximation})"
 
 
 def _decimal(value: Fraction) -> str:
@@ -194,9 +226,29 @@ def _eval(node: ast.AST) -> Number:
             raise CalculatorError(f"unsupported function call; known functions: {known}")
         if node.keywords:
             raise CalculatorError("keyword arguments are not supported")
+        name = node.func.id
+        fewest, most = _ARITY.get(name, (1, 1))
+        if not fewest <= len(node.args) <= most:
+            raise CalculatorError(_arity_message(name, fewest, most, len(node.args)))
         args = [_eval(arg) for arg in node.args]
-        return _check(_FUNCTIONS[node.func.id](*args))
+        return _check(_FUNCTIONS[name](*args))
     raise CalculatorError(f"unsupported syntax: {type(node).__name__}; use numbers and + - * / **")
+
+
+def _arity_message(name: str, fewest: int, most: float, given: int) -> str:
+    if fewest == most:
+        wanted = f"{fewest} argument" + ("s" if fewest != 1 else "")
+    elif most == math.inf:
+        wanted = f"{fewest} or more arguments"
+    else:
+        wanted = f"{fewest} or {int(most)} arguments"
+    message = f"{name}() takes {wanted}, got {given}"
+    if given > most:
+        # the usual cause: a thousands separator, which a function's brackets read as a comma
+        message += (
+            "; inside a function's brackets a comma separates arguments, so write 1234, not 1,234"
+        )
+    return message
 
 
 def _power(base: Number, exponent: Number) -> Number:

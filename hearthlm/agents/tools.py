@@ -28,10 +28,11 @@ ENTRY_POINT_GROUP = "hearthlm.tools"
 
 
 class _Expression(BaseModel):
-    # The pattern keeps a constrained model from writing "17 * 3 = 51" as the expression.
+    # The pattern keeps a constrained model from writing "17 * 3 = 51" as the expression; the
+    # comma is for arguments, as in round(2.567, 2) or min(3, 9).
     expression: str = Field(
         description="One arithmetic expression",
-        pattern=r"^[-(0-9a-z][-+*/%^(). 0-9a-z]{0,199}$",
+        pattern=r"^[-(0-9a-z][-+*/%^()., 0-9a-z]{0,199}$",
     )
 
 

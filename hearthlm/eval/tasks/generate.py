@@ -27,7 +27,11 @@ class GenerateTask(Task[GenerateSpec]):
         if found is None:
             return None
         prompt, reference = found
-        refs = reference if isinstance(reference, list) else [str(reference)]
+        listed = reference if isinstance(reference, list) else [reference]
+        refs = [str(r) for r in listed if r is not None and str(r).strip()]
+        if not refs:
+            bad.add(row.path, row.line, f"no reference in field {self.spec.reference!r}")
+            return None
         return self._item(row, {"prompt": prompt, "references": refs})
 
     def predict(
@@ -60,10 +64,22 @@ class GenerateTask(Task[GenerateSpec]):
         per_item = [m for m in (*metrics.ROUGE_TYPES, "exact_match", "f1") if m in records[0]]
         for name in per_item:
             scores[name] = metrics.mean(float(r[name]) for r in records)
-        predictions = [r["prediction"] for r in records]
-        references = [r["references"][0] for r in records]
-        if "bleu" in self.spec.metrics:
-            scores["bleu"] = metrics.bleu(predictions, references)
-        if "chrf" in self.spec.metrics:
-            scores["chrf"] = metrics.chrf(predictions, references)
+        if "bleu" in self.spec.metrics or "chrf" in self.spec.metrics:
+            import sacrebleu
+
+            predictions = [r["prediction"] for r in records]
+            # sacrebleu's type hints leave out the None its documentation allows in a stream
+            streams: Any = _reference_streams([r["references"] for r in records])
+            if "bleu" in self.spec.metrics:
+                scores["bleu"] = float(sacrebleu.corpus_bleu(predictions, streams).score)
+            if "chrf" in self.spec.metrics:
+                scores["chrf"] = float(sacrebleu.corpus_chrf(predictions, streams).score)
         return scores
+
+
+def _reference_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """Every item's references in sacrebleu's layout: stream k holds each item's k-th reference,
+    None where an item has fewer (sacrebleu then scores that item against the ones it has). BLEU
+    clips n-gram counts by the most any reference holds; chrF takes the best reference."""
+    most = max(len(refs) for refs in references)
+    return [[refs[k] if k < len(refs) else None for refs in references] for k in range(most)]

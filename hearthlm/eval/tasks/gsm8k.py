@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from hearthlm.agents.cot import ChainOfThought, ProgramAided, gsm8k_examples
+from hearthlm.agents.cot import ChainOfThought, Example, ProgramAided, gsm8k_examples
 from hearthlm.eval import metrics
 from hearthlm.eval.tasks.base import Engines, Item, Progress, Task
 from hearthlm.eval.tasks.spec import GSM8KSpec
@@ -38,7 +38,9 @@ class GSM8KTask(Task[GSM8KSpec]):
     def predict(
         self, items: list[Item], engines: Engines, progress: Progress
     ) -> Iterator[dict[str, Any]]:
-        examples = gsm8k_examples(self.spec.fewshot, self.spec.shots) if self.spec.fewshot else []
+        examples: list[Example] = []  # zero-shot without a fewshot file, or with shots 0
+        if self.spec.fewshot and self.spec.shots:
+            examples = gsm8k_examples(self.spec.fewshot, self.spec.shots)
         chat = engines.chat
         for item in items:
             question = item.data["question"]

@@ -67,6 +67,20 @@ def test_loss_mask_keeps_only_assistant_tokens(tokenizer):
     )
 
 
+@pytest.mark.parametrize("reply", ["    def f():\n        return 1", "\n\nHello", "  Hi"])
+def test_a_reply_that_begins_with_spaces_is_learned_as_the_model_writes_it(tokenizer, reply):
+    """Encoded whole, such a reply merges its first characters into the template's
+    "assistant\n" token; it is learned as the tokens the model writes after the prompt."""
+    messages = [{"role": "user", "content": "Write it."}, {"role": "assistant", "content": reply}]
+    ids, labels = tokenize_chat(tokenizer, messages)
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    assert ids[: len(prompt_ids)] == prompt_ids
+    assert labels[: len(prompt_ids)] == [IGNORE] * len(prompt_ids)
+    assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :]
+    assert tokenizer.decode(ids[len(prompt_ids) :]) == reply + "<|im_end|>"
+
+
 def test_the_four_shapes_read_the_same_conversation(tmp_path):
     rows = {
         "pc.jsonl": {"prompt": "Say hi", "completion": "Hi!"},

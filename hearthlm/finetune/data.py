@@ -162,51 +162,62 @@ def _field(row: Row, name: str, bad: BadRows) -> str:
 
 def tokenize_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
     """Token ids of the rendered chat and labels that keep only the assistant turns' tokens (their
-    closing end-of-turn token included, so the model learns to stop)."""
+    closing end-of-turn token included, so the model learns to stop).
+
+    Each assistant turn is tokenized on its own after the tokens of the chat before it, as the
+    model reads it when it writes that turn: encoded whole, a reply that begins with spaces or
+    newlines ("    def f():") would merge its first characters into the template's "assistant\n"
+    token, and the labels would part from what generation produces."""
     ids: list[int] = []
     labels: list[int] = []
+    done = ""  # the text tokenized so far
     for end in range(1, len(messages) + 1):
         if messages[end - 1]["role"] != "assistant":
             continue
         before = _render(tokenizer, messages[: end - 1], generation_prompt=True)
         through = _render(tokenizer, messages[:end], generation_prompt=False)
-        if through[: len(before)] != before:
-            raise TrainingError("the chat template renders a turn differently in context")
-        if before[: len(ids)] != ids:
+        if not before.startswith(done):
             raise TrainingError("the chat template is not append-only across turns")
-        labels += [IGNORE] * (len(before) - len(ids)) + through[len(before) :]
+        if not through.startswith(before):
+            raise TrainingError("the chat template renders a turn differently in context")
+        prompt = _encode(tokenizer, before[len(done) :])
+        reply = _encode(tokenizer, through[len(before) :])
+        ids += prompt + reply
+        labels += [IGNORE] * len(prompt) + reply
         if "segments" in messages[end - 1]:
-            _mask_segments(tokenizer, messages[:end], labels, len(before))
-        ids = through
+            _mask_segments(tokenizer, messages[end - 1], through[len(before) :], labels)
+        done = through
     return ids, labels
 
 
-def _mask_segments(
-    tokenizer: Any, messages: list[dict[str, Any]], labels: list[int], start: int
-) -> None:
-    """Set labels to IGNORE on the tokens of the last turn's untrained segments."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    last = messages[-1]
-    origin = text.rfind(last["content"])
+def _mask_segments(tokenizer: Any, message: dict[str, Any], reply: str, labels: list[int]) -> None:
+    """Set labels to IGNORE on the tokens of the turn's untrained segments; the turn's tokens
+    (``reply``, its text as rendered) are the last of ``labels``."""
+    offsets = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True)
+    origin = reply.rfind(message["content"])
     hidden, cursor = [], origin
-    for part in last["segments"]:
+    for part in message["segments"]:
         if not part.get("train", True):
             hidden.append((cursor, cursor + len(part["text"])))
         cursor += len(part["text"])
-    for index in range(start, len(labels)):
-        begin = offsets["offset_mapping"][index][0]
+    spans = offsets["offset_mapping"]
+    first = len(labels) - len(spans)
+    for index, (begin, _) in enumerate(spans):
         if any(a <= begin < b for a, b in hidden):
-            labels[index] = IGNORE
+            labels[first + index] = IGNORE
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )
     if not generation_prompt:
         text = text.rstrip("\n")  # a trailing newline after the end-of-turn is not learned
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return str(text)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
 def build_dataset(
@@ -234,7 +245,10 @@ def build_dataset(
     for spec in specs:
         examples = []
         for messages, where in read_conversations(spec):
-            ids, labels = tokenize_chat(tokenizer, messages)
+            try:
+                ids, labels = tokenize_chat(tokenizer, messages)
+            except TrainingError as exc:
+                raise TrainingError(f"{where}: {exc}") from None
             if len(ids) > max_length:
                 ids, labels = ids[:max_length], labels[:max_length]
                 truncated += 1

@@ -813,6 +813,7 @@ def test_gsm8k_traces_teach_calls_not_observations(tmp_path, tokenizer):
                 "answer": "May: 48/2 = <<48/2=24>>24.\nTotal 48+24 = <<48+24=72>>72.\n#### 72",
             },
             {"question": "Broken annotations", "answer": "<<2+2=5>>5\n#### 5"},
+            {"question": "A fraction", "answer": "<<14/6=7>>7\n#### 7"},  # 7/3, not 7
         ],
     )
     assert gsm8k_react_traces(source, tmp_path / "traces.jsonl") == 1  # 2+2 is not 5

@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from hearthlm.errors import ToolError
+from hearthlm.gsm8k import normalise_number
 
 MAX_LENGTH = 1000  # characters of input
 MAX_BITS = 100_000  # about 30,000 decimal digits, for any intermediate result
@@ -275,3 +276,17 @@ def _check(value: Any) -> Number:
             raise CalculatorError("result is not a finite number")
         return value
     raise CalculatorError(f"unsupported result {value!r}")
+
+
+def normalised_value(value: Number) -> str | None:
+    """A calculator value as a GSM8K answer (:func:`hearthlm.gsm8k.normalise_number`), read
+    from all of its digits: 14/6 is shown as "7/3 (≈ 2.33333333333)", whose first number is
+    the numerator 7, but its answer is 2.333..., and a float such as 1e+20 is written out
+    rather than read as 1."""
+    if isinstance(value, float):
+        shown = format(Decimal(repr(value)), "f")
+    else:
+        shown = format_number(value)  # a whole number or a terminating decimal, exactly
+        if "/" in shown:
+            shown = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    return normalise_number(shown)

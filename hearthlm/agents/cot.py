@@ -8,7 +8,6 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
-from hearthlm.agents.calculator import CalculatorError, Number, evaluate, format_number
+from hearthlm.agents.calculator import CalculatorError, evaluate, normalised_value
 from hearthlm.errors import ConfigError
-from hearthlm.gsm8k import extract_answer, normalise_number, parse_solution
+from hearthlm.gsm8k import extract_answer, parse_solution
 from hearthlm.llm.backend import Constraint
 from hearthlm.llm.chain import (
     Chain,
@@ -90,25 +89,12 @@ def _gsm8k_example(question: str, solution: str) -> Example | None:
         )
         known[result.strip()] = expression
     try:
-        if _value_answer(evaluate(expression)) != answer:
+        if normalised_value(evaluate(expression)) != answer:
             return None
     except CalculatorError:
         return None
     reasoning = parsed.working + f"\nThe answer is {answer}."
     return Example(question, reasoning, expression, answer)
-
-
-def _value_answer(value: Number) -> str | None:
-    """A calculator value as a normalised answer, read from all of its digits: 14/6 is shown
-    as "7/3 (≈ 2.33333333333)", whose first number is the numerator 7, but its answer is
-    2.333..., and a float such as 1e+20 is written out rather than read as 1."""
-    if isinstance(value, float):
-        shown = format(Decimal(repr(value)), "f")
-    else:
-        shown = format_number(value)  # a whole number or a terminating decimal, exactly
-        if "/" in shown:
-            shown = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
-    return normalise_number(shown)
 
 
 def few_shot_messages(
@@ -268,6 +254,6 @@ class ProgramAided(Chain[str | QuestionInput, ProgramResult]):
                 return
             expression = program.expression.strip()
         try:
-            yield ProgramResult(_value_answer(evaluate(expression)), expression)
+            yield ProgramResult(normalised_value(evaluate(expression)), expression)
         except CalculatorError as exc:
             yield ProgramResult(None, expression, str(exc))

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-from hearthlm.agents.calculator import CalculatorError, calculate
+from hearthlm.agents.calculator import CalculatorError, evaluate, format_number, normalised_value
 from hearthlm.agents.react import FINAL, ReActAgent
 from hearthlm.agents.tools import calculator_tool
 from hearthlm.errors import TrainingError
-from hearthlm.gsm8k import normalise_number, parse_solution
+from hearthlm.gsm8k import parse_solution
 from hearthlm.rows import BadRows, read_rows
 
 
@@ -34,9 +34,10 @@ def react_trace(question: str, solution: str, system: str) -> dict[str, Any] | N
     for expression, _ in steps:
         expression = expression.strip()
         try:
-            result = calculate(expression)
+            value = evaluate(expression)
         except CalculatorError:
             return None
+        result = format_number(value)
         action = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
         parts.append(
             {
@@ -45,7 +46,7 @@ def react_trace(question: str, solution: str, system: str) -> dict[str, Any] | N
             }
         )
         parts.append({"text": f"Observation: {result}\n", "train": False})
-        last = normalise_number(result)
+        last = normalised_value(value)  # 14/6 is 2.33..., not the 7 of 7/3
     if last != answer:
         return None
     action = json.dumps({"name": FINAL, "arguments": {"answer": answer}})

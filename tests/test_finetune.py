@@ -607,6 +607,32 @@ def test_cli_finetune_ppo_trains_against_a_reward_folder(reward_folder, tmp_path
     assert "not a reward model" in str(missing.exception)
 
 
+def test_a_long_conversation_keeps_its_replies_for_dpo(tokenizer):
+    """TRL cuts a pair that is too long from its end; the prompt's oldest turns go first, so
+    the two replies the pair is about are still there to compare."""
+    from hearthlm.finetune.dpo import latest_turns
+
+    history = []
+    for i in range(12):
+        history += [
+            {"role": "user", "content": f"Tell me fact number {i} about the sea, in detail."},
+            {"role": "assistant", "content": f"Fact {i}: the sea is deep and salty. " * 4},
+        ]
+    row = {
+        "prompt": [{"role": "system", "content": "Be kind."}, *history,
+                   {"role": "user", "content": "Thanks! Now, how do I fix my bike?"}],
+        "chosen": [{"role": "assistant", "content": "Patch the tube, then pump it up."}],
+        "rejected": [{"role": "assistant", "content": "Figure it out yourself."}],
+    }  # fmt: skip
+    fitted = latest_turns(tokenizer, row, max_length=128)
+    assert fitted["prompt"][0] == row["prompt"][0] and fitted["prompt"][-1] == row["prompt"][-1]
+    assert fitted["prompt"][1]["role"] == "user" and len(fitted["prompt"]) < len(row["prompt"])
+    for reply in ("chosen", "rejected"):
+        text = tokenizer.apply_chat_template(fitted["prompt"] + fitted[reply], tokenize=False)
+        assert len(tokenizer.encode(text, add_special_tokens=False)) <= 128
+    assert latest_turns(tokenizer, row, max_length=4096) == row  # it fits: left as it is
+
+
 def test_dpo_through_trl_saves_an_adapter(tmp_path, llm):
     from hearthlm.finetune.dpo import train_dpo
 

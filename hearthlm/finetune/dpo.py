@@ -63,6 +63,31 @@ def preference_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]
     return rows
 
 
+def latest_turns(tokenizer: Any, row: dict[str, Any], max_length: int) -> dict[str, Any]:
+    """``row`` with its prompt's oldest turns left out (the system message kept) until the
+    prompt and the longer reply fit in ``max_length`` tokens, or one user turn is left. TRL
+    truncates a pair from its end (``keep_start``, the only mode it has), which would cut away
+    the replies the pair is about: both would then add log 2 to the loss and nothing to learn."""
+    prompt = list(row["prompt"])
+    head = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    turns = prompt[len(head) :]
+
+    def length(turns: list[dict[str, Any]]) -> int:
+        return max(
+            len(tokenizer.encode(
+                tokenizer.apply_chat_template([*head, *turns, *row[reply]], tokenize=False),
+                add_special_tokens=False,
+            ))
+            for reply in ("chosen", "rejected")
+        )  # fmt: skip
+
+    while len(turns) > 1 and length(turns) > max_length:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns = turns[1:]  # a prompt opens with the user's turn
+    return {**row, "prompt": [*head, *turns]}
+
+
 def train_dpo(
     data: Path,
     out: Path,
@@ -117,6 +142,7 @@ def train_dpo(
     resume = cluster.on_main(lambda: last_whole_checkpoint(out / "trl"))
     resume = cluster.gather(resume)[0]  # rank 0's choice, torn checkpoints removed
     model, tokenizer, backend = load_base(llm)
+    rows = [latest_turns(tokenizer, row, max_length) for row in rows]
     cut = max(1, round(len(rows) * validation)) if validation and len(rows) > 1 else 0
     args = _trl_arguments(out, train, beta, max_length, backend.device, validate=bool(cut))
     trained, history = _train(model, tokenizer, args, method, rows, cut, resume)

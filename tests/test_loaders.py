@@ -23,6 +23,18 @@ def test_markdown_keeps_the_heading_path(tmp_path: Path):
         assert text[s.offset : s.offset + len(s.text)] == s.text
 
 
+def test_a_comment_in_a_code_block_is_not_a_heading(tmp_path: Path):
+    guide = tmp_path / "install.md"
+    guide.write_text(
+        "# Install\n\nRun:\n\n```bash\n# download the archive\ncurl -O x.tgz\n```\n\n"
+        "Then unpack it.\n\n~~~~\n## not a heading either\n~~~~\n\n## Linux\n\nUse apt.\n",
+        encoding="utf-8",
+    )
+    sections = load_file(guide)
+    assert [s.heading for s in sections] == ["Install", "Install > Linux"]
+    assert "Then unpack it." in sections[0].text and "curl -O x.tgz" in sections[0].text
+
+
 def test_pdf_pages_are_numbered(tmp_path: Path):
     pdf = write_pdf(tmp_path / "multi.pdf", list(TOPICS.values()))
     sections = load_file(pdf)

@@ -139,7 +139,12 @@ def _load_markdown(path: Path, options: LoaderOptions) -> list[Section]:
     text, encoding = _read_text(path)
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
-    starts = [(m.start(), len(m.group(1)), m.group(2)) for m in _HEADING.finditer(text)]
+    fences = _fenced(text)  # "# download it" in a shell block is a comment, not a heading
+    starts = [
+        (m.start(), len(m.group(1)), m.group(2))
+        for m in _HEADING.finditer(text)
+        if not any(a <= m.start() < b for a, b in fences)
+    ]
     if not starts or starts[0][0] > 0:
         sections.append(Section(text[: starts[0][0] if starts else len(text)], 0))
     for i, (start, level, title) in enumerate(starts):
@@ -150,6 +155,27 @@ def _load_markdown(path: Path, options: LoaderOptions) -> list[Section]:
         heading = " > ".join(t for _, t in stack)
         sections.append(Section(text[start:end], start, heading=heading))
     return _with_encoding(sections, encoding)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.M)
+
+
+def _fenced(text: str) -> list[tuple[int, int]]:
+    """Where ``text``'s fenced code blocks are: from an opening fence to the first fence of the
+    same character at least as long (to the end when none closes it), as CommonMark reads them."""
+    spans: list[tuple[int, int]] = []
+    opening: re.Match[str] | None = None
+    for fence in _FENCE.finditer(text):
+        if opening is None:
+            opening = fence
+        elif fence.group(1)[0] == opening.group(1)[0] and len(fence.group(1)) >= len(
+            opening.group(1)
+        ):
+            spans.append((opening.start(), fence.end()))
+            opening = None
+    if opening is not None:
+        spans.append((opening.start(), len(text)))
+    return spans
 
 
 def _load_pdf(path: Path, options: LoaderOptions) -> list[Section]:

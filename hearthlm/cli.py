@@ -310,7 +310,7 @@ def search(
 
     cfg = cli_config(config, **overrides(locals()))
     retriever = HybridRetriever.from_index(
-        DocumentIndex(cfg.retrieval), mode=mode, source_glob=source
+        DocumentIndex(cfg.retrieval, create=False), mode=mode, source_glob=source
     )
     hits = retriever.search(query)
     if as_json:
@@ -374,10 +374,10 @@ def ask(
     The sampling options matter to the answer modes that write (constrained, free); a quote
     answer chooses sentences and ignores them.
     """
-    from hearthlm.retrieval import build_docs_qa
+    from hearthlm.retrieval import DocumentIndex, build_docs_qa
 
     cfg = cli_config(config, **overrides(locals()))
-    qa = build_docs_qa(cfg)
+    qa = build_docs_qa(cfg, index=DocumentIndex(cfg.retrieval, create=False))
     if as_json:
         _print_answer(qa.invoke(question), True)
         return

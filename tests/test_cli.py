@@ -140,6 +140,10 @@ def test_index_search_ask_and_docs_chat(tmp_path: Path):
     run = hearth("ask", "How much does a flat tyre repair cost?", *idx, "--k", "1", "--json")
     answer = json.loads(run.stdout)
     assert answer["citations"] == [1] and answer["sources"][0]["path"].endswith("page.html")
+    for command in ("search", "ask"):  # a mistyped collection is named, not made empty
+        run = hearth(command, "flat tyre", *idx, "--collection", "dcos")
+        assert run.returncode == 1 and "no collection 'dcos'" in run.stderr
+        assert "collections there: docs" in run.stderr
     env = {"HEARTH_RETRIEVAL__HISTORY_PATH": str(tmp_path / "h.sqlite")}
     run = hearth("chat", "--docs", *idx, stdin="When are expense reports due?\n", env=env)
     assert run.returncode == 0, run.stderr

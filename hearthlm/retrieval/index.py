@@ -63,7 +63,20 @@ class DocumentIndex:
         42
     """
 
-    def __init__(self, config: RetrievalConfig, embeddings: HearthEmbeddings | None = None) -> None:
+    def __init__(
+        self,
+        config: RetrievalConfig,
+        embeddings: HearthEmbeddings | None = None,
+        *,
+        create: bool = True,
+    ) -> None:
+        """Open (with ``create``, or make) the collection ``config`` names.
+
+        Raises:
+            RetrievalError: the Chroma server cannot be reached; the collection was built with
+                another embedder; without ``create``, there is no such collection (a reader
+                with a mistyped name would otherwise make an empty one and find nothing).
+        """
         import chromadb
 
         self.config = config
@@ -93,6 +106,14 @@ class DocumentIndex:
             config.path.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(path=str(config.path), settings=settings)
             state_dir = config.path
+        names = [] if create else [c.name for c in self.client.list_collections()]
+        if not create and config.collection not in names:
+            where = config.server or config.path
+            there = f" (collections there: {', '.join(sorted(names))})" if names else ""
+            raise RetrievalError(
+                f"there is no collection {config.collection!r} at {where}{there}; index "
+                f"documents into it with `hearth index DIR --collection {config.collection}`."
+            )
         self.collection = self.client.get_or_create_collection(
             config.collection,
             metadata={"embedding_model": self.embeddings.name},

@@ -3,7 +3,7 @@ ReAct with the calculator, and program-aided, all in one run on the same questio
 
 Reports accuracy, seconds per question, and for ReAct the valid-action rate and mean steps.
 
-    python benchmarks/bench_agent.py [--quick] [--save] [--limit N]
+    python benchmarks/bench_agent.py [--quick] [--save] [--limit N] [--methods a,b]
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ DIRECT = "Answer the math word problem with just the final number."
 def main() -> None:
     p = parser(__doc__ or "", threads=True)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument(
+        "--methods",
+        default="direct,cot,cot_sc5,react_calculator,pal",
+        help="which methods to run, comma-separated (direct always runs: the baseline)",
+    )
     args = p.parse_args()
     needs(GSM8K / "test_300.jsonl", GSM8K / "train.jsonl")
     from rich.progress import Progress
@@ -59,6 +64,11 @@ def main() -> None:
         "react_calculator": None,
         "pal": lambda q: pal.invoke(q).answer,
     }
+    wanted = {"direct", *args.methods.split(",")}
+    unknown = wanted - set(methods)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(methods)}")
+    methods = {name: method for name, method in methods.items() if name in wanted}
     figures: dict[str, object] = {"questions": len(rows), "threads": args.threads or os.cpu_count()}
     react_steps, react_valid = [], []
     with Progress() as progress:
@@ -79,11 +89,12 @@ def main() -> None:
             figures[f"{name}_accuracy"] = round(correct / len(rows), 4)
             figures[f"{name}_seconds_per_question"] = round(seconds / len(rows), 2)
             progress.console.log(name, figures[f"{name}_accuracy"], f"{seconds:.0f} s")
-    figures["react_valid_action_rate"] = round(sum(react_valid) / max(len(react_valid), 1), 4)
-    figures["react_mean_steps"] = round(statistics.mean(react_steps), 2)
-    figures["react_beats_direct"] = (
-        figures["react_calculator_accuracy"] > figures["direct_accuracy"]
-    )
+    if react_steps:
+        figures["react_valid_action_rate"] = round(sum(react_valid) / len(react_valid), 4)
+        figures["react_mean_steps"] = round(statistics.mean(react_steps), 2)
+        figures["react_beats_direct"] = (
+            figures["react_calculator_accuracy"] > figures["direct_accuracy"]
+        )
     emit("bench_agent", figures, args.save)
 
 

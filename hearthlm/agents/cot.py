@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hearthlm.agents.calculator import CalculatorError, evaluate, normalised_value
 from hearthlm.errors import ConfigError
-from hearthlm.gsm8k import extract_answer, parse_solution
+from hearthlm.gsm8k import extract_answer, normalise_number, parse_solution
 from hearthlm.llm.backend import Constraint
 from hearthlm.llm.chain import (
     Chain,
@@ -30,6 +30,19 @@ from hearthlm.llm.chain import (
     unwrap,
 )
 from hearthlm.llm.prompting import build_few_shot_prompt
+
+__all__ = [
+    "ArithmeticExpression",
+    "ChainOfThought",
+    "CoTResult",
+    "Example",
+    "ProgramAided",
+    "ProgramResult",
+    "extract_answer",
+    "few_shot_messages",
+    "gsm8k_examples",
+    "normalise_number",
+]
 
 COT_INSTRUCTION = (
     "Solve the math word problem step by step. End with 'The answer is N.' where N is a number."

@@ -257,7 +257,7 @@ async def completions(
         raise APIError(400, "send one prompt per request.", param="prompt")
     prompt = prompts[0]
     if not isinstance(prompt, str):
-        _known_ids(chat.engine, prompt, "prompt")
+        _known_ids(prompt, chat.engine.vocab_size, "prompt")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     options = {**body.chat_options(max(max_tokens, 1)), **request_options(body)}
     model_id = body.model or state.models.base_id
@@ -303,7 +303,7 @@ def _completion(
     max_tokens: int,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     engine = chat.engine
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    ids = _prompt_ids(engine, prompt)
     text, finish, produced, generated = "", "length", [], 0
     if max_tokens > 0:
         completion = chat.complete(ids, stop=body.stops(), **options)
@@ -369,7 +369,7 @@ def _completion_deltas(
     max_tokens: int,
 ) -> Iterator[tuple[str, str | None, dict[str, int] | None]]:
     """The text as it is made, then the finish reason and the usage."""
-    ids = chat.engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    ids = _prompt_ids(chat.engine, prompt)
     finish, generated = "length", 0
     if max_tokens > 0:
         completion = chat.complete(ids, stop=body.stops(), **options)
@@ -414,13 +414,13 @@ async def loglikelihoods(
     chat = await state.models.aget(body.model)
     engine = chat.engine
 
-    def ids(text: str | list[int]) -> list[int]:
+    def ids(text: str | list[int], param: str) -> list[int]:
         if isinstance(text, str):
             return engine.tokenize(text)
-        return _known_ids(engine, list(text), "context")
+        return _known_ids(list(text), engine.vocab_size, param)
 
-    context = ids(body.context)
-    continuations = [ids(c) for c in body.continuations]
+    context = ids(body.context, "context")
+    continuations = [ids(c, "continuations") for c in body.continuations]
     if not context or not all(continuations):
         raise APIError(400, "context and every continuation need a token.", param="context")
     longest = len(context) + max(len(c) for c in continuations)
@@ -492,9 +492,7 @@ def _texts(given: Any, embedder: Any) -> list[str]:
         given = [given]
     if given and all(isinstance(t, list) for t in given):
         tokenizer = embedder.tokenizer
-        if any(not 0 <= i < len(tokenizer) for ids in given for i in ids):
-            raise APIError(400, f"token ids must be in [0, {len(tokenizer)}).", param="input")
-        return [tokenizer.decode(ids) for ids in given]
+        return [tokenizer.decode(_known_ids(ids, len(tokenizer), "input")) for ids in given]
     return list(given)
 
 
@@ -529,13 +527,18 @@ def detokenize(
 ) -> dict[str, Any]:
     """vLLM's ``/detokenize``: the text of token ids."""
     engine = state_of(request).models.get(body.model).engine
-    return {"prompt": engine.decode(_known_ids(engine, body.tokens, "tokens"))}
+    return {"prompt": engine.decode(_known_ids(body.tokens, engine.vocab_size, "tokens"))}
 
 
-def _known_ids(engine: Any, ids: list[int], param: str) -> list[int]:
-    """``ids``, refused with a 400 unless each is a token of ``engine``'s vocabulary: llama.cpp
-    fails the batch an unknown id is decoded in, other clients' requests with it."""
-    vocab = getattr(engine, "vocab_size", None)
+def _known_ids(ids: list[int], vocab: int | None, param: str) -> list[int]:
+    """``ids``, refused with a 400 unless each is a token of a vocabulary of ``vocab`` tokens
+    (None: one the server cannot tell): llama.cpp fails the batch an unknown id is decoded in,
+    other clients' requests with it."""
     if vocab is not None and any(not 0 <= t < vocab for t in ids):
         raise APIError(400, f"token ids must be in [0, {vocab}).", param=param)
     return ids
+
+
+def _prompt_ids(engine: Any, prompt: str | list[int]) -> list[int]:
+    """A completion's prompt as token ids: raw text is tokenized with no template."""
+    return engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)

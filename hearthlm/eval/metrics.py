@@ -30,18 +30,29 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     return {name: scores[name].fmeasure for name in ROUGE_TYPES}
 
 
-def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu defaults, 0-100)."""
+def bleu(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
+    """Corpus BLEU (sacrebleu defaults, 0-100); each prediction's reference, or its references
+    (n-gram counts are clipped by the most any of them holds)."""
     import sacrebleu
 
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    return float(sacrebleu.corpus_bleu(list(predictions), _streams(references)).score)
 
 
-def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (sacrebleu defaults, 0-100)."""
+def chrf(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
+    """Corpus chrF (sacrebleu defaults, 0-100); each prediction's reference, or its references
+    (the best of them counts)."""
     import sacrebleu
 
-    return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
+    return float(sacrebleu.corpus_chrf(list(predictions), _streams(references)).score)
+
+
+def _streams(references: Sequence[str | Sequence[str]]) -> Any:
+    """Every item's references in sacrebleu's layout: stream k holds each item's k-th reference,
+    None where an item has fewer (sacrebleu then scores that item against the ones it has;
+    its type hints leave out the None its documentation allows)."""
+    listed = [[refs] if isinstance(refs, str) else list(refs) for refs in references]
+    most = max((len(refs) for refs in listed), default=1)
+    return [[refs[k] if k < len(refs) else None for refs in listed] for k in range(most)]
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

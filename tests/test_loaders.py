@@ -77,11 +77,17 @@ def test_walk_follows_a_linked_folder_once_and_not_round_a_loop(tmp_path: Path):
     root.mkdir()
     (team / "a.txt").write_text("shared notes", encoding="utf-8")
     (root / "b.txt").write_text("own notes", encoding="utf-8")
+    (root / "v2").mkdir()
+    (root / "v2" / "c.txt").write_text("release notes", encoding="utf-8")
     (root / "shared").symlink_to(team, target_is_directory=True)
+    (root / "latest").symlink_to(root / "v2", target_is_directory=True)  # inside: its own name
     (team / "up").symlink_to(root, target_is_directory=True)  # a loop back to the root
     walked = [p.relative_to(root).as_posix() for p in walk(root)]
-    assert walked == ["b.txt", "shared/a.txt"]
-    assert [p.name for p in walk(root, follow_links=False)] == ["b.txt"]
+    assert walked == ["b.txt", "shared/a.txt", "v2/c.txt"]
+    assert [p.relative_to(root).as_posix() for p in walk(root, follow_links=False)] == [
+        "b.txt",
+        "v2/c.txt",
+    ]
 
 
 @pytest.mark.parametrize(

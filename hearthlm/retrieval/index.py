@@ -106,14 +106,15 @@ class DocumentIndex:
             config.path.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(path=str(config.path), settings=settings)
             state_dir = config.path
-        names = [] if create else [c.name for c in self.client.list_collections()]
-        if not create and config.collection not in names:
-            where = config.server or config.path
-            there = f" (collections there: {', '.join(sorted(names))})" if names else ""
-            raise RetrievalError(
-                f"there is no collection {config.collection!r} at {where}{there}; index "
-                f"documents into it with `hearth index DIR --collection {config.collection}`."
-            )
+        if not create:
+            names = sorted(c.name for c in self.client.list_collections())
+            if config.collection not in names:
+                where = config.server or config.path
+                there = f" (collections there: {', '.join(names)})" if names else ""
+                raise RetrievalError(
+                    f"there is no collection {config.collection!r} at {where}{there}; index "
+                    f"documents into it with `hearth index DIR --collection {config.collection}`."
+                )
         self.collection = self.client.get_or_create_collection(
             config.collection,
             metadata={"embedding_model": self.embeddings.name},
@@ -221,7 +222,7 @@ class DocumentIndex:
             report.skipped.append((str(folder), f"a folder that cannot be read ({reason}); "
                                    "the files indexed from it are kept"))  # fmt: skip
         if not follow_links:
-            for link in [p for p in files if _links_out(p, root)]:
+            for link in [p for p in files if p.is_symlink()]:  # walk left out linked folders
                 report.skipped.append((str(link), "a symbolic link; links are not followed"))
                 files.remove(link)
         report.files_seen = len(files)
@@ -407,16 +408,6 @@ class _Progress:
                     self.observe(label, done, total)
 
             yield step
-
-
-def _links_out(path: Path, root: Path) -> bool:
-    """Whether ``path`` is reached through a symbolic link under ``root``."""
-    current = path
-    while current != root and current != current.parent:
-        if current.is_symlink():
-            return True
-        current = current.parent
-    return False
 
 
 def _batches(ids: list[str]) -> Iterator[list[str]]:

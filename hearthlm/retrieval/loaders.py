@@ -37,36 +37,36 @@ def walk(
 ) -> Iterator[Path]:
     """Files under ``root`` (or ``root`` itself) matching an include glob and no exclude glob.
 
-    Folders that symbolic links point to are walked with ``follow_links`` (each real folder
-    once, so a link back up does not loop); folders that cannot be listed are added to
-    ``unreadable`` with the reason, so that a caller can tell their files from deleted ones.
+    With ``follow_links``, a folder a symbolic link points to is walked under the link's name
+    when it lies outside ``root`` and outside every folder walked so far (one under ``root``
+    is walked under its own name, and a link back up does not loop); without, linked folders
+    are left out. Folders that cannot be listed are added to ``unreadable`` with the reason,
+    so that a caller can tell their files from deleted ones.
     """
     if root.is_file():
         yield root
         return
     found: list[Path] = []
-    top = root.stat()
-    seen = {(top.st_dev, top.st_ino)}
+    walked = [root.resolve()]  # the real folders walked, each with everything under it
 
     def failed(error: OSError) -> None:
         if unreadable is not None:
             unreadable.append((Path(error.filename or root), error.strerror or str(error)))
 
     for folder, dirs, names in os.walk(root, onerror=failed, followlinks=follow_links):
-        kept = []
-        for name in sorted(dirs):
-            path = Path(folder, name)
+        linked = [name for name in dirs if Path(folder, name).is_symlink()]
+        for name in linked:
+            dirs.remove(name)
+            if not follow_links:
+                continue
             try:
-                status = path.stat()
+                target = Path(folder, name).resolve(strict=True)
             except OSError as exc:
                 failed(exc)
                 continue
-            if (status.st_dev, status.st_ino) not in seen and (
-                follow_links or not path.is_symlink()
-            ):
-                seen.add((status.st_dev, status.st_ino))
-                kept.append(name)
-        dirs[:] = kept
+            if not any(target.is_relative_to(done) for done in walked):
+                walked.append(target)
+                dirs.append(name)
         found.extend(p for name in names if (p := Path(folder, name)).is_file())
     for path in sorted(found):
         rel = path.relative_to(root).as_posix()
